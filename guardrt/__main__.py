@@ -1,0 +1,3 @@
+from guardrt.cli import main
+
+raise SystemExit(main())

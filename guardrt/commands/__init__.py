@@ -1,0 +1,7 @@
+"""One module per CLI subcommand. Each defines NAME, HELP, `add_arguments(parser)` and `run(args) -> int`.
+Heavy imports (torch, onnxruntime, tritonclient...) happen inside `run`, never at module import."""
+
+# Order is the order shown by `guardrt --help`.
+COMMAND_MODULES = [
+    "preprocess",
+]

@@ -1,0 +1,1 @@
+"""guardrt.kernels: graph fusions and fused operators that the exporters insert."""

@@ -1,0 +1,35 @@
+"""Errors guardrt raises on purpose. The CLI prints these as one line (no traceback) and exits non-zero."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class GuardrtError(Exception):
+    """Base of every error guardrt raises deliberately; `str(err)` is the one line a user sees."""
+
+
+class InputError(GuardrtError, ValueError):
+    """An input the reference would crash on, or that means nothing (not a list, not a mapping, not JSON...)."""
+
+
+class ModelFilesError(GuardrtError):
+    """A model / tokenizer / export directory is missing, incomplete, corrupt, or of the wrong architecture."""
+
+
+class ServerError(GuardrtError):
+    """The inference server is down, not ready, or refused a request."""
+
+
+class MissingExtraError(GuardrtError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that provides it."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import `module` or raise MissingExtraError telling which `guardrt[extra]` to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{module} is not installed ({exc}); install it with: pip install 'guardrt[{extra}]'"
+        ) from None

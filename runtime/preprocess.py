@@ -1,0 +1,400 @@
+"""Exact preprocessing: turns / texts -> the token ids the seed cards' reference code produces.
+
+Only `tokenizers` is used (no transformers). Two preprocessor kinds:
+
+* `DialogueContextPreprocessor` (intent-safety). The card's reference (`format_ctx` + `build_model_text` + a final
+  left-truncating encode) tokenizes the whole context, keeps the last `budget` ids, decodes them, and re-encodes
+  prefix + decoded text. We produce the same ids while doing less work:
+
+  1. The context text is cut into *pieces* at positions where the Qwen2 pre-tokenizer is guaranteed to split and
+     where NFC normalisation cannot reach across (right after a "\\n" followed by non-whitespace; inside very long
+     lines, before a space that follows an ASCII letter). Encoding the pieces separately therefore gives exactly
+     the ids of encoding the whole text, so piece encodings are cached (a chat that grows one turn per request
+     re-encodes only the new turn) and only as many pieces as the budget needs are encoded, from the end.
+  2. Only the piece that the left trim cuts through is decoded and re-encoded (that is where the reference's
+     decode/re-encode can change ids: a multi-byte character cut in half becomes U+FFFD, a word cut in half is
+     re-tokenized); the pieces after it keep their ids, because the cut positions are forced boundaries in the
+     re-encoded text too.
+
+  The tokenizer's normaliser, pre-tokenizer and added tokens are checked when the preprocessor is built; if the
+  tokenizer is not of the Qwen2 byte-level kind these guarantees were derived for, the preprocessor runs the
+  reference algorithm step by step instead (same ids, no speed-up). The oracle tests compare both paths with a
+  transformers implementation of the card's code on a generated corpus of hard cases.
+
+* `SingleTextPreprocessor` (rejection): one text, the tokenizer's own special tokens, right truncation at 512, as
+  the card's text-classification pipeline does.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardrt.runtime.errors import InputError, ModelFilesError
+from guardrt.runtime.specs import ModelSpec, get_spec
+
+__all__ = [
+    "DialogueContextPreprocessor",
+    "SingleTextPreprocessor",
+    "build_preprocessor",
+    "default_task_description",
+    "load_tokenizer",
+    "pad_batch",
+]
+
+# The Qwen2 pre-tokenizer split pattern the piece boundaries below were derived for.
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# A "\n" followed by a character that is whitespace by neither Python's nor Unicode's definition.
+# str.isspace() is a superset of Unicode White_Space (it adds \x1c-\x1f), so `\S` here is conservative.
+_NEWLINE_CUT = re.compile(r"\n(?=\S)")
+# Inside a very long line: before a space that follows an ASCII letter (a letter run always ends a pre-token).
+_SPACE_CUT = re.compile(r"(?<=[A-Za-z]) ")
+_LONG_PIECE_CHARS = 2048
+_SPACE_CUT_STRIDE = 1024
+
+_DEFAULT_TASK_FILE = Path(__file__).with_name("data") / "intent_safety_task_description.txt"
+
+
+def default_task_description() -> str:
+    """The card's task description (`train_prompt`), as shipped in runtime/data; replace it with --task-description."""
+    return _DEFAULT_TASK_FILE.read_text(encoding="utf-8")
+
+
+def load_tokenizer(tokenizer_dir: str | Path):
+    """A `tokenizers.Tokenizer` from `tokenizer_dir/tokenizer.json`, with a clear error when it is missing/corrupt."""
+    from tokenizers import Tokenizer
+
+    path = Path(tokenizer_dir)
+    file = path / "tokenizer.json" if path.is_dir() or not path.suffix else path
+    if not file.is_file():
+        raise ModelFilesError(f"no tokenizer.json in {path} (pass --tokenizer DIR with a Hugging Face fast tokenizer)")
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        raise ModelFilesError(f"cannot load tokenizer {file}: {exc}") from None
+    # The reference encodes without padding/truncation from the file; we apply our own.
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _tokenizer_config(tokenizer_dir: str | Path) -> dict:
+    path = Path(tokenizer_dir)
+    cfg = path / "tokenizer_config.json" if path.is_dir() else path.with_name("tokenizer_config.json")
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelFilesError(f"corrupt {cfg}: {exc}") from None
+    return {}
+
+
+def _supports_piecewise(tokenizer) -> bool:
+    """True when the tokenizer is Qwen2-style byte-level BPE, for which the piece boundaries are provably exact."""
+    try:
+        spec = json.loads(tokenizer.to_str())
+    except Exception:
+        return False
+    if spec.get("normalizer") not in (None, {"type": "NFC"}):
+        return False
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") != "Sequence" or len(pre.get("pretokenizers", [])) != 2:
+        return False
+    split, byte_level = pre["pretokenizers"]
+    if split.get("type") != "Split" or split.get("pattern", {}).get("Regex") != QWEN2_SPLIT_PATTERN:
+        return False
+    if split.get("behavior") != "Isolated" or split.get("invert"):
+        return False
+    if byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex") or byte_level.get("add_prefix_space"):
+        return False
+    if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        return False
+    for added in spec.get("added_tokens", []):
+        content = added.get("content", "")
+        # An added token must not be able to span a cut (contain "\n" or " ") or merge with its neighbours.
+        if "\n" in content or " " in content or added.get("lstrip") or added.get("rstrip") or added.get("single_word"):
+            return False
+        if content[-1:].isascii() and content[-1:].isalpha():
+            return False
+    return True
+
+
+class _LRU:
+    """A small LRU map from piece text to its token ids."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._data: OrderedDict[str, list[int]] = OrderedDict()
+
+    def get(self, key: str):
+        ids = self._data.get(key)
+        if ids is not None:
+            self._data.move_to_end(key)
+        return ids
+
+    def put(self, key: str, ids: list[int]) -> None:
+        self._data[key] = ids
+        self._data.move_to_end(key)
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class DialogueContextPreprocessor:
+    """intent-safety input: task description + last `max_turns` dialogue turns, ctx trimmed from the left.
+
+    `encode(turns)` returns exactly the ids of the card's
+    `tokenizer(build_model_text(format_ctx(turns)), truncation=True, max_length=4096)` with padding and truncation
+    on the left. `turns` must be a list (or tuple) of mappings; anything else raises InputError.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        spec: ModelSpec,
+        task_description: str | None = None,
+        cache_size: int = 65536,
+        piecewise: bool | None = None,
+    ):
+        opts = spec.preprocessor_options
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.max_length = spec.max_length
+        self.max_turns = int(opts["max_turns"])
+        self.drop_trailing_assistant = bool(opts["drop_trailing_assistant"])
+        self.reserve = int(opts["ctx_reserve_tokens"])
+        self.role_map = dict(opts["role_map"])
+        self.unknown_role = str(opts["unknown_role"])
+        # The card reads the task file and strips it.
+        task = default_task_description() if task_description is None else task_description
+        self.task_description = task.strip()
+        self.prefix = str(opts["prefix_template"]).format(task_description=self.task_description)
+        self.prefix_ids = self._encode(self.prefix)
+        self.ctx_budget = max(0, self.max_length - len(self.prefix_ids) - self.reserve)
+        self._empty_ctx_ids = self._truncate(self._encode(self.prefix.strip()))
+        self.piecewise = _supports_piecewise(tokenizer) if piecewise is None else piecewise
+        self._cache = _LRU(cache_size)
+
+    # -- the card's format_ctx, with input validation ------------------------------------------------------------
+    def format_turns(self, turns: Any) -> list[str]:
+        """The card's `format_ctx` as a list of "[role] text" entries (joined by blank lines it is the ctx text)."""
+        if isinstance(turns, (str, bytes, Mapping)) or not isinstance(turns, Sequence):
+            raise InputError(f"turns must be a list of {{role, content}} objects, got {type(turns).__name__}")
+        normalized: list[tuple[str, str]] = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, Mapping):
+                raise InputError(f"turn {i} must be an object with role and content, got {type(turn).__name__}: {turn!r:.60}")
+            role = self.role_map.get(str(turn.get("role", "")).lower(), self.unknown_role)
+            text = str(turn.get("content", "")).strip()
+            if text:
+                normalized.append((role, text))
+        if self.drop_trailing_assistant and normalized and normalized[-1][0] == "assistant":
+            normalized.pop()
+        return [f"[{role}] {text}" for role, text in normalized[-self.max_turns:]]
+
+    def format_ctx(self, turns: Any) -> str:
+        return "\n\n".join(self.format_turns(turns)).strip()
+
+    # -- encoding ------------------------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _decode(self, ids: list[int]) -> str:
+        # transformers' decode with skip_special_tokens=False and clean_up_tokenization_spaces=False (Qwen3's config).
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _truncate(self, ids: list[int]) -> list[int]:
+        return ids[-self.max_length:] if len(ids) > self.max_length else ids
+
+    def encode(self, turns: Any) -> list[int]:
+        """Token ids for one dialogue (see class docstring)."""
+        ctx = self.format_ctx(turns)
+        if self.piecewise:
+            return self._encode_piecewise(ctx)
+        return self.encode_reference_steps(ctx)
+
+    def encode_batch(self, dialogues: Sequence[Any]) -> list[list[int]]:
+        return [self.encode(turns) for turns in dialogues]
+
+    def encode_reference_steps(self, ctx_text: str) -> list[int]:
+        """The card's build_model_text + final encode, step by step (used when piecewise encoding is not proven)."""
+        ctx_ids = self._encode(ctx_text.strip())
+        if len(ctx_ids) > self.ctx_budget:
+            ctx_ids = ctx_ids[-self.ctx_budget:] if self.ctx_budget > 0 else []
+        text = self._decode(ctx_ids).strip()
+        return self._truncate(self._encode(f"{self.prefix}{text}".strip()))
+
+    @staticmethod
+    def split_pieces(ctx: str) -> list[str]:
+        """Cut `ctx` at forced pre-token boundaries; "".join(pieces) == ctx."""
+        pieces: list[str] = []
+        start = 0
+        for m in _NEWLINE_CUT.finditer(ctx):
+            cut = m.end()
+            pieces.extend(DialogueContextPreprocessor._split_long(ctx[start:cut]))
+            start = cut
+        pieces.extend(DialogueContextPreprocessor._split_long(ctx[start:]))
+        return [p for p in pieces if p]
+
+    @staticmethod
+    def _split_long(line: str) -> list[str]:
+        if len(line) <= _LONG_PIECE_CHARS:
+            return [line]
+        out, start = [], 0
+        while len(line) - start > _LONG_PIECE_CHARS:
+            m = _SPACE_CUT.search(line, start + _SPACE_CUT_STRIDE)
+            if m is None:
+                break
+            out.append(line[start:m.start()])
+            start = m.start()
+        out.append(line[start:])
+        return out
+
+    def _piece_ids(self, pieces: list[str], needed: int) -> list[list[int]]:
+        """Ids of the trailing pieces, from the end, until more than `needed` ids are gathered (cached per piece)."""
+        got: list[list[int]] = []
+        total = 0
+        i = len(pieces) - 1
+        while i >= 0 and total <= needed:
+            ids = self._cache.get(pieces[i])
+            if ids is None:
+                # Encode uncached pieces in one call; take roughly as many characters as ids are still needed
+                # (usually >= 1 char per token, so this seldom encodes pieces the trim will drop).
+                batch_idx, chars = [], 0
+                j = i
+                while j >= 0 and chars <= needed - total and self._cache.get(pieces[j]) is None:
+                    batch_idx.append(j)
+                    chars += len(pieces[j])
+                    j -= 1
+                encs = self.tokenizer.encode_batch_fast([pieces[k] for k in batch_idx], add_special_tokens=False)
+                for k, enc in zip(batch_idx, encs):
+                    self._cache.put(pieces[k], enc.ids)
+                ids = self._cache.get(pieces[i])
+            got.append(ids)
+            total += len(ids)
+            i -= 1
+        got.reverse()
+        return got
+
+    def _encode_piecewise(self, ctx: str) -> list[int]:
+        if not ctx:
+            return self._empty_ctx_ids
+        pieces = self.split_pieces(ctx)
+        budget = self.ctx_budget
+        piece_ids = self._piece_ids(pieces, budget)
+        total = sum(len(ids) for ids in piece_ids)
+        if total <= budget:  # nothing trimmed: decode/re-encode is the identity on ids (NFC is idempotent)
+            out = list(self.prefix_ids)
+            for ids in piece_ids:
+                out.extend(ids)
+            return self._truncate(out)
+        if budget == 0:  # the card keeps no ctx at all: `ctx_ids[-0:] if ctx_budget > 0 else []`
+            return self._empty_ctx_ids
+        # Left trim: drop `excess` ids from the front of the gathered pieces.
+        excess = total - budget
+        first = 0
+        while excess >= len(piece_ids[first]):
+            excess -= len(piece_ids[first])
+            first += 1
+        offset = len(pieces) - len(piece_ids)  # index in `pieces` of piece_ids[0]
+        # The piece the trim cuts through is decoded and re-encoded, exactly as the reference does to it; it
+        # absorbs following pieces while its stripped text is empty (the reference strips across them).
+        head = self._decode(piece_ids[first][excess:])
+        k = first + 1
+        while not head.strip() and k < len(piece_ids):
+            head += pieces[offset + k]
+            k += 1
+        head = head.strip() if k == len(piece_ids) else head.lstrip()
+        out = list(self.prefix_ids)
+        if not head and k == len(piece_ids):
+            return self._empty_ctx_ids
+        out.extend(self._encode(head) if head else ())
+        for ids in piece_ids[k:]:
+            out.extend(ids)
+        return self._truncate(out)
+
+    @property
+    def cache_entries(self) -> int:
+        return len(self._cache)
+
+
+class SingleTextPreprocessor:
+    """rejection input: one text -> ids with the tokenizer's special tokens, truncated on the right at max_length.
+
+    Same ids as the card's `pipeline("text-classification", truncation=True, max_length=512)`. The text must be a
+    string (the pipeline rejects anything else); otherwise InputError.
+    """
+
+    def __init__(self, tokenizer, spec: ModelSpec):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.max_length = spec.max_length
+        tokenizer.enable_truncation(
+            max_length=spec.max_length, strategy="longest_first", direction=spec.truncation_side
+        )
+
+    def encode(self, text: Any) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}: {text!r:.60}")
+        return self.tokenizer.encode(text, add_special_tokens=True).ids
+
+    def encode_batch(self, texts: Sequence[Any]) -> list[list[int]]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"text {i} must be a string, got {type(text).__name__}: {text!r:.60}")
+        return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=True)]
+
+
+def build_preprocessor(spec: ModelSpec | str, tokenizer_dir: str | Path, task_description: str | None = None):
+    """The preprocessor for `spec`, with the tokenizer from `tokenizer_dir`."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if spec.preprocessor == "dialogue_ctx":
+        return DialogueContextPreprocessor(tokenizer, spec, task_description=task_description)
+    if spec.preprocessor == "single_text":
+        if task_description is not None:
+            raise InputError(f"spec {spec.name} takes no task description")
+        return SingleTextPreprocessor(tokenizer, spec)
+    raise ValueError(f"spec {spec.name}: unknown preprocessor kind {spec.preprocessor!r}")
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    side: str,
+    length: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) int64 arrays [B, L], padded on `side` ("left" for Qwen3, "right" for RoBERTa).
+
+    `length` pads to a fixed length (a Triton length bucket); it must be >= the longest sequence.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    if not sequences:
+        raise InputError("empty batch: at least one sequence is needed")
+    longest = max(len(s) for s in sequences)
+    if longest == 0:
+        raise InputError("empty sequence in batch")
+    width = longest if length is None else length
+    if width < longest:
+        raise ValueError(f"pad length {width} is shorter than the longest sequence ({longest})")
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        if side == "left":
+            ids[row, width - n:] = seq
+            mask[row, width - n:] = 1
+        else:
+            ids[row, :n] = seq
+            mask[row, :n] = 1
+    return ids, mask
