@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from guardrt.runtime.errors import InputError
+
 __all__ = ["ModelSpec", "SPECS", "get_spec", "register", "spec_names"]
 
 
@@ -81,11 +83,11 @@ def spec_names() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The registered spec called `name`; ValueError naming the known specs otherwise."""
+    """The registered spec called `name`; InputError (a ValueError) naming the known specs otherwise."""
     try:
         return SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown spec {name!r}; known specs: {', '.join(spec_names())}") from None
+        raise InputError(f"unknown spec {name!r}; known specs: {', '.join(spec_names())}") from None
 
 
 # intent_safety_clf_4b: Qwen3-4B sequence classifier over the last 8 dialogue turns (card: intent_safety_clf_4b).

@@ -1,0 +1,203 @@
+"""Deterministic generated corpora: dialogues (intent-safety) and texts (rejection) that cover the hard cases of the
+reference preprocessing. Used by the exactness oracle tests, calibration, and the benchmarks. Pure Python.
+
+Hard cases covered on purpose: contexts far over 4,096 tokens; CJK, emoji (incl. ZWJ sequences and flags), combining
+characters and decomposed (non-NFC) text at the trim point; role aliases and casing, unknown / missing / non-string
+roles; empty, whitespace-only, None and numeric content; more than 8 turns; a trailing assistant turn; special-token
+strings typed inside content; very long lines with and without spaces; CRLF and exotic whitespace; lengths right at
+the ctx budget.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+_EN = (
+    "I step closer and whisper that I want to continue. She laughs softly and pulls away, looking at the door. "
+    "The rain keeps falling on the old tavern roof while the knight polishes his sword. "
+    "Are you sure you want to stay here? We could leave before the guards come back. "
+    "He takes her hand, hesitates, then lets go and changes the subject to the weather. "
+    "Let's stop here, I'd rather talk about the quest tomorrow. The dragon's lair isn't far."
+).split(" ")
+_ZH = "我们继续吧她轻轻地笑了窗外的雨一直在下骑士擦拭着他的剑你确定要留在这里吗我们可以在守卫回来之前离开他握住她的手犹豫了一下然后松开了话题转向了天气"
+_JA = "彼女は静かに笑って扉の方を見た雨が古い酒場の屋根に降り続けている"
+_KO = "그녀는 조용히 웃으며 문 쪽을 바라보았다 비가 계속 내리고 있다"
+_RARE_CJK = "𠀀𠀁𠀂𪚥𰻞龘齉爨鬱𡘙"  # astral / rare ideographs: several byte-level tokens each
+_EMOJI = ["😀", "😍", "🔥", "💋", "🙈", "👩‍❤️‍👨", "👨‍👩‍👧‍👦", "🇨🇳", "🇺🇸", "🏳️‍🌈", "❤️", "✋🏽", "🫦", "🥺"]
+_COMBINING = ["e\u0301", "a\u0308", "n\u0303", "o\u0302\u0323", "Z\u0351\u0352\u0353\u0354", "\u1100\u1161\u11a8",
+              "ᄀ\u1161", "c\u0327", "\u0915\u094d\u0937", "\u0e01\u0e34\u0e4a"]
+_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<tool_call>", "<|im_", "|>",
+            "<|fim_prefix|>", "<|vision_pad|>", "<s>", "</s>", "<mask>", "<pad>"]
+_WS = [" ", "  ", "\t", "\n", "\n\n", "\r\n", "\u3000", "\u00a0", "\u2003", "\u200b", "\x1c", "\x85", "\u2028"]
+_ODD = ["\ufffd", "\u212a", "\u037e", "\u2126", "\u0340", "\ufeff", "\u202e", "[user]", "[assistant] ", "\n\n[system] ",
+        "ctx:\n", "任务描述:", "'s", "'LL", "123456", "٣٤٥", "Ⅻ", "½"]
+
+_ROLES_COMMON = ["user", "assistant", "user", "assistant", "system", "bot", "you", "User", "ASSISTANT", "Bot", "YOU",
+                 "System"]
+_ROLES_ODD = ["narrator", " user", "user ", "", None, 7, "USER\n", "Assistant", "tool", "human", "char", True]
+
+
+def _words(rng: random.Random, n: int) -> str:
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.55:
+            out.append(rng.choice(_EN))
+        elif r < 0.7:
+            k = rng.randint(1, 12)
+            s = rng.randrange(len(_ZH))
+            out.append(_ZH[s:s + k])
+        elif r < 0.75:
+            out.append(rng.choice([_JA, _KO])[: rng.randint(2, 20)])
+        elif r < 0.8:
+            out.append("".join(rng.choice(_EMOJI) for _ in range(rng.randint(1, 4))))
+        elif r < 0.84:
+            out.append("".join(rng.choice(_COMBINING) for _ in range(rng.randint(1, 3))))
+        elif r < 0.87:
+            out.append(rng.choice(_SPECIAL))
+        elif r < 0.9:
+            out.append(rng.choice(_RARE_CJK) * rng.randint(1, 3))
+        elif r < 0.94:
+            out.append(rng.choice(_ODD))
+        else:
+            out.append(rng.choice(_WS))
+    sep = rng.choice([" ", " ", " ", "", "\n", " \n"])
+    return sep.join(out)
+
+
+def _dense(rng: random.Random, n_chars: int) -> str:
+    """Text made only of multi-byte material, so a left trim is sure to cut through emoji / CJK / combining marks."""
+    pools = [_EMOJI, list(_RARE_CJK), _COMBINING, list(_ZH), _SPECIAL]
+    pool = rng.choice(pools)
+    out, size = [], 0
+    while size < n_chars:
+        piece = rng.choice(pool)
+        out.append(piece)
+        size += len(piece)
+        if rng.random() < 0.05:
+            out.append(rng.choice(["\n", " ", "\n\n", "\u3000"]))
+    return "".join(out)
+
+
+def _long_line(rng: random.Random, n_chars: int) -> str:
+    """One very long line: with spaces (exercises intra-line cuts) or without (one giant pre-token run)."""
+    if rng.random() < 0.6:
+        words = []
+        size = 0
+        while size < n_chars:
+            w = rng.choice(_EN)
+            words.append(w)
+            size += len(w) + 1
+        return " ".join(words)
+    unit = rng.choice(["a", "ab", "哈", "!", "...", "—", "😀", "1"])
+    return unit * max(1, n_chars // len(unit))
+
+
+def _content(rng: random.Random, long: bool) -> Any:
+    r = rng.random()
+    if r < 0.04:
+        return rng.choice(["", "   ", "\n\t ", "\u3000\u3000", "\n\n", "\x1c\x1d"])  # dropped as empty
+    if r < 0.06:
+        return rng.choice([None, 42, 3.5, 0, False, ["a", "b"], {"k": "v"}])  # str()-ed like the reference
+    if long:
+        kind = rng.random()
+        if kind < 0.45:
+            return _words(rng, rng.randint(400, 2000))
+        if kind < 0.7:
+            return _dense(rng, rng.randint(1000, 4000))
+        return _long_line(rng, rng.randint(3000, 12000))
+    return _words(rng, rng.randint(1, 80))
+
+
+def _turn(rng: random.Random, long: bool) -> dict:
+    role = rng.choice(_ROLES_COMMON) if rng.random() < 0.88 else rng.choice(_ROLES_ODD)
+    turn: dict = {}
+    if rng.random() > 0.02:
+        turn["role"] = role
+    if rng.random() > 0.01:
+        turn["content"] = _content(rng, long)
+    if rng.random() < 0.03:
+        turn["name"] = "extra field"
+    return turn
+
+
+def generate_dialogues(n: int, seed: int = 0) -> list[list[dict]]:
+    """`n` dialogues mixing short chats, long contexts far over 4,096 tokens, and dense multi-byte trims."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        mode = i % 5
+        n_turns = rng.choice([0, 1, 2, 3, 5, 8, 9, 12, 20, 40]) if mode != 4 else rng.randint(8, 14)
+        long_frac = {0: 0.0, 1: 0.15, 2: 0.5, 3: 1.0, 4: 0.3}[mode]
+        turns = [_turn(rng, rng.random() < long_frac) for _ in range(n_turns)]
+        if turns and rng.random() < 0.3:
+            turns.append({"role": rng.choice(["assistant", "bot", "Assistant"]), "content": _words(rng, 20)})
+        if rng.random() < 0.1:
+            turns.append({"role": "user", "content": rng.choice(_SPECIAL) + _words(rng, 5) + rng.choice(_SPECIAL)})
+        out.append(turns)
+    return out
+
+
+def generate_budget_edge_dialogues(
+    base: list[list[dict]], count_tokens, budget: int, seed: int = 1, sweep: int = 40
+) -> list[list[dict]]:
+    """Dialogues whose ctx length sweeps across `budget` tokens: a filler turn is grown one word at a time.
+
+    `count_tokens(turns)` returns the ctx token count (the caller's tokenizer); the filler size is found by bisection.
+    """
+    rng = random.Random(seed)
+    out = []
+    for turns in base:
+        # The trim cuts the front of the filler, so it starts with dense multi-byte text; it grows word by word.
+        head = _dense(rng, 200)
+        words = [rng.choice(_EN) for _ in range(6000)]
+        tail = [{"role": t.get("role"), "content": str(t.get("content", ""))[:300]} for t in turns[-2:]]
+        tail.append({"role": "user", "content": _words(rng, 10)})
+
+        def with_filler(n: int) -> list[dict]:
+            return [{"role": "system", "content": head + " ".join(words[:n])}] + tail
+
+        lo, hi = 0, len(words)
+        while lo < hi:  # smallest n whose ctx reaches the budget
+            mid = (lo + hi) // 2
+            if count_tokens(with_filler(mid)) >= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        for n in range(max(0, lo - sweep // 2), min(len(words), lo + sweep // 2)):
+            out.append(with_filler(n))
+    return out
+
+
+def generate_texts(n: int, seed: int = 0) -> list[str]:
+    """`n` LLM outputs for the rejection spec: refusals, ordinary answers, long (> 512 tokens) and odd texts."""
+    rng = random.Random(seed)
+    refusals = ["I'm sorry, but I can't assist with that.", "As an AI language model, I cannot help with this.",
+                "I apologize, but I won't be able to provide that.", "Unfortunately, I am unable to comply."]
+    out = []
+    for i in range(n):
+        mode = i % 6
+        if mode == 0:
+            out.append(rng.choice(refusals))
+        elif mode == 1:
+            out.append(_words(rng, rng.randint(5, 60)))
+        elif mode == 2:
+            out.append(_words(rng, rng.randint(400, 1500)))  # over 512 tokens: right truncation
+        elif mode == 3:
+            out.append(_dense(rng, rng.randint(50, 900)))
+        elif mode == 4:
+            out.append(rng.choice(["", " ", "\n", "<mask>", " <mask> x", "<s></s>", "a <mask>b", "\u3000", "😀"])
+                       + _words(rng, rng.randint(0, 5)))
+        else:
+            out.append(_long_line(rng, rng.randint(100, 5000)))
+    return out
+
+
+def generate_roleplay(n_turns: int, seed: int = 0, persona_words: int = 900) -> list[dict]:
+    """One role-play conversation: a long persona, then alternating user/assistant turns (100-600 tokens each)."""
+    rng = random.Random(seed)
+    turns = [{"role": "system", "content": "Character persona/details: " + _words(rng, persona_words)}]
+    for i in range(n_turns):
+        role = "user" if i % 2 == 0 else "assistant"
+        turns.append({"role": role, "content": _words(rng, rng.randint(80, 450))})
+    return turns
