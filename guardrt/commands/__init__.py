@@ -4,4 +4,7 @@ Heavy imports (torch, onnxruntime, tritonclient...) happen inside `run`, never a
 # Order is the order shown by `guardrt --help`.
 COMMAND_MODULES = [
     "preprocess",
+    "repo",
+    "serve",
+    "demo",
 ]
