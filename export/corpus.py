@@ -201,3 +201,29 @@ def generate_roleplay(n_turns: int, seed: int = 0, persona_words: int = 900) -> 
         role = "user" if i % 2 == 0 else "assistant"
         turns.append({"role": role, "content": _words(rng, rng.randint(80, 450))})
     return turns
+
+
+def generate_long_dialogues(n: int, seed: int = 0, words: tuple[int, int] = (700, 1600)) -> list[list[dict]]:
+    """`n` independent dialogues of 8-12 long, ordinary turns: contexts of roughly 15-35k tokens (benchmarks)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        turns = [{"role": "system", "content": "Character persona/details: " + _plain(rng, rng.randint(*words))}]
+        for i in range(rng.randint(8, 12)):
+            turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": _plain(rng, rng.randint(*words))})
+        if turns[-1]["role"] == "assistant":
+            turns.append({"role": "user", "content": _plain(rng, 40)})
+        out.append(turns)
+    return out
+
+
+def _plain(rng: random.Random, n: int) -> str:
+    """Ordinary chat text (English with some Chinese and emoji, paragraphs), no adversarial material."""
+    out = []
+    for i in range(n):
+        r = rng.random()
+        out.append(rng.choice(_EN) if r < 0.85 else _ZH[rng.randrange(40):][: rng.randint(2, 8)] if r < 0.97
+                   else rng.choice(_EMOJI))
+        if i % 60 == 59:
+            out.append("\n\n")
+    return " ".join(out)

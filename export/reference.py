@@ -1,8 +1,8 @@
-"""Test oracle: the seed cards' reference preprocessing, written from the cards with `transformers`.
+"""Reference implementations (test oracle and benchmark baseline): the seed cards' reference preprocessing, written from the cards with `transformers`.
 
 Deliberately independent of guardrt.runtime.preprocess: it follows the card's code line by line
 (AutoTokenizer, padding_side/truncation_side left, pad = eos when missing, format_ctx, build_model_text, final
-encode with truncation at 4096). Test-only: imports transformers.
+encode with truncation at 4096). Build-time only: imports transformers.
 """
 from __future__ import annotations
 

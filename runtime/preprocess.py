@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,8 +57,9 @@ QWEN2_SPLIT_PATTERN = (
 _NEWLINE_CUT = re.compile(r"\n(?=\S)")
 # Inside a very long line: before a space that follows an ASCII letter (a letter run always ends a pre-token).
 _SPACE_CUT = re.compile(r"(?<=[A-Za-z]) ")
-_LONG_PIECE_CHARS = 2048
-_SPACE_CUT_STRIDE = 1024
+_MIN_PIECE_CHARS = 384  # merge lines into pieces of about this size: few encode calls, a small re-encoded head
+_LONG_PIECE_CHARS = 1024
+_SPACE_CUT_STRIDE = 512
 
 _DEFAULT_TASK_FILE = Path(__file__).with_name("data") / "intent_safety_task_description.txt"
 
@@ -127,11 +129,12 @@ def _supports_piecewise(tokenizer) -> bool:
 
 
 class _LRU:
-    """A small LRU map from piece text to its token ids."""
+    """LRU map from turn text to its token ids (compact arrays), bounded by the total number of ids held."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._data: OrderedDict[str, list[int]] = OrderedDict()
+    def __init__(self, max_ids: int):
+        self.max_ids = max_ids
+        self._held = 0
+        self._data: OrderedDict[str, array] = OrderedDict()
 
     def get(self, key: str):
         ids = self._data.get(key)
@@ -139,11 +142,15 @@ class _LRU:
             self._data.move_to_end(key)
         return ids
 
-    def put(self, key: str, ids: list[int]) -> None:
+    def put(self, key: str, ids: array) -> None:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._held -= len(old)
         self._data[key] = ids
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        self._held += len(ids)
+        while self._held > self.max_ids and len(self._data) > 1:
+            _, dropped = self._data.popitem(last=False)
+            self._held -= len(dropped)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -162,7 +169,7 @@ class DialogueContextPreprocessor:
         tokenizer,
         spec: ModelSpec,
         task_description: str | None = None,
-        cache_size: int = 65536,
+        cache_max_ids: int = 2_000_000,
         piecewise: bool | None = None,
     ):
         opts = spec.preprocessor_options
@@ -180,9 +187,11 @@ class DialogueContextPreprocessor:
         self.prefix = str(opts["prefix_template"]).format(task_description=self.task_description)
         self.prefix_ids = self._encode(self.prefix)
         self.ctx_budget = max(0, self.max_length - len(self.prefix_ids) - self.reserve)
-        self._empty_ctx_ids = self._truncate(self._encode(self.prefix.strip()))
+        self._empty_ctx_ids = tuple(self._truncate(self._encode(self.prefix.strip())))
         self.piecewise = _supports_piecewise(tokenizer) if piecewise is None else piecewise
-        self._cache = _LRU(cache_size)
+        # Recent turns and their pieces (~16 MB of ids each at most); a growing chat re-encodes only its new turn.
+        self._segment_cache = _LRU(cache_max_ids)
+        self._piece_cache = _LRU(cache_max_ids)
 
     # -- the card's format_ctx, with input validation ------------------------------------------------------------
     def format_turns(self, turns: Any) -> list[str]:
@@ -217,10 +226,9 @@ class DialogueContextPreprocessor:
 
     def encode(self, turns: Any) -> list[int]:
         """Token ids for one dialogue (see class docstring)."""
-        ctx = self.format_ctx(turns)
         if self.piecewise:
-            return self._encode_piecewise(ctx)
-        return self.encode_reference_steps(ctx)
+            return self._encode_piecewise(self.format_turns(turns))
+        return self.encode_reference_steps(self.format_ctx(turns))
 
     def encode_batch(self, dialogues: Sequence[Any]) -> list[list[int]]:
         return [self.encode(turns) for turns in dialogues]
@@ -234,15 +242,18 @@ class DialogueContextPreprocessor:
         return self._truncate(self._encode(f"{self.prefix}{text}".strip()))
 
     @staticmethod
-    def split_pieces(ctx: str) -> list[str]:
-        """Cut `ctx` at forced pre-token boundaries; "".join(pieces) == ctx."""
+    def split_pieces(text: str, min_chars: int = _MIN_PIECE_CHARS) -> list[str]:
+        """Cut `text` at forced pre-token boundaries into pieces of at least ~`min_chars` characters (the last may
+        be shorter); "".join(pieces) == text. Depends only on `text`, so the same turn always gives the same pieces
+        (and cache keys), wherever it sits in the context."""
         pieces: list[str] = []
         start = 0
-        for m in _NEWLINE_CUT.finditer(ctx):
+        for m in _NEWLINE_CUT.finditer(text):
             cut = m.end()
-            pieces.extend(DialogueContextPreprocessor._split_long(ctx[start:cut]))
-            start = cut
-        pieces.extend(DialogueContextPreprocessor._split_long(ctx[start:]))
+            if cut - start >= min_chars:
+                pieces.extend(DialogueContextPreprocessor._split_long(text[start:cut]))
+                start = cut
+        pieces.extend(DialogueContextPreprocessor._split_long(text[start:]))
         return [p for p in pieces if p]
 
     @staticmethod
@@ -259,72 +270,107 @@ class DialogueContextPreprocessor:
         out.append(line[start:])
         return out
 
-    def _piece_ids(self, pieces: list[str], needed: int) -> list[list[int]]:
-        """Ids of the trailing pieces, from the end, until more than `needed` ids are gathered (cached per piece)."""
-        got: list[list[int]] = []
+    def _piece_units(self, pieces: list[str], needed: int) -> list[tuple[str, array]]:
+        """(piece, ids) from the last piece backwards until more than `needed` ids (all pieces if needed < 0 is
+        never reached: pass a large number). Cached pieces are reused; the rest are encoded in few calls, roughly
+        as many characters as ids are still needed (usually >= 1 char per token, so pieces the trim will drop are
+        seldom encoded)."""
+        units: list[tuple[str, array]] = []
         total = 0
         i = len(pieces) - 1
         while i >= 0 and total <= needed:
-            ids = self._cache.get(pieces[i])
-            if ids is None:
-                # Encode uncached pieces in one call; take roughly as many characters as ids are still needed
-                # (usually >= 1 char per token, so this seldom encodes pieces the trim will drop).
-                batch_idx, chars = [], 0
-                j = i
-                while j >= 0 and chars <= needed - total and self._cache.get(pieces[j]) is None:
-                    batch_idx.append(j)
-                    chars += len(pieces[j])
-                    j -= 1
-                encs = self.tokenizer.encode_batch_fast([pieces[k] for k in batch_idx], add_special_tokens=False)
-                for k, enc in zip(batch_idx, encs):
-                    self._cache.put(pieces[k], enc.ids)
-                ids = self._cache.get(pieces[i])
-            got.append(ids)
-            total += len(ids)
-            i -= 1
-        got.reverse()
-        return got
+            ids = self._piece_cache.get(pieces[i])
+            if ids is not None:
+                units.append((pieces[i], ids))
+                total += len(ids)
+                i -= 1
+                continue
+            batch, chars = [], 0
+            while i >= 0 and (not batch or chars <= needed - total) and self._piece_cache.get(pieces[i]) is None:
+                batch.append(pieces[i])
+                chars += len(pieces[i])
+                i -= 1
+            for text, enc in zip(batch, self.tokenizer.encode_batch_fast(batch, add_special_tokens=False)):
+                ids = array("l", enc.ids)
+                self._piece_cache.put(text, ids)
+                units.append((text, ids))
+                total += len(ids)
+        units.reverse()
+        return units
 
-    def _encode_piecewise(self, ctx: str) -> list[int]:
-        if not ctx:
-            return self._empty_ctx_ids
-        pieces = self.split_pieces(ctx)
+    def _tail_units(self, segments: list[str], needed: int) -> list[tuple[str, array]]:
+        """(text, ids) units covering the end of the context, in order, until more than `needed` ids are gathered.
+
+        A unit is a whole turn segment when its ids are cached (the common case for a growing chat), otherwise a
+        piece of one; only the pieces the budget needs are encoded."""
+        units: list[tuple[str, array]] = []
+        total = 0
+        for seg in reversed(segments):
+            if total > needed:
+                break
+            ids = self._segment_cache.get(seg)
+            if ids is None:
+                pieces = self.split_pieces(seg)
+                seg_units = self._piece_units(pieces, needed - total)
+                if len(seg_units) < len(pieces):  # only the tail of this turn is needed
+                    units.extend(reversed(seg_units))
+                    total += sum(len(u[1]) for u in seg_units)
+                    continue
+                ids = array("l")
+                for _, piece_ids in seg_units:
+                    ids.extend(piece_ids)
+                self._segment_cache.put(seg, ids)
+            units.append((seg, ids))
+            total += len(ids)
+        units.reverse()
+        return units
+
+    def _encode_piecewise(self, turns: list[str]) -> list[int]:
+        if not turns:
+            return list(self._empty_ctx_ids)
+        # Turn segments: a forced boundary sits before every "[role]" that follows the blank-line separator.
+        segments = [t + "\n\n" for t in turns[:-1]] + [turns[-1]]
         budget = self.ctx_budget
-        piece_ids = self._piece_ids(pieces, budget)
-        total = sum(len(ids) for ids in piece_ids)
+        units = self._tail_units(segments, budget)
+        total = sum(len(ids) for _, ids in units)
+        out = list(self.prefix_ids)
         if total <= budget:  # nothing trimmed: decode/re-encode is the identity on ids (NFC is idempotent)
-            out = list(self.prefix_ids)
-            for ids in piece_ids:
+            for _, ids in units:
                 out.extend(ids)
             return self._truncate(out)
         if budget == 0:  # the card keeps no ctx at all: `ctx_ids[-0:] if ctx_budget > 0 else []`
-            return self._empty_ctx_ids
-        # Left trim: drop `excess` ids from the front of the gathered pieces.
+            return list(self._empty_ctx_ids)
+        # Left trim: drop `excess` ids from the front of the gathered units.
         excess = total - budget
         first = 0
-        while excess >= len(piece_ids[first]):
-            excess -= len(piece_ids[first])
+        while excess >= len(units[first][1]):
+            excess -= len(units[first][1])
             first += 1
-        offset = len(pieces) - len(piece_ids)  # index in `pieces` of piece_ids[0]
-        # The piece the trim cuts through is decoded and re-encoded, exactly as the reference does to it; it
-        # absorbs following pieces while its stripped text is empty (the reference strips across them).
-        head = self._decode(piece_ids[first][excess:])
+        pieces = self.split_pieces(units[first][0])
+        if len(pieces) > 1:  # a whole cached turn: cut it at piece level so only one piece is re-encoded
+            units[first:first + 1] = self._piece_units(pieces, len(units[first][1]) + 1)
+            while excess >= len(units[first][1]):
+                excess -= len(units[first][1])
+                first += 1
+        # The unit the trim cuts through is decoded and re-encoded, exactly as the reference does to it; it
+        # absorbs following units while its stripped text is empty (the reference strips across them).
+        head = self._decode(units[first][1][excess:].tolist())
         k = first + 1
-        while not head.strip() and k < len(piece_ids):
-            head += pieces[offset + k]
+        while not head.strip() and k < len(units):
+            head += units[k][0]
             k += 1
-        head = head.strip() if k == len(piece_ids) else head.lstrip()
-        out = list(self.prefix_ids)
-        if not head and k == len(piece_ids):
-            return self._empty_ctx_ids
-        out.extend(self._encode(head) if head else ())
-        for ids in piece_ids[k:]:
+        head = head.strip() if k == len(units) else head.lstrip()
+        if not head and k == len(units):
+            return list(self._empty_ctx_ids)
+        if head:
+            out.extend(self._encode(head))
+        for _, ids in units[k:]:
             out.extend(ids)
         return self._truncate(out)
 
     @property
     def cache_entries(self) -> int:
-        return len(self._cache)
+        return len(self._segment_cache) + len(self._piece_cache)
 
 
 class SingleTextPreprocessor:

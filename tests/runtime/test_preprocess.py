@@ -11,7 +11,7 @@ import pytest
 from guardrt.runtime.errors import InputError
 from guardrt.runtime.preprocess import DialogueContextPreprocessor, build_preprocessor, pad_batch
 
-from ..oracle import IntentSafetyReference
+from guardrt.export.reference import IntentSafetyReference
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from guardrt.runtime.preprocess import (
 )
 from guardrt.runtime.specs import get_spec
 
-from ..oracle import IntentSafetyReference, RejectionReference
+from guardrt.export.reference import IntentSafetyReference, RejectionReference
 
 N_DIALOGUES = 2000
 N_TEXTS = 500
