@@ -1,0 +1,199 @@
+"""Precision settings of the TensorRT engines: builder flags, source ONNX, fp32 islands. No GPU, no TensorRT:
+the selection is pure data, and `apply_fp32_constraints` runs against a recording fake of the TensorRT network."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from guardrt.export.tensorrt import (
+    EngineSettings,
+    LayerInfo,
+    apply_fp32_constraints,
+    derive_profiles,
+    engine_settings,
+    fp32_layer_indices,
+    in_norm_scope,
+    parse_trt_precisions,
+    polygraphy_profiles,
+)
+from guardrt.runtime.errors import InputError, ModelFilesError
+
+ALL = ("fp32", "fp16", "int8", "int8-dynamic")
+
+
+def test_fp16_engine_is_built_from_the_fp16_onnx_with_fp32_islands():
+    s = engine_settings("fp16", ALL)
+    assert (s.source, s.fp16, s.int8, s.tf32) == ("fp16", True, False, False)
+    assert s.fp32_islands and s.precision_constraints == "prefer"
+
+
+def test_fp16_engine_falls_back_to_the_fp32_onnx_and_the_builder_flag():
+    s = engine_settings("fp16", ("fp32",))
+    assert s.source == "fp32" and s.fp16 and s.fp32_islands
+
+
+def test_int8_engine_needs_the_qdq_onnx_and_no_calibrator():
+    s = engine_settings("int8", ALL)
+    assert (s.source, s.int8, s.fp16, s.fp32_islands, s.precision_constraints) == ("int8", True, False, False, None)
+    kwargs = s.create_config_kwargs([], None)
+    assert "calibrator" not in kwargs  # explicit quantization: Q/DQ scales come from the graph
+    with pytest.raises(ModelFilesError, match="explicit-QDQ int8 ONNX"):
+        engine_settings("int8", ("fp32", "fp16", "int8-dynamic"))
+
+
+def test_int8_with_fp16_fallback_keeps_fp32_islands():
+    s = engine_settings("int8", ALL, int8_fp16=True, precision_constraints="obey")
+    assert s.int8 and s.fp16 and s.fp32_islands and s.precision_constraints == "obey"
+
+
+def test_fp32_engine_has_no_reduced_precision():
+    s = engine_settings("fp32", ALL)
+    assert (s.source, s.fp16, s.int8, s.tf32, s.fp32_islands, s.precision_constraints) == (
+        "fp32", False, False, False, False, None)
+    assert engine_settings("fp32", ALL, tf32=True).tf32
+    with pytest.raises(ModelFilesError, match="fp32 ONNX"):
+        engine_settings("fp32", ("fp16",))
+
+
+def test_bad_precision_and_constraint_values():
+    with pytest.raises(InputError, match="not supported"):
+        engine_settings("bf16", ALL)
+    with pytest.raises(InputError, match="precision_constraints"):
+        engine_settings("fp16", ALL, precision_constraints="strict")  # STRICT_TYPES is gone in TensorRT 10
+
+
+def test_parse_trt_precisions():
+    assert parse_trt_precisions("fp16, int8,fp16") == ("fp16", "int8")
+    assert parse_trt_precisions(["int8"]) == ("int8",)
+    with pytest.raises(InputError, match="QDQ"):
+        parse_trt_precisions("int8-dynamic")
+    with pytest.raises(InputError, match="no TensorRT precision"):
+        parse_trt_precisions(" , ")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_settings_become_a_polygraphy_create_config(precision, tmp_path):
+    """The kwargs are accepted by Polygraphy's real CreateConfig (constructed without TensorRT: its __init__ only
+    stores them; TensorRT is touched when the config is called on a builder)."""
+    pytest.importorskip("polygraphy")
+    from polygraphy.backend.trt import CreateConfig
+
+    s = engine_settings(precision, ALL)
+    profiles = polygraphy_profiles(derive_profiles("rejection"))
+    cache = tmp_path / "timing.cache"
+    cfg = CreateConfig(**s.create_config_kwargs(profiles, cache))
+    assert (cfg.fp16, cfg.int8, cfg.tf32) == (s.fp16, s.int8, False)
+    assert cfg.precision_constraints == s.precision_constraints
+    assert cfg.timing_cache_path == str(cache)
+    assert len(cfg.profiles) == len(profiles) and cfg.calibrator is None
+
+
+# -- fp32 islands --------------------------------------------------------------------------------------------------
+F, H, I64, B = "FLOAT", "HALF", "INT64", "BOOL"
+QWEN_LAYERS = [
+    LayerInfo("/model/embed_tokens/Gather", "GATHER", (H,)),
+    LayerInfo("/model/layers.0/input_layernorm/Cast", "CAST", (F,)),
+    LayerInfo("/model/layers.0/input_layernorm/Pow", "ELEMENTWISE", (F,)),  # 2
+    LayerInfo("/model/layers.0/input_layernorm/ReduceMean", "REDUCE", (F,)),  # 3
+    LayerInfo("/model/layers.0/input_layernorm/Add", "ELEMENTWISE", (F,)),  # 4
+    LayerInfo("/model/layers.0/input_layernorm/Sqrt", "UNARY", (F,)),  # 5
+    LayerInfo("/model/layers.0/input_layernorm/Div", "ELEMENTWISE", (F,)),  # 6
+    LayerInfo("/model/layers.0/input_layernorm/Constant_output_0", "CONSTANT", (F,)),
+    LayerInfo("/model/layers.0/self_attn/q_proj/MatMul", "MATRIX_MULTIPLY", (H,)),
+    LayerInfo("/model/layers.0/self_attn/q_norm/Mul_1", "ELEMENTWISE", (H,)),  # 9
+    LayerInfo("/model/layers.0/self_attn/Softmax", "SOFTMAX", (H,)),  # 10
+    LayerInfo("/model/layers.0/self_attn/Add", "ELEMENTWISE", (H,)),  # mask add, outside a norm scope
+    LayerInfo("/model/layers.0/mlp/act_fn/Sigmoid", "ACTIVATION", (H,)),  # SiLU: fine in fp16
+    LayerInfo("/model/Shape", "SHAPE", (I64,)),
+    LayerInfo("/model/ReduceMax", "REDUCE", (I64,)),  # pooling index arithmetic on ints: untouched
+    LayerInfo("/model/Equal", "ELEMENTWISE", (B,)),
+    LayerInfo("/model/norm/Mul_1", "ELEMENTWISE", (H,)),  # 16 final RMSNorm weight
+    LayerInfo("/score/MatMul", "MATRIX_MULTIPLY", (F,)),
+]
+ROBERTA_LAYERS = [
+    LayerInfo("/roberta/embeddings/LayerNorm/LayerNormalization", "NORMALIZATION", (H,)),  # 0
+    LayerInfo("/roberta/encoder/layer.0/attention/self/Softmax", "SOFTMAX", (H,)),  # 1
+    LayerInfo("/roberta/encoder/layer.0/output/dense/MatMul", "MATRIX_MULTIPLY", (H,)),
+    LayerInfo("/roberta/encoder/layer.0/output/LayerNorm/Add", "ELEMENTWISE", (H,)),  # 3 (decomposed LN)
+    LayerInfo("/classifier/dense/Tanh", "ACTIVATION", (H,)),
+]
+
+
+def test_fp32_islands_pick_norms_softmax_and_reductions_only():
+    assert fp32_layer_indices(QWEN_LAYERS) == [2, 3, 4, 5, 6, 9, 10, 16]
+    assert fp32_layer_indices(ROBERTA_LAYERS) == [0, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("/model/layers.3/post_attention_layernorm/Pow", True),
+        ("/model/norm/ReduceMean", True),
+        ("/model/layers.0/self_attn/k_norm/Mul", True),
+        ("/roberta/encoder/layer.5/attention/output/LayerNorm/Sub", True),
+        ("/model/layers.0/mlp/down_proj/MatMul", False),
+        ("LayerNormalization_12", False),  # a bare op name is no scope; its NORMALIZATION type still counts
+        ("", False),
+    ],
+)
+def test_norm_scope(name, expected):
+    assert in_norm_scope(name) is expected
+
+
+class _Enum(SimpleNamespace):
+    pass
+
+
+def _fake_trt():
+    return SimpleNamespace(float32=_Enum(name="FLOAT"), float16=_Enum(name="HALF"))
+
+
+class _Tensor:
+    def __init__(self, dtype: str):
+        self.dtype = _Enum(name=dtype)
+
+
+class _Layer:
+    def __init__(self, info: LayerInfo):
+        self.name = info.name
+        self.type = _Enum(name=info.type)
+        self._outputs = [_Tensor(d) for d in info.output_dtypes]
+        self.num_outputs = len(self._outputs)
+        self.precision = None
+        self.output_types: dict[int, object] = {}
+
+    def get_output(self, j):
+        return self._outputs[j]
+
+    def set_output_type(self, j, dtype):
+        self.output_types[j] = dtype
+
+
+class _Network:
+    def __init__(self, infos):
+        self.layers = [_Layer(i) for i in infos]
+        self.num_layers = len(self.layers)
+
+    def get_layer(self, i):
+        return self.layers[i]
+
+
+def test_apply_fp32_constraints_sets_layer_precision_and_output_types():
+    trt = _fake_trt()
+    net = _Network(QWEN_LAYERS)
+    names = apply_fp32_constraints(net, trt)
+    picked = set(fp32_layer_indices(QWEN_LAYERS))
+    assert names == [QWEN_LAYERS[i].name for i in sorted(picked)]
+    for i, layer in enumerate(net.layers):
+        if i in picked:
+            assert layer.precision is trt.float32
+            assert layer.output_types == {j: trt.float32 for j in range(layer.num_outputs)}
+        else:
+            assert layer.precision is None and layer.output_types == {}
+
+
+def test_engine_settings_is_plain_data():
+    s = engine_settings("fp16", ALL)
+    assert isinstance(s, EngineSettings)
+    assert s == EngineSettings("fp16", "fp16", True, False, False, True, "prefer")
