@@ -5,7 +5,7 @@ Build time only (onnx + onnxruntime.transformers); nothing here is imported by g
 """
 from __future__ import annotations
 
-__all__ = ["optimize_onnx"]
+__all__ = ["graph_pass", "optimize_onnx"]
 
 
 def optimize_onnx(*args, **kwargs):
@@ -13,3 +13,10 @@ def optimize_onnx(*args, **kwargs):
     from .fusions import optimize_onnx as _impl
 
     return _impl(*args, **kwargs)
+
+
+def graph_pass(model, spec):
+    """The exporter hook: `export_onnx(..., graph_pass=guardrt.kernels.graph_pass)`; see kernels.fusions.graph_pass."""
+    from .fusions import graph_pass as _impl
+
+    return _impl(model, spec)

@@ -82,7 +82,7 @@ def test_fused_operators_present(fused):
         assert "Softmax" not in ops
     else:
         assert report["attention_layers"] == model.config.num_hidden_layers
-        assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= ops
+        assert {"MultiHeadAttention", "SkipLayerNormalization", "BiasGelu"} <= ops
     assert report["nodes_after"] < report["nodes_before"] / 2
 
 
@@ -115,15 +115,16 @@ def test_fused_batched_equals_single(fused):
 
 
 def test_fused_graph_quantizes_dynamic(fused, tmp_path):
-    """The exporter quantises after the pass: dynamic int8 of the fused graph still matches within the int8 gate."""
+    """The exporter quantises after the pass (same settings as export.quantize, no extra options): dynamic int8 of
+    the fused graph still matches within the int8 gate, and the attention projections became integer kernels."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from guardrt.kernels.fusions import QUANTIZE_EXTRA_OPTIONS
 
     kind, spec, model, _, fused_path, _ = fused
     out = tmp_path / "int8.onnx"
-    quantize_dynamic(str(fused_path), str(out), weight_type=QuantType.QInt8,
-                     extra_options={"MatMulConstBOnly": True, **QUANTIZE_EXTRA_OPTIONS})
+    quantize_dynamic(str(fused_path), str(out), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                     weight_type=QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+    float_matmuls = [n.name for n in onnx.load(str(out)).graph.node if n.op_type == "MatMul"]
+    assert not [n for n in float_matmuls if "proj" in n or "query" in n or "key" in n or "value" in n], float_matmuls
     ids, mask, _ = _padded_batch(kind, model.config.pad_token_id)
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
@@ -134,3 +135,23 @@ def test_fused_graph_quantizes_dynamic(fused, tmp_path):
 def test_unknown_model_type_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no graph fusions"):
         optimize_onnx(tmp_path / "m.onnx", "gpt_bigcode", tmp_path / "o.onnx", config={})
+
+
+def test_graph_pass_hook_reads_dims_off_the_graph(fused):
+    """export_onnx(graph_pass=guardrt.kernels.graph_pass) hands over a ModelProto and no HF config."""
+    from guardrt.kernels import graph_pass
+    from guardrt.kernels.fusions import optimize_model_proto
+
+    kind, spec, model, onnx_path, fused_path, report = fused
+    got = graph_pass(onnx.load(str(onnx_path)), spec)
+    assert isinstance(got, onnx.ModelProto)
+    assert graph_pass.__module__ == "guardrt.kernels"
+    from guardrt.kernels import fusions
+
+    assert fusions.graph_pass.last_report["fused_ops"] == report["fused_ops"]
+    ids, mask, _ = _padded_batch(kind, model.config.pad_token_id)
+    sess = ort.InferenceSession(got.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert np.abs(a - _run(fused_path, ids, mask)).max() <= 1e-5
+    _, rep = optimize_model_proto(onnx.load(str(onnx_path)), spec)
+    assert rep["num_layers"] == model.config.num_hidden_layers
