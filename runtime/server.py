@@ -162,7 +162,9 @@ def load_failures(log_text: str) -> dict[str, str]:
     for line in log_text.splitlines():
         m = _LOAD_FAIL.search(line) or _TABLE_FAIL.search(line.strip())
         if m:
-            out.setdefault(m.group(1), m.group(2).strip())
+            # Python-backend reasons carry the stub's traceback as escaped newlines; the first line is the reason.
+            reason = m.group(2).split("\\n")[0].strip().rstrip('"').strip()
+            out.setdefault(m.group(1), reason)
     return out
 
 
