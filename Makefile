@@ -24,5 +24,15 @@ test-fast: venv
 demo: venv
 	$(PY) -m guardrt demo
 
+# On a host with an NVIDIA GPU: install the gpu extra, run the gpu-marked tests, build fp16/int8 engines for the demo
+# models, compare them with ONNX Runtime fp32, benchmark, print the Triton container command. Without a GPU: one line,
+# exit 3, nothing installed. A quick smoke run: make gpu-check GPU_CHECK_ARGS="--size tiny"
+GPU_CHECK_ARGS ?=
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --probe
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[gpu]'
+	$(PY) -m pytest -q -m gpu tests/export/test_tensorrt_export.py
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf build *.egg-info .pytest_cache

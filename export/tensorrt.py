@@ -40,6 +40,7 @@ from guardrt.runtime.tensorrt import (
     GpuProbe,
     ShapeRange,
     TensorRTUnavailableError,
+    engine_profiles,
     missing_gpu_modules,
     probe_gpu,
 )
@@ -149,17 +150,6 @@ def check_engine_profiles(actual: Sequence[Mapping[str, ShapeRange]], expected: 
             if got_rng != rng:
                 problems.append(f"profile {want.index} {name}: engine {got_rng} != derived {rng}")
     return problems
-
-
-def engine_profiles(engine, trt=None) -> list[dict[str, ShapeRange]]:
-    """[{input: (min, opt, max)}] per optimization profile of a deserialized engine (TensorRT 10 name-based API)."""
-    trt = trt or require("tensorrt", "gpu")
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    return [
-        {n: tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(n, p)) for n in inputs}
-        for p in range(engine.num_optimization_profiles)
-    ]
 
 
 # -- precision settings (pure) --------------------------------------------------------------------------------------

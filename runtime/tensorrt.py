@@ -36,7 +36,9 @@ __all__ = [
     "GpuProbe",
     "TensorRTRunner",
     "TensorRTUnavailableError",
+    "engine_profiles",
     "missing_gpu_modules",
+    "numpy_dtype",
     "probe_gpu",
     "select_profile",
 ]
@@ -145,6 +147,33 @@ def select_profile(profiles: Sequence[Mapping[str, ShapeRange]], shapes: Mapping
     return best[1]
 
 
+# TensorRT DataType names -> NumPy. Spelled out because `trt.nptype` only learned INT64 in some 10.x releases.
+_NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32,
+                 "INT64": np.int64, "BOOL": np.bool_}
+
+
+def numpy_dtype(trt_dtype, trt=None) -> np.dtype:
+    """NumPy dtype of a TensorRT DataType (or its name); falls back to `trt.nptype`; ModelFilesError if none."""
+    name = trt_dtype if isinstance(trt_dtype, str) else getattr(trt_dtype, "name", str(trt_dtype))
+    if name in _NUMPY_DTYPES:
+        return np.dtype(_NUMPY_DTYPES[name])
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except (AttributeError, TypeError):
+        raise ModelFilesError(f"engine tensor type {name} has no NumPy equivalent") from None
+
+
+def engine_profiles(engine, trt) -> list[dict[str, ShapeRange]]:
+    """[{input: (min, opt, max)}] per optimization profile of a deserialized engine (TensorRT 10 name-based API:
+    `num_io_tensors`, `get_tensor_name`, `get_tensor_mode`, `get_tensor_profile_shape(name, profile)`)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    return [
+        {n: tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(n, p)) for n in inputs}
+        for p in range(engine.num_optimization_profiles)
+    ]
+
+
 # -- the runner (needs a GPU) ---------------------------------------------------------------------------------------
 def _require_gpu_stack():
     trt = require("tensorrt", "gpu")
@@ -202,14 +231,8 @@ class TensorRTRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
-        self.profiles = [
-            {
-                n: tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(n, p))  # (min,opt,max)
-                for n in self.input_names
-            }
-            for p in range(engine.num_optimization_profiles)
-        ]
+        self._dtypes = {n: numpy_dtype(engine.get_tensor_dtype(n), trt) for n in names}
+        self.profiles = engine_profiles(engine, trt)
         self.stream = cuda.Stream()
         self._profile = 0  # TensorRT selects profile 0 for a new context
         return self

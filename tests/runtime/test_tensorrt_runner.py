@@ -6,6 +6,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from guardrt.runtime.errors import InputError, MissingExtraError, ModelFilesError
@@ -13,6 +14,7 @@ from guardrt.runtime.tensorrt import (
     GpuProbe,
     TensorRTRunner,
     missing_gpu_modules,
+    numpy_dtype,
     probe_gpu,
     select_profile,
 )
@@ -121,3 +123,191 @@ def test_importing_the_runtime_module_imports_no_gpu_library():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_numpy_dtype_of_engine_tensors():
+    assert numpy_dtype("INT64") == np.int64 and numpy_dtype("FLOAT") == np.float32 and numpy_dtype("HALF") == np.float16
+    assert numpy_dtype(SimpleNamespace(name="INT32")) == np.int32
+    with pytest.raises(ModelFilesError, match="BF16"):
+        numpy_dtype("BF16", trt=None)
+
+
+# -- the runner's call sequence against a recording fake of TensorRT + Polygraphy's CUDA wrapper ------------------
+# Not a GPU result: this checks guardrt's own logic (profile switching, shapes, dtypes, addresses, copies) against
+# the documented TensorRT 10 call contract. What TensorRT itself does is only checked by the `gpu` tests.
+class _FakeMemory:
+    """Polygraphy-like DeviceArray / Stream over a dict of 'device' arrays keyed by fake pointers."""
+
+    heap: dict[int, np.ndarray] = {}
+    next_ptr = 0x1000
+
+    class DeviceArray:
+        def __init__(self, shape, dtype):
+            self.dtype = np.dtype(dtype)
+            self.ptr = 0
+            self.allocated = 0
+            self.resize(shape)
+
+        def resize(self, shape):
+            nbytes = int(np.prod(shape)) * self.dtype.itemsize
+            if nbytes > self.allocated:
+                _FakeMemory.next_ptr += 0x1000
+                self.ptr = _FakeMemory.next_ptr
+                self.allocated = nbytes
+            self.shape = tuple(shape)
+            _FakeMemory.heap[self.ptr] = np.zeros(self.shape, self.dtype)
+            return self
+
+        def copy_from(self, host, stream=None):
+            assert host.dtype == self.dtype and host.flags.c_contiguous
+            _FakeMemory.heap[self.ptr] = host.copy()
+
+        def copy_to(self, host, stream=None):
+            host[...] = _FakeMemory.heap[self.ptr].reshape(host.shape)
+            return host
+
+        def free(self):
+            _FakeMemory.heap.pop(self.ptr, None)
+
+    class Stream:
+        ptr = 0xABC
+        synced = 0
+
+        def synchronize(self):
+            type(self).synced += 1
+
+        def free(self):
+            pass
+
+
+class _FakeEngine:
+    """Two inputs int64 [-1, -1], one output float32 [-1, 2]; two profiles (seq 1..8 and 9..16, batch 1..4)."""
+
+    names = ["input_ids", "attention_mask", "logits"]
+    num_io_tensors = 3
+    num_optimization_profiles = 2
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "OUT" if name == "logits" else "IN"
+
+    def get_tensor_dtype(self, name):
+        return SimpleNamespace(name="FLOAT" if name == "logits" else "INT64")
+
+    def get_tensor_profile_shape(self, name, p):
+        return [(1, 1), (4, 8), (4, 8)] if p == 0 else [(1, 9), (4, 16), (4, 16)]
+
+    def create_execution_context(self):
+        return _FakeContext()
+
+
+class _FakeContext:
+    def __init__(self):
+        self.calls = []
+        self.shapes = {}
+        self.addresses = {}
+        self.profile = 0
+
+    def set_optimization_profile_async(self, index, stream):
+        self.calls.append(("profile", index, stream))
+        self.profile = index
+        return True
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = _FakeEngine().get_tensor_profile_shape(name, self.profile)
+        ok = all(a <= s <= b for s, a, b in zip(shape, lo, hi))
+        self.calls.append(("shape", name, tuple(shape)))
+        if ok:
+            self.shapes[name] = tuple(shape)
+        return ok
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shapes["input_ids"][0], 2)
+
+    def execute_async_v3(self, stream):
+        self.calls.append(("execute", stream))
+        ids = _FakeMemory.heap[self.addresses["input_ids"]]
+        mask = _FakeMemory.heap[self.addresses["attention_mask"]]
+        out = np.stack([(ids * mask).sum(1), mask.sum(1)], axis=1).astype(np.float32)
+        _FakeMemory.heap[self.addresses["logits"]] = out
+        return True
+
+
+class _FakeLogger:
+    WARNING = 2
+
+    def __init__(self, severity):
+        self.severity = severity
+
+
+def _fake_stack():
+    trt = SimpleNamespace(
+        __version__="10.5.0-fake",
+        Logger=_FakeLogger,
+        Runtime=lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda data: _FakeEngine()),
+        TensorIOMode=SimpleNamespace(INPUT="IN", OUTPUT="OUT"),
+    )
+    return trt, _FakeMemory
+
+
+def test_runner_call_sequence_with_a_fake_tensorrt(tmp_path, monkeypatch):
+    import guardrt.runtime.tensorrt as rt
+
+    monkeypatch.setattr(rt, "_require_gpu_stack", _fake_stack)
+    monkeypatch.setattr(rt, "probe_gpu", lambda: GpuProbe(True, "GPU 0: fake"))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"fake")
+    with TensorRTRunner(plan) as runner:
+        assert runner.input_names == ["input_ids", "attention_mask"] and runner.output_names == ["logits"]
+        assert runner.profiles[1]["input_ids"] == ((1, 9), (4, 16), (4, 16))
+        ctx = runner.context
+        ids = np.arange(12, dtype=np.int32).reshape(3, 4)  # int32 in: cast to the engine's int64
+        mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+        out = runner.infer({"input_ids": ids, "attention_mask": mask})["logits"]
+        np.testing.assert_array_equal(out, [[6, 4], [9, 2], [8, 1]])
+        assert out.dtype == np.float32
+        assert ("profile", 0, 0xABC) not in ctx.calls  # profile 0 is the context's default: no switch
+        # a longer sequence switches to profile 1 before setting shapes, then back
+        runner.infer({"input_ids": np.ones((2, 12), np.int64), "attention_mask": np.ones((2, 12), np.int64)})
+        runner.infer({"input_ids": np.ones((1, 3), np.int64), "attention_mask": np.ones((1, 3), np.int64)})
+        kinds = [c for c in ctx.calls if c[0] in ("profile", "execute")]
+        assert kinds == [("execute", 0xABC), ("profile", 1, 0xABC), ("execute", 0xABC), ("profile", 0, 0xABC),
+                         ("execute", 0xABC)]
+        with pytest.raises(InputError, match="do not match the engine inputs"):
+            runner.infer({"input_ids": ids})
+        with pytest.raises(InputError, match="no TensorRT optimization profile"):
+            runner.infer({"input_ids": np.ones((5, 3), np.int64), "attention_mask": np.ones((5, 3), np.int64)})
+    assert runner.context is None and runner.stream is None
+
+
+def test_runner_refuses_an_engine_it_cannot_load(tmp_path, monkeypatch):
+    import guardrt.runtime.tensorrt as rt
+
+    trt, mem = _fake_stack()
+    trt.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=lambda data: None)
+    monkeypatch.setattr(rt, "_require_gpu_stack", lambda: (trt, mem))
+    monkeypatch.setattr(rt, "probe_gpu", lambda: GpuProbe(True, "GPU 0: fake"))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"fake")
+    (tmp_path / "build.json").write_text('{"tensorrt_version": "10.5.0", "gpu": "NVIDIA A10G"}')
+    with pytest.raises(ModelFilesError, match=r"built with TensorRT 10\.5\.0 on NVIDIA A10G"):
+        TensorRTRunner(plan)
+    monkeypatch.setattr(rt, "probe_gpu", lambda: GpuProbe(False, "no NVIDIA GPU found"))
+    with pytest.raises(rt.TensorRTUnavailableError, match="no NVIDIA GPU found"):
+        TensorRTRunner(plan)
+
+
+def test_engine_profiles_reads_every_input_of_every_profile():
+    from guardrt.runtime.tensorrt import engine_profiles
+
+    trt, _ = _fake_stack()
+    assert engine_profiles(_FakeEngine(), trt) == [
+        {n: ((1, 1), (4, 8), (4, 8)) for n in ("input_ids", "attention_mask")},
+        {n: ((1, 9), (4, 16), (4, 16)) for n in ("input_ids", "attention_mask")},
+    ]

@@ -1,0 +1,193 @@
+"""GPU check: the whole TensorRT path on a host with an NVIDIA GPU, in one run (`make gpu-check`).
+
+For each demo model (intent-safety = Qwen3, rejection = RoBERTa; `--size realistic` by default, `tiny` for a quick
+smoke run): validated ONNX export (fp32 / fp16 / int8-QDQ, cached), TensorRT engines (fp16 and int8 by default)
+through `guardrt.export.tensorrt.export_tensorrt` into one Triton repository, then on held-out synthetic inputs:
+
+* max |Δlogit| and decision agreement of each engine against ONNX Runtime fp32 on CPU (the exporter's validated
+  reference), checked against the spec's gates for that precision - once with the in-process batching (padded to
+  the longest sequence) and once padded to the length buckets (the shapes Triton runs);
+* a latency table (p50 / p99 ms, sequences/s) for the engines at a few batch x length points, next to ORT fp32 CPU;
+* the exact `docker run ... tritonserver --model-repository ...` command for NVIDIA's Triton container.
+
+Results go to benchmarks/results/gpu_check.json. Exit status: 0 all gates pass; 1 a gate failed; 3 no NVIDIA GPU
+on this host (one line, nothing built - a skip is not a pass); 4 the `gpu` extra is not installed.
+`--probe` only answers whether a GPU is here (exit 0 or 3): the Makefile runs it before installing the extra.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# TensorRT major.minor -> the NVIDIA Triton container release that ships it (plans load only with the same TensorRT).
+# 24.10 = Triton 2.51.0, CUDA 12.6.2, TensorRT 10.5 (see docs/gpu_deployment.md for how to confirm it in the image).
+TRITON_CONTAINER_FOR_TRT = {"10.5": "24.10"}
+EXIT_OK, EXIT_GATE, EXIT_NO_GPU, EXIT_NO_EXTRA = 0, 1, 3, 4
+
+
+def docker_command(repo: Path, trt_version: str) -> str:
+    """The command that serves `repo` with NVIDIA's Triton container matching the TensorRT the plans were built by."""
+    major_minor = ".".join(trt_version.split(".")[:2])
+    tag = TRITON_CONTAINER_FOR_TRT.get(major_minor)
+    image = f"nvcr.io/nvidia/tritonserver:{tag}-py3" if tag else \
+        f"nvcr.io/nvidia/tritonserver:<the release that ships TensorRT {major_minor}>-py3"
+    return (f"docker run --gpus all --rm --shm-size=1g -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 "
+            f"-p 127.0.0.1:8002:8002 -v {repo.resolve()}:/models {image} "
+            f"tritonserver --model-repository=/models")
+
+
+class BucketPaddingRunner:
+    """Wraps a runner: pads every batch to its spec length bucket (pad id, mask 0, spec side) - what the thin client
+    does for native Triton backends - so the engine runs exactly the shapes it was optimised for."""
+
+    def __init__(self, runner, spec):
+        self.runner, self.spec = runner, spec
+
+    def infer(self, feeds):
+        ids, mask = (feeds[n] for n in self.spec.input_names)
+        seq = ids.shape[1]
+        extra = self.spec.bucket_for(seq) - seq
+        if extra:
+            pad = [(0, 0), (extra, 0)] if self.spec.padding_side == "left" else [(0, 0), (0, extra)]
+            ids = np.pad(ids, pad, constant_values=self.spec.pad_token_id)
+            mask = np.pad(mask, pad, constant_values=0)
+        return self.runner.infer(dict(zip(self.spec.input_names, (ids, mask))))
+
+    def close(self):
+        pass
+
+
+def compare(spec, ref_logits: np.ndarray, logits: np.ndarray) -> dict:
+    from guardrt.runtime.postprocess import postprocess
+
+    ref = [r["label"] for r in postprocess(spec, ref_logits)]
+    got = [r["label"] for r in postprocess(spec, logits)]
+    return {"max_abs_diff": float(np.abs(ref_logits - logits).max()),
+            "agreement": float(np.mean(np.array(ref) == np.array(got))),
+            "finite": bool(np.isfinite(logits).all())}
+
+
+def time_runner(runner, spec, batch: int, seq: int, warmup: int, iters: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(10, 1000, size=(batch, seq), dtype=np.int64)
+    feeds = dict(zip(spec.input_names, (ids, np.ones_like(ids))))
+    for _ in range(warmup):
+        runner.infer(feeds)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        runner.infer(feeds)
+        times.append(time.perf_counter() - t0)
+    t = np.array(times) * 1e3
+    return {"batch": batch, "seq": seq, "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+            "seq_per_s": float(batch / np.median(times))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--probe", action="store_true", help="only say whether an NVIDIA GPU is here (exit 0 or 3)")
+    ap.add_argument("--specs", default="rejection,intent-safety")
+    ap.add_argument("--size", default="realistic", choices=("tiny", "realistic"), help="demo model size")
+    ap.add_argument("--precisions", default="fp16,int8", help="TensorRT engine precisions")
+    ap.add_argument("--n", type=int, default=256, help="held-out examples per spec")
+    ap.add_argument("--repo", default=str(REPO_ROOT / "artifacts" / "gpu_check" / "triton_repo"))
+    ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "gpu_check.json"))
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--skip-bench", action="store_true")
+    args = ap.parse_args(argv)
+
+    from guardrt.runtime.tensorrt import missing_gpu_modules, probe_gpu
+
+    gpu = probe_gpu()
+    if not gpu.found:
+        print(f"gpu-check: skipped - {gpu.detail}; nothing was built or compared (this is not a pass)")
+        return EXIT_NO_GPU
+    if args.probe:
+        print(f"gpu-check: NVIDIA GPU found: {gpu.detail}")
+        return EXIT_OK
+    missing = missing_gpu_modules()
+    if missing:
+        print(f"gpu-check: {', '.join(missing)} not installed; run `make gpu-check` (installs guardrt[gpu])")
+        return EXIT_NO_EXTRA
+
+    import tensorrt
+
+    from guardrt.export.demo_models import cached_demo_export
+    from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_payloads
+    from guardrt.export.tensorrt import _gpu_facts, export_tensorrt, parse_trt_precisions
+    from guardrt.runtime.onnxrt import InProcessClassifier
+    from guardrt.runtime.specs import get_spec
+    from guardrt.runtime.tensorrt import TensorRTRunner
+
+    precisions = parse_trt_precisions(args.precisions)
+    repo = Path(args.repo)
+    facts = _gpu_facts(gpu)
+    report = {"host": platform.node(), "gpu": facts, "tensorrt_version": tensorrt.__version__,
+              "python": sys.version.split()[0], "size": args.size, "precisions": list(precisions), "specs": {}}
+    print(f"gpu-check: {facts.get('gpu')} (compute capability {facts.get('compute_capability', '?')}), "
+          f"TensorRT {tensorrt.__version__}")
+    failed = []
+    for spec_name in [s.strip() for s in args.specs.split(",") if s.strip()]:
+        spec = get_spec(spec_name)
+        print(f"\n== {spec_name} ({args.size}) ==")
+        export_dir = cached_demo_export(spec_name, args.size, ("fp32", "fp16", "int8"), log=print)
+        built = export_tensorrt(export_dir, spec, precisions, out=repo, log=print)
+        entry = {"export_dir": str(export_dir), "engines": {p: str(v) for p, v in built.engines.items()},
+                 "builds": built.builds, "parity": {}, "latency": {}}
+        reference = InProcessClassifier.from_export_dir(export_dir, "fp32")
+        seqs = reference.encode(synthetic_payloads(spec_name, args.n, seed=SPLIT_SEEDS["heldout"]))
+        ref_logits = reference.logits_for_ids(seqs)
+        for p in precisions:
+            atol, gate = spec.atol.get(p, float("inf")), spec.min_agreement.get(p, 0.0)
+            with TensorRTRunner(built.engines[p]) as runner:
+                for mode, wrapped in (("longest", runner), ("buckets", BucketPaddingRunner(runner, spec))):
+                    clf = InProcessClassifier(spec, wrapped, reference.preprocessor)
+                    res = compare(spec, ref_logits, clf.logits_for_ids(seqs))
+                    res.update(atol=atol, min_agreement=gate,
+                               passed=res["finite"] and res["max_abs_diff"] <= atol and res["agreement"] >= gate)
+                    entry["parity"][f"{p}/{mode}"] = res
+                    print(f"{spec_name} TensorRT {p} ({mode} padding) vs ORT fp32: max|Δlogit| "
+                          f"{res['max_abs_diff']:.4g} (gate {atol:g}), agreement {res['agreement']:.4f} "
+                          f"(gate {gate:g}) -> {'ok' if res['passed'] else 'FAILED'}")
+                    if not res["passed"]:
+                        failed.append(f"{spec_name} {p} {mode}")
+                if not args.skip_bench:
+                    points = [(1, spec.length_buckets[0]), (min(16, spec.max_batch_size), min(128, spec.max_length)),
+                              (1, min(1024, spec.max_length)), (min(16, spec.max_batch_size), min(512, spec.max_length))]
+                    entry["latency"][p] = [time_runner(runner, spec, b, s, 10, args.iters) for b, s in points]
+        if not args.skip_bench:
+            entry["latency"]["ort-fp32-cpu"] = [time_runner(reference.runner, spec, b, s, 2, max(3, args.iters // 10))
+                                                for b, s in [(1, spec.length_buckets[0]),
+                                                             (min(16, spec.max_batch_size), min(128, spec.max_length))]]
+            print(f"\n{'engine':<16}{'batch':>6}{'seq':>6}{'p50 ms':>10}{'p99 ms':>10}{'seq/s':>10}")
+            for engine, rows in entry["latency"].items():
+                for r in rows:
+                    print(f"{engine:<16}{r['batch']:>6}{r['seq']:>6}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+                          f"{r['seq_per_s']:>10.1f}")
+        reference.close()
+        report["specs"][spec_name] = entry
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report["docker_command"] = docker_command(repo, tensorrt.__version__)
+    report["failed"] = failed
+    out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    print(f"\nresults: {out}")
+    print("serve the engines with NVIDIA's Triton container (same TensorRT as the build):")
+    print("  " + report["docker_command"])
+    if failed:
+        print(f"gpu-check: FAILED gates: {', '.join(failed)}")
+        return EXIT_GATE
+    print("gpu-check: all gates passed")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
