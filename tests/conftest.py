@@ -36,3 +36,23 @@ def roberta_tokenizer_dir(tmp_path_factory) -> Path:
     from guardrt.export.tokenizers import build_roberta_tokenizer
 
     return build_roberta_tokenizer(tmp_path_factory.mktemp("roberta_tok"))
+
+
+# -- demo model fixtures (issue 3): tiny checkpoints and their validated exports, built once into the cache ------
+ALL_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint():
+    """demo_checkpoint(spec_name) -> tiny trained HF checkpoint dir (cached under $GUARDRT_CACHE_DIR)."""
+    from guardrt.export.demo_models import cached_demo_model
+
+    return lambda spec_name: cached_demo_model(spec_name, "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_export():
+    """demo_export(spec_name, precisions=ALL_PRECISIONS) -> validated export dir of the tiny demo model (cached)."""
+    from guardrt.export.demo_models import cached_demo_export
+
+    return lambda spec_name, precisions=ALL_PRECISIONS: cached_demo_export(spec_name, "tiny", precisions)

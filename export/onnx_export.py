@@ -1,0 +1,358 @@
+"""Checkpoint directory (Hugging Face format) -> validated export directory (fp32 / fp16 / int8 ONNX).
+
+`export_onnx(model_dir, spec, out_dir, precisions)` is the whole pipeline (what `guardrt export` runs):
+
+1. check the checkpoint against the spec (architecture, model type, number of labels, tokenizer present);
+2. fp32 graph through optimum's exporter (task `text-classification`, the spec's opset; the pad id passed so the
+   graph keeps HF's pooling: the last token that is not the pad id), checked against the spec's tensor contract;
+3. optional `graph_pass(model, spec) -> model` (the hook for issue 6's fusions in `guardrt.kernels`): applied to
+   the fp32 graph before anything is derived from it, so fp16 and int8 start from the optimised graph and every
+   precision, fp32 included, is validated after it;
+4. fp16 (`guardrt.export.fp16`), int8 QDQ static calibrated on preprocessed spec inputs and int8 dynamic
+   (`guardrt.export.quantize`);
+5. every precision validated against PyTorch fp32 (`guardrt.export.validate`); a precision that misses the spec's
+   gate (max |Δlogit| and held-out decision agreement) is not written, and ExportGateError is raised at the end,
+   unless `force=True`;
+6. tokenizer files, config.json, `guardrt.json` and `validation.json` written next to the models
+   (layout: `guardrt.runtime.export_dir`).
+
+Graphs larger than `external_data_threshold` bytes keep their weights in one `model.onnx.data` file next to
+`model.onnx` (Triton loads a directory; thousands of per-tensor files make loading slow).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from guardrt.runtime.errors import GuardrtError, ModelFilesError
+from guardrt.runtime.export_dir import MANIFEST_NAME, PRECISIONS, VALIDATION_NAME, load_export_dir
+from guardrt.runtime.specs import ModelSpec, get_spec
+
+__all__ = [
+    "EXTERNAL_DATA_THRESHOLD",
+    "ExportGateError",
+    "check_checkpoint",
+    "check_graph_contract",
+    "export_onnx",
+    "parse_precisions",
+    "save_onnx",
+]
+
+# Weights above this many bytes go to one external-data file (protobuf's hard limit is 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "chat_template.jinja")
+
+GraphPass = Callable[[Any, ModelSpec], Any]
+
+
+class ExportGateError(GuardrtError):
+    """A precision missed its spec's validation gate; it was not written (see validation.json)."""
+
+
+def parse_precisions(value: str | Sequence[str]) -> tuple[str, ...]:
+    """"fp32,int8" -> ("fp32", "int8"), checked against the known precisions, in build order."""
+    items = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(p).strip() for p in value]
+    items = [p for p in items if p]
+    unknown = [p for p in items if p not in PRECISIONS]
+    if unknown or not items:
+        raise GuardrtError(f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in items)
+
+
+def check_checkpoint(model_dir: str | Path, spec: ModelSpec) -> dict:
+    """config.json of `model_dir` after checking it is a checkpoint for `spec`; ModelFilesError otherwise."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelFilesError(f"model directory {root} does not exist")
+    cfg_file = root / "config.json"
+    if not cfg_file.is_file():
+        raise ModelFilesError(f"{root} is not a Hugging Face checkpoint (no config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFilesError(f"corrupt {cfg_file}: {exc}") from None
+    archs = cfg.get("architectures") or []
+    if spec.architecture not in archs or cfg.get("model_type") != spec.model_type:
+        found = ", ".join(archs) or cfg.get("model_type") or "unknown"
+        raise ModelFilesError(
+            f"{root} holds a {found} checkpoint; spec {spec.name} needs {spec.architecture} ({spec.model_type})"
+        )
+    num_labels = len(cfg.get("id2label") or {}) or cfg.get("num_labels")
+    if num_labels != len(spec.labels):
+        raise ModelFilesError(f"{root} has {num_labels} labels; spec {spec.name} needs {len(spec.labels)}")
+    if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
+        raise ModelFilesError(f"{root} has no weights (*.safetensors or *.bin)")
+    if not (root / "tokenizer.json").is_file():
+        raise ModelFilesError(f"{root} has no tokenizer.json (the export directory must carry the tokenizer)")
+    return cfg
+
+
+def check_graph_contract(model, spec: ModelSpec) -> None:
+    """The exported graph takes exactly the spec's int64 [batch, sequence] inputs and returns float32 logits
+    [batch, num_labels]; ModelFilesError otherwise."""
+    from onnx import TensorProto
+
+    def describe(values):
+        return [(v.name, v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim)) for v in values]
+
+    want_in = [(n, TensorProto.INT64, 2) for n in spec.input_names]
+    want_out = [(n, TensorProto.FLOAT, 2) for n in spec.output_names]
+    got_in, got_out = describe(model.graph.input), describe(model.graph.output)
+    if got_in != want_in or got_out != want_out:
+        raise ModelFilesError(f"exported graph contract mismatch: inputs {got_in}, outputs {got_out}; "
+                              f"spec {spec.name} needs inputs {want_in}, outputs {want_out}")
+
+
+def _weights_bytes(model) -> int:
+    from onnx.external_data_helper import uses_external_data
+
+    total = 0
+    for t in model.graph.initializer:
+        if uses_external_data(t):
+            total += int({e.key: e.value for e in t.external_data}.get("length", 0))
+        else:
+            total += len(t.raw_data) or t.ByteSize()
+    return total
+
+
+def save_onnx(model, path: str | Path, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
+    """Save `model` to `path`; weights in one `<name>.data` file when they exceed the threshold. Returns the files."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.with_name(path.name + ".data")
+    for stale in (path, data):
+        stale.unlink(missing_ok=True)
+    if _weights_bytes(model) > external_data_threshold:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024, convert_attribute=False)
+        return [path, data]
+    onnx.save_model(model, str(path))
+    return [path]
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _calibration_feeds(spec: ModelSpec, tokenizer_dir: Path, n: int) -> list[dict]:
+    """Calibration batches from preprocessed spec inputs (synthetic calibration split, plus a long input):
+    unpadded single sequences and padded batches of 4, as the runtime sends them."""
+    from guardrt.export.synthetic import SPLIT_SEEDS, long_payload, synthetic_payloads
+    from guardrt.runtime.preprocess import build_preprocessor, pad_batch
+
+    pre = build_preprocessor(spec, tokenizer_dir)
+    seqs = [pre.encode(p) for p in synthetic_payloads(spec.name, n, seed=SPLIT_SEEDS["calibration"])]
+    long = pre.encode(long_payload(spec.name, seed=SPLIT_SEEDS["calibration"]))
+    long = long[-1024:] if spec.truncation_side == "left" else long[:1024]
+    feeds = []
+    half = n // 2
+    for s in seqs[:half] + [long]:
+        feeds.append(dict(zip(spec.input_names, pad_batch([s], spec.pad_token_id, spec.padding_side))))
+    for start in range(half, n, 4):
+        feeds.append(dict(zip(spec.input_names, pad_batch(seqs[start:start + 4], spec.pad_token_id,
+                                                         spec.padding_side))))
+    return feeds
+
+
+def export_onnx(
+    model_dir: str | Path,
+    spec: ModelSpec | str,
+    out_dir: str | Path,
+    precisions: Sequence[str] | str = ("fp32",),
+    *,
+    force: bool = False,
+    graph_pass: GraphPass | None = None,
+    log: Callable[[str], None] | None = None,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    validation_heldout: int = 64,
+    validation_long_tokens: int | None = None,
+    calibration_examples: int = 32,
+    intra_op_threads: int | None = None,
+):
+    """Export `model_dir` for `spec` into `out_dir` (see module docstring). Returns the loaded ExportManifest.
+
+    Raises ModelFilesError for a bad checkpoint/out dir and ExportGateError when a precision fails its gate
+    (the others are written; validation.json records every result)."""
+    import onnx  # noqa: F401  (fail early with the export extra's message when missing)
+
+    from guardrt import __version__
+    from guardrt.export.progress import Progress
+    from guardrt.export.validate import build_validation_set, torch_reference, validate_onnx
+
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    precisions = parse_precisions(precisions)
+    model_dir, out = Path(model_dir), Path(out_dir)
+    cfg = check_checkpoint(model_dir, spec)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ModelFilesError(f"output directory {out} is not empty and not a guardrt export; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    results: dict[str, dict] = {}
+    written: dict[str, str] = {}
+    failures: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix=".guardrt-export-", dir=out))
+    try:
+        # 1. fp32 through optimum.
+        with Progress.step(f"{spec.name}: fp32 ONNX export (optimum, opset {spec.onnx_opset})", log) as info:
+            from optimum.exporters.onnx import main_export
+
+            main_export(str(model_dir), str(work / "optimum"), task=spec.task, opset=spec.onnx_opset,
+                        device="cpu", do_validation=False, pad_token_id=spec.pad_token_id,
+                        library_name="transformers")
+            model = _load(work / "optimum" / "model.onnx")
+            check_graph_contract(model, spec)
+            if graph_pass is not None:
+                model = graph_pass(model, spec)
+                check_graph_contract(model, spec)
+            fp32_path = work / "fp32" / "model.onnx"
+            save_onnx(model, fp32_path, external_data_threshold)
+            shutil.rmtree(work / "optimum", ignore_errors=True)
+        timings["fp32"] = info["seconds"]
+        large = _weights_bytes(model) > external_data_threshold
+        # 2. the PyTorch reference, once.
+        with Progress.step(f"{spec.name}: PyTorch fp32 reference on the validation set", log) as info:
+            vset = build_validation_set(spec, model_dir, n_heldout=validation_heldout,
+                                        long_tokens=validation_long_tokens)
+            reference = torch_reference(model_dir, vset, log=log, model=_torch_model(model_dir, spec))
+        timings["reference"] = info["seconds"]
+        # 3. each precision: build, validate, keep or refuse.
+        for precision in precisions:
+            path = work / precision / "model.onnx"
+            if precision != "fp32":
+                with Progress.step(f"{spec.name}: {precision} conversion", log) as info:
+                    _derive(precision, model, fp32_path, path, spec, model_dir, large, external_data_threshold,
+                            calibration_examples, log)
+                timings[precision] = info["seconds"]
+            with Progress.step(f"{spec.name}: validating {precision} against PyTorch", log):
+                res = validate_onnx(path, precision, vset, reference, log=log, intra_op_threads=intra_op_threads)
+            res["size_bytes"] = _dir_bytes(path.parent)
+            res["export_seconds"] = round(timings.get(precision, 0.0), 2)
+            results[precision] = res
+            verdict = "ok" if res["passed"] else "FAILED " + ",".join(res["failed_checks"])
+            if log:
+                log(f"{spec.name} {precision}: max|Δlogit| {res['max_abs_diff']:.3g} (gate {res['atol']:g}), "
+                    f"agreement {res['heldout_agreement']:.3f} (gate {res['min_agreement']:g}), "
+                    f"{res['size_bytes'] / 1e6:.1f} MB: {verdict}")
+            if res["passed"] or force:
+                dest = out / precision
+                shutil.rmtree(dest, ignore_errors=True)
+                if precision == "fp32":  # the base of the other precisions: keep it in the work dir
+                    shutil.copytree(path.parent, dest)
+                else:
+                    shutil.move(str(path.parent), str(dest))
+                written[precision] = f"{precision}/model.onnx"
+            else:
+                failures.append(
+                    f"{precision}: " + "; ".join(
+                        ([f"max |Δlogit| {res['max_abs_diff']:.3g} > {res['atol']:g}"]
+                         if "max_abs_diff" in res["failed_checks"] else [])
+                        + ([f"agreement {res['heldout_agreement']:.3f} < {res['min_agreement']:g}"]
+                           if "agreement" in res["failed_checks"] else [])))
+                shutil.rmtree(out / precision, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # 4. self-contained directory: tokenizer, config, manifest, validation.
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, out / name)
+    cfg["pad_token_id"] = spec.pad_token_id
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+    manifest = {
+        "spec": spec.name,
+        "architecture": spec.architecture,
+        "model_type": spec.model_type,
+        "num_labels": len(spec.labels),
+        "labels": list(spec.labels),
+        "precisions": written,
+        "input_names": list(spec.input_names),
+        "output_names": list(spec.output_names),
+        "onnx_opset": spec.onnx_opset,
+        "pad_token_id": spec.pad_token_id,
+        "padding_side": spec.padding_side,
+        "max_length": spec.max_length,
+        "source_model_dir": str(model_dir.resolve()),
+        "graph_pass": getattr(graph_pass, "__qualname__", None) if graph_pass else None,
+        # Precisions kept with --force although they missed their gate.
+        "forced_precisions": [p for p in written if not results[p]["passed"]],
+        "guardrt_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    validation = {"spec": spec.name, "settings": vset.settings, "precisions": results,
+                  "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
+                  "total_seconds": round(time.perf_counter() - t_start, 2)}
+    (out / VALIDATION_NAME).write_text(json.dumps(validation, indent=2), encoding="utf-8")
+    if written:
+        (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if failures:
+        raise ExportGateError(
+            f"{spec.name}: {' | '.join(failures)}; not written (details in {out / VALIDATION_NAME}; "
+            "use --force to keep failing precisions)")
+    return load_export_dir(out)
+
+
+def _torch_model(model_dir: Path, spec: ModelSpec):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    model.config.pad_token_id = spec.pad_token_id  # the card sets it at load time
+    return model.eval()
+
+
+def _derive(precision: str, fp32_model, fp32_path: Path, path: Path, spec: ModelSpec, model_dir: Path, large: bool,
+            threshold: int, calibration_examples: int, log) -> None:
+    from guardrt.export.progress import Progress
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if precision == "fp16":
+        from guardrt.export.fp16 import convert_to_fp16
+
+        model = convert_to_fp16(_load(fp32_path))
+    elif precision == "int8":
+        from guardrt.export.quantize import FeedsReader, quantize_qdq_static
+
+        feeds = _calibration_feeds(spec, model_dir, calibration_examples)
+        reader = FeedsReader(feeds, Progress.count(log, "calibration batches", len(feeds)))
+        raw = path.with_name("raw.onnx")
+        quantize_qdq_static(fp32_path, raw, reader, large=large, nodes_to_exclude=_int8_excluded(fp32_model))
+        model = _load(raw)
+    elif precision == "int8-dynamic":
+        from guardrt.export.quantize import quantize_int8_dynamic
+
+        raw = path.with_name("raw.onnx")
+        quantize_int8_dynamic(fp32_path, raw, large=large, nodes_to_exclude=_int8_excluded(fp32_model))
+        model = _load(raw)
+    else:
+        raise GuardrtError(f"unknown precision {precision!r}")
+    check_graph_contract(model, spec)
+    for f in list(path.parent.iterdir()):
+        f.unlink()
+    save_onnx(model, path, threshold)
+
+
+def _int8_excluded(model) -> list[str]:
+    """Nodes int8 leaves in float: the rotary-angle subgraph (its MatMul multiplies positions by frequencies) and
+    the attention products (activation x activation MatMuls: Q·K^T and P·V). Measured on the tiny Qwen3 demo:
+    quantizing the attention products raises max |Δlogit| from 0.05 to 0.72; speeding them up is graph work
+    (issue 6), not a quantization flag."""
+    from guardrt.export.fp16 import rotary_nodes
+
+    weights = {t.name for t in model.graph.initializer}
+    weights.update(n.output[0] for n in model.graph.node if n.op_type == "Constant")
+    attention = [n.name for n in model.graph.node
+                 if n.op_type in ("MatMul", "Gemm") and not any(i in weights for i in n.input)]
+    return sorted(set(rotary_nodes(model)) | set(attention))

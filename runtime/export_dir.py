@@ -1,0 +1,111 @@
+"""The export directory contract: what `guardrt export --out DIR` writes, and its loader.
+
+Layout (self-contained; everything a server or an in-process classifier needs)::
+
+    DIR/guardrt.json            manifest (see `ExportManifest`)
+    DIR/config.json             the Hugging Face model config
+    DIR/tokenizer.json, ...     tokenizer files at the root (the default tokenizer of `guardrt classify`)
+    DIR/<precision>/model.onnx  one graph per precision (fp32, fp16, int8, int8-dynamic), plus
+                                `model.onnx.data` (one external-data file) when the graph is large
+    DIR/validation.json         ORT-vs-PyTorch validation results, per precision
+
+Every graph takes `input_ids` and `attention_mask` (int64 [batch, sequence]) and returns `logits` (float32
+[batch, num_labels]), whatever its internal precision.
+
+Pure Python (json + pathlib): used by the runtime, the Triton repository writer and the exporter alike.
+`guardrt.export.export_dir` re-exports it for build-time code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guardrt.runtime.errors import ModelFilesError
+
+__all__ = ["MANIFEST_NAME", "VALIDATION_NAME", "PRECISIONS", "ExportManifest", "load_export_dir"]
+
+MANIFEST_NAME = "guardrt.json"
+VALIDATION_NAME = "validation.json"
+# Every precision the exporter knows, in the order it builds them.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """A loaded, checked export directory. `precisions` maps precision -> absolute path of its model.onnx."""
+
+    path: Path
+    spec: str
+    architecture: str
+    num_labels: int
+    precisions: dict[str, Path]
+    guardrt_version: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def model_path(self, precision: str = "fp32") -> Path:
+        """Path of the precision's model.onnx; ModelFilesError naming the available precisions otherwise."""
+        try:
+            return self.precisions[precision]
+        except KeyError:
+            raise ModelFilesError(
+                f"export {self.path} has no {precision!r} model; it has: {', '.join(self.precisions) or 'none'}"
+            ) from None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path
+
+    def validation(self) -> dict[str, Any]:
+        """validation.json as a dict ({} when absent)."""
+        file = self.path / VALIDATION_NAME
+        if not file.is_file():
+            return {}
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelFilesError(f"corrupt {file}: {exc}") from None
+
+
+def load_export_dir(path: str | Path, spec: str | None = None) -> ExportManifest:
+    """Read and check `path/guardrt.json`; ModelFilesError (one clear line) when the directory is missing,
+    not an export directory, corrupt, lists a model file that is not there, or was exported for another spec."""
+    root = Path(path)
+    if not root.exists():
+        raise ModelFilesError(f"export directory {root} does not exist")
+    if not root.is_dir():
+        raise ModelFilesError(f"{root} is not a directory (expected a `guardrt export` output directory)")
+    file = root / MANIFEST_NAME
+    if not file.is_file():
+        raise ModelFilesError(f"{root} is not a guardrt export directory (no {MANIFEST_NAME}; run `guardrt export`)")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFilesError(f"corrupt {file}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ModelFilesError(f"corrupt {file}: expected a JSON object")
+    missing = [k for k in ("spec", "architecture", "precisions", "num_labels") if k not in raw]
+    if missing:
+        raise ModelFilesError(f"corrupt {file}: missing {', '.join(missing)}")
+    if spec is not None and raw["spec"] != spec:
+        raise ModelFilesError(f"{root} was exported for spec {raw['spec']!r}, not {spec!r}")
+    if not isinstance(raw["precisions"], dict) or not raw["precisions"]:
+        raise ModelFilesError(f"corrupt {file}: `precisions` must map precision -> model path")
+    precisions: dict[str, Path] = {}
+    for precision, rel in raw["precisions"].items():
+        model = (root / str(rel)).resolve()
+        if not model.is_file() or model.stat().st_size == 0:
+            raise ModelFilesError(f"export {root}: {precision} model {rel} is missing or empty")
+        precisions[str(precision)] = model
+    if not (root / "config.json").is_file():
+        raise ModelFilesError(f"export {root}: config.json is missing")
+    return ExportManifest(
+        path=root.resolve(),
+        spec=str(raw["spec"]),
+        architecture=str(raw["architecture"]),
+        num_labels=int(raw["num_labels"]),
+        precisions=precisions,
+        guardrt_version=str(raw.get("guardrt_version", "")),
+        raw=raw,
+    )

@@ -1,0 +1,297 @@
+"""ONNX Runtime runner and the in-process classifier.
+
+* `OnnxRunner`: one `InferenceSession` per model, explicit providers, thread settings; `infer(feeds) -> outputs`;
+  a context manager (Polygraphy-style runner shape, like `runtime/tensorrt.py` and `runtime/triton_client.py`).
+* `InProcessClassifier`: payloads (dialogues or texts) -> exact preprocessing -> padded batches -> ORT -> the card's
+  output dicts. What `guardrt classify` (in-process) runs.
+
+onnxruntime is imported lazily (the `serve`/`export` extras install it). CUDA and TensorRT execution-provider options
+are built only when asked for, from their documented option names; nothing GPU-specific is imported here.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardrt.runtime.errors import InputError, ModelFilesError, require
+from guardrt.runtime.specs import ModelSpec, get_spec
+
+__all__ = [
+    "OnnxRunner",
+    "InProcessClassifier",
+    "resolve_providers",
+    "cuda_provider_options",
+    "tensorrt_provider_options",
+]
+
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+def cuda_provider_options(device_id: int = 0, gpu_mem_limit: int | None = None) -> dict[str, Any]:
+    """CUDAExecutionProvider options (documented names). The exhaustive cuDNN search pays off for a long-lived
+    server; copying in the default stream keeps IO binding ordering simple."""
+    opts: dict[str, Any] = {
+        "device_id": device_id,
+        "arena_extend_strategy": "kNextPowerOfTwo",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "do_copy_in_default_stream": True,
+    }
+    if gpu_mem_limit is not None:
+        opts["gpu_mem_limit"] = int(gpu_mem_limit)
+    return opts
+
+
+def tensorrt_provider_options(
+    spec: ModelSpec | None = None,
+    device_id: int = 0,
+    fp16: bool = False,
+    int8: bool = False,
+    cache_dir: str | Path | None = None,
+    max_workspace_size: int = 4 << 30,
+) -> dict[str, Any]:
+    """TensorrtExecutionProvider options (documented `trt_*` names). With a spec, one explicit shape profile covers
+    batch 1..max_batch_size and sequence 1..max_length (opt at the middle bucket), so TensorRT does not rebuild
+    engines as shapes change. int8 expects an explicit-QDQ graph (no calibration table)."""
+    opts: dict[str, Any] = {
+        "device_id": device_id,
+        "trt_fp16_enable": bool(fp16),
+        "trt_int8_enable": bool(int8),
+        "trt_max_workspace_size": int(max_workspace_size),
+    }
+    if cache_dir is not None:
+        cache = str(Path(cache_dir))
+        opts.update(
+            trt_engine_cache_enable=True,
+            trt_engine_cache_path=cache,
+            trt_timing_cache_enable=True,
+            trt_timing_cache_path=cache,
+        )
+    if spec is not None:
+        buckets = spec.length_buckets or (spec.max_length,)
+        opt_len = buckets[len(buckets) // 2]
+        opt_batch = spec.preferred_batch_sizes[0] if spec.preferred_batch_sizes else 1
+
+        def shapes(batch: int, seq: int) -> str:
+            return ",".join(f"{name}:{batch}x{seq}" for name in spec.input_names)
+
+        opts.update(
+            trt_profile_min_shapes=shapes(1, 1),
+            trt_profile_opt_shapes=shapes(opt_batch, opt_len),
+            trt_profile_max_shapes=shapes(spec.max_batch_size, spec.max_length),
+        )
+    return opts
+
+
+def resolve_providers(
+    providers: Sequence[Any] | str | None, spec: ModelSpec | None = None, fallbacks: bool = True
+) -> list[Any]:
+    """Normalise a provider list: None -> CPU; short names ("cpu", "cuda", "tensorrt") -> ORT names with default
+    options; (name, options) tuples and full names pass through. GPU providers get CUDA as fallback and CPU last."""
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    out: list[Any] = []
+    for p in providers:
+        if isinstance(p, tuple):
+            out.append(p)
+            continue
+        name = _PROVIDER_ALIASES.get(str(p).lower(), str(p))
+        if name == "CUDAExecutionProvider":
+            out.append((name, cuda_provider_options()))
+        elif name == "TensorrtExecutionProvider":
+            out.append((name, tensorrt_provider_options(spec)))
+        else:
+            out.append(name)
+    names = [p[0] if isinstance(p, tuple) else p for p in out]
+    if not fallbacks:
+        return out
+    if "TensorrtExecutionProvider" in names and "CUDAExecutionProvider" not in names:
+        out.append(("CUDAExecutionProvider", cuda_provider_options()))
+    if "CPUExecutionProvider" not in names:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+class OnnxRunner:
+    """One ONNX Runtime session. `infer({"input_ids": ..., "attention_mask": ...}) -> {"logits": ...}`.
+
+    providers: None (CPU), short names ("cpu", "cuda", "tensorrt"), or ORT's (name, options) tuples.
+    intra_op_threads / inter_op_threads: None leaves ORT's defaults (all physical cores, sequential execution).
+    The session is created on construction (or `activate()`), released by `close()` / the context manager.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        providers: Sequence[Any] | str | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        graph_optimization: str = "all",
+        spec: ModelSpec | None = None,
+        session_options: Any = None,
+    ):
+        self.model_path = Path(model_path)
+        self.providers = resolve_providers(providers, spec)
+        self._requested = [p[0] if isinstance(p, tuple) else p for p in resolve_providers(providers, spec, fallbacks=False)]
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.graph_optimization = graph_optimization
+        self._session_options = session_options
+        self.session = None
+        self.activate()
+
+    def activate(self) -> "OnnxRunner":
+        if self.session is not None:
+            return self
+        ort = require("onnxruntime", "serve")
+        if not self.model_path.is_file():
+            raise ModelFilesError(f"ONNX model {self.model_path} does not exist")
+        so = self._session_options or ort.SessionOptions()
+        if self.intra_op_threads is not None:
+            so.intra_op_num_threads = int(self.intra_op_threads)
+        if self.inter_op_threads is not None:
+            so.inter_op_num_threads = int(self.inter_op_threads)
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if self.inter_op_threads > 1 else so.execution_mode
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        so.graph_optimization_level = levels[self.graph_optimization]
+        available = set(ort.get_available_providers())
+        # A provider the caller asked for must exist (no silent CPU fallback on a GPU host); the fallbacks that
+        # resolve_providers appends are dropped when absent.
+        unknown = [p for p in self._requested if p not in available]
+        if unknown:
+            raise ModelFilesError(
+                f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
+                f"(available: {', '.join(sorted(available))}); on a GPU host install 'guardrt[gpu]'"
+            )
+        providers = [p for p in self.providers if (p[0] if isinstance(p, tuple) else p) in available]
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+            raise ModelFilesError(f"cannot load ONNX model {self.model_path}: {str(exc).splitlines()[0]}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        return self
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model; feeds must name exactly the graph's inputs."""
+        if self.session is None:
+            self.activate()
+        if set(feeds) != set(self.input_names):
+            raise InputError(f"feeds {sorted(feeds)} do not match the model inputs {self.input_names}")
+        outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return dict(zip(self.output_names, outputs))
+
+    @property
+    def active_providers(self) -> list[str]:
+        return list(self.session.get_providers()) if self.session is not None else []
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> "OnnxRunner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class InProcessClassifier:
+    """Payloads (dialogue turns or texts, per spec) -> the card's output dicts, entirely in this process.
+
+    Sequences are sorted by length and cut into batches of at most `max_batch_size` (less padding, same results:
+    padding is masked, and tests check batched == single), padded on the spec's side with its pad id.
+    """
+
+    def __init__(self, spec: ModelSpec | str, runner: OnnxRunner, preprocessor, max_batch_size: int | None = None,
+                 threshold: float | None = None):
+        self.spec = get_spec(spec) if isinstance(spec, str) else spec
+        self.runner = runner
+        self.preprocessor = preprocessor
+        self.max_batch_size = int(max_batch_size or self.spec.max_batch_size)
+        self.threshold = threshold
+
+    @classmethod
+    def from_export_dir(
+        cls,
+        export_dir: str | Path,
+        precision: str = "fp32",
+        tokenizer_dir: str | Path | None = None,
+        task_description: str | None = None,
+        spec: str | None = None,
+        providers: Sequence[Any] | str | None = None,
+        intra_op_threads: int | None = None,
+        max_batch_size: int | None = None,
+        threshold: float | None = None,
+    ) -> "InProcessClassifier":
+        """Load `export_dir` (a `guardrt export` output). `spec`, when given, must match the directory's spec;
+        the tokenizer defaults to the one stored in the export directory."""
+        from guardrt.runtime.export_dir import load_export_dir
+        from guardrt.runtime.preprocess import build_preprocessor
+
+        manifest = load_export_dir(export_dir, spec=spec)
+        model_spec = get_spec(manifest.spec)
+        pre = build_preprocessor(model_spec, tokenizer_dir or manifest.tokenizer_dir, task_description)
+        runner = OnnxRunner(manifest.model_path(precision), providers=providers, intra_op_threads=intra_op_threads,
+                            spec=model_spec)
+        return cls(model_spec, runner, pre, max_batch_size=max_batch_size, threshold=threshold)
+
+    def encode(self, payloads: Sequence[Any]) -> list[list[int]]:
+        return [self.preprocessor.encode(p) for p in payloads]
+
+    def logits_for_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits [N, num_labels] for preprocessed sequences, in input order."""
+        from guardrt.runtime.preprocess import pad_batch
+
+        if not sequences:
+            return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out = np.empty((len(sequences), len(self.spec.labels)), dtype=np.float32)
+        for start in range(0, len(order), self.max_batch_size):
+            idx = order[start:start + self.max_batch_size]
+            ids, mask = pad_batch([sequences[i] for i in idx], self.spec.pad_token_id, self.spec.padding_side)
+            feeds = dict(zip(self.spec.input_names, (ids, mask)))
+            logits = self.runner.infer(feeds)[self.spec.output_names[0]]
+            out[idx] = logits
+        return out
+
+    def classify_ids(self, sequences: Sequence[Sequence[int]]) -> list[dict]:
+        return self._postprocess(self.logits_for_ids(sequences))
+
+    def classify(self, payloads: Sequence[Any]) -> list[dict]:
+        """One card-format dict per payload, same order."""
+        return self.classify_ids(self.encode(payloads))
+
+    def _postprocess(self, logits: np.ndarray) -> list[dict]:
+        from guardrt.runtime.postprocess import postprocess
+
+        return postprocess(self.spec, logits, threshold=self.threshold) if len(logits) else []
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "InProcessClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def default_intra_op_threads() -> int | None:
+    """GUARDRT_ORT_THREADS when set (servers sharing a host), else None (ORT's default)."""
+    raw = os.environ.get("GUARDRT_ORT_THREADS")
+    return int(raw) if raw else None
