@@ -79,7 +79,7 @@ def run(args) -> int:
     import time
 
     from guardrt.export.demo_models import cached_demo_export
-    from guardrt.export.synthetic import synthetic_payloads
+    from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_examples, synthetic_payloads
     from guardrt.runtime.server import TritonServer, free_port
     from guardrt.runtime.triton_client import TritonClassifier
     from guardrt.runtime.triton_repo import write_model
@@ -102,13 +102,19 @@ def run(args) -> int:
     say("starting tritonserver ...")
     with server:
         say(f"tritonserver ready in {server.start_seconds:.1f}s on {server.grpc_url} (127.0.0.1 only)")
-        samples = {"intent-safety": SAMPLE_DIALOGUES, "rejection": SAMPLE_TEXTS}
+        handwritten = {"intent-safety": SAMPLE_DIALOGUES, "rejection": SAMPLE_TEXTS}
         for name in specs:
+            # Hand-written samples, then held-out examples of the synthetic task the demo models were trained on
+            # (with the label the generator assigned, to show the decisions mean something).
+            held_out = synthetic_examples(name, 4, seed=SPLIT_SEEDS["heldout"])
+            payloads = list(handwritten[name]) + [p for p, _ in held_out]
+            expected = [None] * len(handwritten[name]) + [label for _, label in held_out]
             with TritonClassifier(server.grpc_url, name, exports[name]) as client:
                 client.check_ready()
-                for payload, result in zip(samples[name], client.classify_batch(samples[name])):
+                for payload, want, result in zip(payloads, expected, client.classify_batch(payloads)):
                     shown = payload[-1]["content"] if name == "intent-safety" else payload
-                    say(f"{name}: {shown[:70]!r:74} -> {json.dumps(result)}")
+                    tag = "" if want is None else f" (synthetic label {want})"
+                    say(f"{name}: {shown[:60]!r:64} -> {json.dumps(result)}{tag}")
         for name in specs:
             payloads = synthetic_payloads(name, args.requests, seed=7)
             rate, execs, infers, p50 = _throughput(server.grpc_url, name, exports[name], payloads, args.concurrency)
