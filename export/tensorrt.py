@@ -52,6 +52,7 @@ __all__ = [
     "LayerInfo",
     "TensorRTExport",
     "TensorRTUnavailableError",
+    "add_tensorrt_arguments",
     "apply_fp32_constraints",
     "build_engine",
     "check_engine_profiles",
@@ -64,6 +65,7 @@ __all__ = [
     "parse_trt_precisions",
     "polygraphy_profiles",
     "repo_model_names",
+    "run_tensorrt_target",
     "unavailable_message",
 ]
 
@@ -460,8 +462,8 @@ def export_tensorrt(
     workspace_bytes: int | None = None,
     builder_optimization_level: int | None = None,
     instance_count: int = 1,
-    probe: Callable[[], GpuProbe] = probe_gpu,
-    find_missing: Callable[[], list[str]] = missing_gpu_modules,
+    probe: Callable[[], GpuProbe] | None = None,
+    find_missing: Callable[[], list[str]] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TensorRTExport:
     """Build TensorRT engines for `precisions` from the export directory and write their Triton models into `out`
@@ -492,10 +494,10 @@ def export_tensorrt(
     result = TensorRTExport(export_dir=manifest.path, repo=repo)
 
     reasons = []
-    gpu = probe()
+    gpu = (probe or probe_gpu)()
     if not gpu.found:
         reasons.append(gpu.detail)
-    missing = find_missing()
+    missing = (find_missing or missing_gpu_modules)()
     if missing:
         reasons.append(f"{', '.join(missing)} not installed (pip install 'guardrt[gpu]')")
     if reasons:
@@ -526,3 +528,40 @@ def export_tensorrt(
                 f"{record['fp32_layers']} layers kept fp32) -> Triton model {result.models[p]}")
     return result
 
+
+
+# -- CLI glue for `guardrt export --target tensorrt` (the export command owns --target; these are the engine options)
+def add_tensorrt_arguments(p) -> None:
+    """Add the TensorRT options to the `guardrt export` parser (plain add_argument: every flag gets its env twin)."""
+    p.add_argument("--repo", help="--target tensorrt: Triton model repository for the engines (default: OUT/triton_repo)")
+    p.add_argument("--trt-precision",
+                   help="--target tensorrt: engine precisions, e.g. fp16,int8 (default: the exported precisions "
+                        "among fp32, fp16, int8)")
+    p.add_argument("--trt-opt-batch", type=int,
+                   help="--target tensorrt: batch size TensorRT tunes for (default: the largest preferred batch size)")
+    p.add_argument("--trt-int8-fp16", action="store_true",
+                   help="--target tensorrt: let int8 engines run non-quantized layers in fp16 (default: fp32)")
+    p.add_argument("--trt-precision-constraints", default="prefer", choices=["prefer", "obey"],
+                   help="--target tensorrt: how strictly fp32 layers stay fp32 in fp16 engines (default: prefer)")
+    p.add_argument("--trt-workspace-gb", type=float, help="--target tensorrt: builder workspace limit in GiB")
+
+
+def run_tensorrt_target(args, export_dir: str | Path, exported: Sequence[str] = (),
+                        log: Callable[[str], None] | None = print) -> int:
+    """Run `export_tensorrt` for a finished ONNX export with the options of `add_tensorrt_arguments`. Returns 0;
+    raises TensorRTUnavailableError (one line, after writing the configs) where TensorRT cannot run."""
+    wanted = getattr(args, "trt_precision", None) or [p for p in exported if p in TRT_PRECISIONS]
+    if not wanted:
+        raise InputError(f"--target tensorrt needs an fp32, fp16 or int8 export (exported: "
+                         f"{', '.join(exported) or 'none'}); add one to --precision or pass --trt-precision")
+    gb = getattr(args, "trt_workspace_gb", None)
+    result = export_tensorrt(
+        export_dir, getattr(args, "spec", None), wanted, out=getattr(args, "repo", None),
+        opt_batch=getattr(args, "trt_opt_batch", None), int8_fp16=bool(getattr(args, "trt_int8_fp16", False)),
+        precision_constraints=getattr(args, "trt_precision_constraints", None) or "prefer",
+        workspace_bytes=int(gb * (1 << 30)) if gb else None, log=log,
+    )
+    if log:
+        for p, model in result.models.items():
+            log(f"TensorRT {p}: {result.engines[p]} -> Triton model {model}")
+    return 0

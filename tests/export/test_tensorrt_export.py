@@ -238,3 +238,31 @@ def test_tiny_engine_builds_matches_onnx_runtime_and_lands_in_the_repo(precision
             assert np.abs(got - want).max() <= ATOL[precision], (precision, batch, seq)
         with pytest.raises(InputError, match="no TensorRT optimization profile"):
             runner.infer(_feeds(5, 8))
+
+
+def test_cli_glue_parses_engine_options_and_reports_the_missing_gpu(tmp_path, monkeypatch):
+    """`add_tensorrt_arguments` / `run_tensorrt_target` as `guardrt export --target tensorrt` uses them."""
+    pytest.importorskip("tritonclient.grpc")
+    import guardrt.export.tensorrt as et
+    from guardrt.cli import EnvArgumentParser
+    from guardrt.export.tensorrt import add_tensorrt_arguments, run_tensorrt_target
+
+    monkeypatch.setattr(et, "probe_gpu", lambda: NO_GPU)
+    monkeypatch.setattr(et, "get_spec", lambda name: TINY_SPEC if name == "rejection" else get_spec(name))
+    monkeypatch.setenv("GUARDRT_TRT_OPT_BATCH", "2")
+    p = EnvArgumentParser(prog="x")
+    p.add_argument("--spec")
+    add_tensorrt_arguments(p)
+    assert "[env: GUARDRT_TRT_PRECISION]" in p.format_help()
+    args = p.parse_args(["--spec", "rejection", "--repo", str(tmp_path / "repo"), "--trt-precision-constraints",
+                         "obey", "--trt-workspace-gb", "2"])
+    assert args.trt_opt_batch == 2 and args.trt_precision is None
+    export_dir = make_export_dir(tmp_path / "exp")
+    with pytest.raises(TensorRTUnavailableError, match="no NVIDIA GPU found") as err:
+        run_tensorrt_target(args, export_dir, exported=("fp32", "fp16", "int8-dynamic"), log=None)
+    assert "\n" not in str(err.value)
+    # int8-dynamic is not a TensorRT precision: fp32 -> model "rejection", fp16 -> "rejection-fp16"
+    assert (tmp_path / "repo" / "rejection" / "config.pbtxt").is_file()
+    assert (tmp_path / "repo" / "rejection-fp16" / "config.pbtxt").is_file()
+    with pytest.raises(InputError, match="--target tensorrt needs"):
+        run_tensorrt_target(args, export_dir, exported=("int8-dynamic",), log=None)

@@ -2,6 +2,7 @@
 the selection is pure data, and `apply_fp32_constraints` runs against a recording fake of the TensorRT network."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -197,3 +198,126 @@ def test_engine_settings_is_plain_data():
     s = engine_settings("fp16", ALL)
     assert isinstance(s, EngineSettings)
     assert s == EngineSettings("fp16", "fp16", True, False, False, True, "prefer")
+
+
+# -- build_engine's Polygraphy plumbing, against fakes of Polygraphy's loaders and of TensorRT ----------------------
+# Not a GPU result: checks what guardrt hands to Polygraphy (network postprocessing, CreateConfig kwargs, timing cache,
+# atomic save, profile read-back). Whether TensorRT builds a good engine from it is only checked by `gpu` tests.
+class _FakeEngine:
+    def __init__(self, profiles):
+        self._profiles = [p.shapes() for p in profiles]
+        self.names = list(profiles[0].input_names) + ["logits"]
+        self.num_io_tensors = len(self.names)
+        self.num_optimization_profiles = len(self._profiles)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "OUT" if name == "logits" else "IN"
+
+    def get_tensor_profile_shape(self, name, p):
+        return [list(d) for d in self._profiles[p][name]]
+
+
+def _fake_polygraphy(monkeypatch, engine_profiles, fail=None):
+    import polygraphy.backend.trt as pg
+
+    import guardrt.export.tensorrt as et
+
+    seen = {}
+    trt = SimpleNamespace(__version__="10.5.0-fake", float32=_Enum(name="FLOAT"),
+                          MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
+                          TensorIOMode=SimpleNamespace(INPUT="IN", OUTPUT="OUT"))
+    real_require = et.require
+    monkeypatch.setattr(et, "require", lambda m, extra: trt if m == "tensorrt" else real_require(m, extra))
+
+    def network_from_onnx_path(path):
+        seen["onnx"] = path
+        return ("network-loader", path)
+
+    def postprocess_network(network, func, name=None):
+        seen["postprocess"] = name
+        return ("postprocess", network, func)
+
+    def create_config(**kwargs):
+        seen["config"] = kwargs
+        return ("config", kwargs)
+
+    def engine_from_network(network, config=None, save_timing_cache=None):
+        seen["save_timing_cache"] = save_timing_cache
+
+        def build():
+            if fail:
+                raise RuntimeError(fail)
+            if network[0] == "postprocess":
+                network[2](network=_Network(QWEN_LAYERS))
+            return _FakeEngine(engine_profiles)
+
+        return build
+
+    def save_engine(engine_loader, path):
+        def save():
+            engine = engine_loader()
+            seen["saved_to"] = path
+            Path(path).write_bytes(b"plan")
+            return engine
+
+        return save
+
+    for name, fake in [("NetworkFromOnnxPath", network_from_onnx_path), ("PostprocessNetwork", postprocess_network),
+                       ("CreateConfig", create_config), ("EngineFromNetwork", engine_from_network),
+                       ("SaveEngine", save_engine)]:
+        monkeypatch.setattr(pg, name, fake)
+    return seen
+
+
+def test_build_engine_hands_polygraphy_the_profiles_flags_cache_and_constraints(tmp_path, monkeypatch):
+    pytest.importorskip("polygraphy")
+    from guardrt.export.tensorrt import build_engine
+
+    profiles = derive_profiles("rejection")
+    seen = _fake_polygraphy(monkeypatch, profiles)
+    plan = tmp_path / "tensorrt" / "fp16" / "model.plan"
+    cache = tmp_path / "tensorrt" / "timing.cache"
+    record = build_engine(tmp_path / "fp16" / "model.onnx", plan, engine_settings("fp16", ALL), profiles,
+                          timing_cache=cache, workspace_bytes=1 << 30, builder_optimization_level=4)
+    assert plan.read_bytes() == b"plan" and not plan.with_name("model.plan.tmp").exists()
+    assert seen["saved_to"] == str(plan.with_name("model.plan.tmp"))  # written aside, renamed after the checks
+    assert seen["onnx"] == str(tmp_path / "fp16" / "model.onnx")
+    assert seen["postprocess"] == "guardrt-fp32-islands"
+    cfg = seen["config"]
+    assert (cfg["fp16"], cfg["int8"], cfg["tf32"], cfg["precision_constraints"]) == (True, False, False, "prefer")
+    assert cfg["load_timing_cache"] == str(cache) == seen["save_timing_cache"]
+    assert len(cfg["profiles"]) == len(profiles)
+    assert cfg["memory_pool_limits"] == {"WORKSPACE": 1 << 30} and cfg["builder_optimization_level"] == 4
+    assert record["fp32_layers"] == len(fp32_layer_indices(QWEN_LAYERS))
+    assert record["tensorrt_version"] == "10.5.0-fake" and record["plan_bytes"] == 4
+    assert [p["seq"] for p in record["profiles"]] == [list(p.seq) for p in profiles]
+
+
+def test_build_engine_without_islands_skips_postprocessing(tmp_path, monkeypatch):
+    pytest.importorskip("polygraphy")
+    from guardrt.export.tensorrt import build_engine
+
+    profiles = derive_profiles("rejection")
+    seen = _fake_polygraphy(monkeypatch, profiles)
+    record = build_engine(tmp_path / "m.onnx", tmp_path / "p" / "model.plan", engine_settings("int8", ALL), profiles)
+    assert "postprocess" not in seen and record["fp32_layers"] == 0
+    assert seen["config"]["int8"] and seen["config"]["load_timing_cache"] is None
+
+
+def test_build_engine_refuses_an_engine_with_other_profiles_or_a_failed_build(tmp_path, monkeypatch):
+    pytest.importorskip("polygraphy")
+    from guardrt.export.tensorrt import build_engine
+
+    profiles = derive_profiles("rejection")
+    _fake_polygraphy(monkeypatch, profiles[:-1])
+    plan = tmp_path / "model.plan"
+    with pytest.raises(ModelFilesError, match="does not have the derived profiles"):
+        build_engine(tmp_path / "m.onnx", plan, engine_settings("fp32", ALL), profiles)
+    assert not plan.exists() and not plan.with_name("model.plan.tmp").exists()
+    _fake_polygraphy(monkeypatch, profiles, fail="Network validation failed.\nmore lines")
+    with pytest.raises(ModelFilesError, match=r"could not build the fp32 engine .*: Network validation failed\. \("):
+        build_engine(tmp_path / "m.onnx", plan, engine_settings("fp32", ALL), profiles)
+    assert not plan.exists()
