@@ -534,9 +534,6 @@ def export_tensorrt(
 def add_tensorrt_arguments(p) -> None:
     """Add the TensorRT options to the `guardrt export` parser (plain add_argument: every flag gets its env twin)."""
     p.add_argument("--repo", help="--target tensorrt: Triton model repository for the engines (default: OUT/triton_repo)")
-    p.add_argument("--trt-precision",
-                   help="--target tensorrt: engine precisions, e.g. fp16,int8 (default: the exported precisions "
-                        "among fp32, fp16, int8)")
     p.add_argument("--trt-opt-batch", type=int,
                    help="--target tensorrt: batch size TensorRT tunes for (default: the largest preferred batch size)")
     p.add_argument("--trt-int8-fp16", action="store_true",
@@ -548,12 +545,13 @@ def add_tensorrt_arguments(p) -> None:
 
 def run_tensorrt_target(args, export_dir: str | Path, exported: Sequence[str] = (),
                         log: Callable[[str], None] | None = print) -> int:
-    """Run `export_tensorrt` for a finished ONNX export with the options of `add_tensorrt_arguments`. Returns 0;
-    raises TensorRTUnavailableError (one line, after writing the configs) where TensorRT cannot run."""
+    """Run `export_tensorrt` for a finished ONNX export with the options of `add_tensorrt_arguments`; the engine
+    precisions are the exported ones TensorRT builds (fp32, fp16, int8). Returns 0; raises TensorRTUnavailableError
+    (one line, after writing the configs) where TensorRT cannot run."""
     wanted = getattr(args, "trt_precision", None) or [p for p in exported if p in TRT_PRECISIONS]
     if not wanted:
         raise InputError(f"--target tensorrt needs an fp32, fp16 or int8 export (exported: "
-                         f"{', '.join(exported) or 'none'}); add one to --precision or pass --trt-precision")
+                         f"{', '.join(exported) or 'none'}); add one to --precision")
     gb = getattr(args, "trt_workspace_gb", None)
     result = export_tensorrt(
         export_dir, getattr(args, "spec", None), wanted, out=getattr(args, "repo", None),

@@ -253,10 +253,10 @@ def test_cli_glue_parses_engine_options_and_reports_the_missing_gpu(tmp_path, mo
     p = EnvArgumentParser(prog="x")
     p.add_argument("--spec")
     add_tensorrt_arguments(p)
-    assert "[env: GUARDRT_TRT_PRECISION]" in p.format_help()
+    assert "[env: GUARDRT_TRT_OPT_BATCH]" in " ".join(p.format_help().split())
     args = p.parse_args(["--spec", "rejection", "--repo", str(tmp_path / "repo"), "--trt-precision-constraints",
                          "obey", "--trt-workspace-gb", "2"])
-    assert args.trt_opt_batch == 2 and args.trt_precision is None
+    assert args.trt_opt_batch == 2 and args.trt_precision_constraints == "obey"
     export_dir = make_export_dir(tmp_path / "exp")
     with pytest.raises(TensorRTUnavailableError, match="no NVIDIA GPU found") as err:
         run_tensorrt_target(args, export_dir, exported=("fp32", "fp16", "int8-dynamic"), log=None)
@@ -266,3 +266,41 @@ def test_cli_glue_parses_engine_options_and_reports_the_missing_gpu(tmp_path, mo
     assert (tmp_path / "repo" / "rejection-fp16" / "config.pbtxt").is_file()
     with pytest.raises(InputError, match="--target tensorrt needs"):
         run_tensorrt_target(args, export_dir, exported=("int8-dynamic",), log=None)
+
+
+def test_guardrt_export_target_tensorrt_without_gpu_one_line_nonzero(tmp_path, monkeypatch, capsys):
+    """The real CLI (`guardrt export --target tensorrt`), in process. The ONNX export itself is replaced by one that
+    writes the tiny export directory (the exporter has its own tests); everything after it is the real path."""
+    pytest.importorskip("tritonclient.grpc")
+    import guardrt.export.onnx_export as onnx_export
+    import guardrt.export.tensorrt as et
+    from guardrt.cli import main
+    from guardrt.commands import COMMAND_MODULES
+    from guardrt.runtime.export_dir import load_export_dir
+
+    if "export" not in COMMAND_MODULES:
+        pytest.skip("the export command is not registered in this checkout")
+    seen = {}
+
+    def fake_export_onnx(model_dir, spec, out_dir, precisions, **kwargs):
+        seen["precisions"] = tuple(precisions)
+        make_export_dir(Path(out_dir), precisions=precisions)
+        return load_export_dir(out_dir)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export_onnx)
+    monkeypatch.setattr(et, "probe_gpu", lambda: NO_GPU)
+    monkeypatch.setattr(et, "missing_gpu_modules", lambda: ["tensorrt"])
+    monkeypatch.setattr(et, "get_spec", lambda name: TINY_SPEC if name == "rejection" else get_spec(name))
+    out = tmp_path / "exp"
+    repo = out / "triton_repo"  # the default repository: inside the export directory
+    code = main(["export", "--spec", "rejection", "--model-dir", str(tmp_path), "--out", str(out),
+                 "--precision", "fp16,int8", "--target", "tensorrt", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("guardrt export: error: cannot build TensorRT engines here: no NVIDIA GPU found")
+    assert "tensorrt not installed (pip install 'guardrt[gpu]')" in err
+    assert str(repo / "rejection" / "config.pbtxt") in err and str(repo / "rejection-int8" / "config.pbtxt") in err
+    assert str(out / "fp16" / "model.onnx") in err and str(out / "int8" / "model.onnx") in err
+    assert seen["precisions"] == ("fp32", "fp16", "int8")  # the ONNX the engines are built from were exported
+    assert (repo / "rejection" / "config.pbtxt").is_file() and not (repo / "rejection" / "1" / "model.plan").exists()
