@@ -6,8 +6,9 @@
    (previous bucket + 1)..bucket with opt at the bucket (the client pads to the bucket, so Triton sends exactly that);
 2. precision settings (`engine_settings`): fp16 from the fp16 ONNX when the export has one (its constants are already
    clamped to the fp16 range; the fp32 graph's -3.4e38 mask constants would become -inf under the builder's FP16
-   flag) with the FP16 builder flag, and normalisation / softmax / reduction layers constrained to fp32
-   (`fp32_layer_indices`, by TensorRT layer type and by the ONNX name scope `*norm*`); int8 from the explicit-QDQ
+   flag) with the FP16 builder flag, and normalisation / softmax / reduction layers and the rotary-angle chain
+   constrained to fp32 (`fp32_layer_indices`, by TensorRT layer type and by the ONNX name scopes `*norm*` and
+   `*rotary*`, mirroring the fp32 islands of the fp16 ONNX); int8 from the explicit-QDQ
    ONNX (no implicit calibration; other layers fp32, or fp16 with `int8_fp16=True`); fp32 with TF32 off;
 3. build with Polygraphy's loaders (NetworkFromOnnxPath -> PostprocessNetwork -> CreateConfig(profiles, fp16/int8,
    precision_constraints, load_timing_cache) -> EngineFromNetwork(save_timing_cache) -> SaveEngine), one timing
@@ -61,6 +62,8 @@ __all__ = [
     "engine_settings",
     "export_tensorrt",
     "fp32_layer_indices",
+    "in_norm_scope",
+    "in_rotary_scope",
     "non_standard_onnx_ops",
     "parse_trt_precisions",
     "polygraphy_profiles",
@@ -249,28 +252,46 @@ class LayerInfo:
 # (variance of activations in the thousands), softmax (exp), reductions (sums over up to 4,096 positions).
 ALWAYS_FP32_TYPES = frozenset({"NORMALIZATION", "SOFTMAX", "REDUCE"})
 # Inside a normalisation's ONNX name scope (RMSNorm is exported decomposed: Pow, ReduceMean, Add, Sqrt, Div, Mul),
-# these compute layers are kept in fp32 as well. Casts, shuffles, constants, shape layers are never touched.
-SCOPED_FP32_TYPES = frozenset({"ELEMENTWISE", "UNARY", "ACTIVATION"})
+# these compute layers are kept in fp32 as well.
+NORM_SCOPE_TYPES = frozenset({"ELEMENTWISE", "UNARY", "ACTIVATION"})
+# Inside the rotary-embedding scope (Qwen3's `rotary_emb`: inv_freq x positions -> cos / sin), angles reach 4,096 rad
+# where fp16's spacing is 4: the whole chain up to cos/sin stays fp32, data movement included (a Concat or
+# Transpose stored in fp16 would round the angles just the same). The fp16 ONNX keeps the same island.
+ROTARY_SCOPE_TYPES = NORM_SCOPE_TYPES | frozenset({"MATRIX_MULTIPLY", "CONCATENATION", "SHUFFLE", "SLICE", "GATHER"})
+# Constants, casts, shape layers, Q/DQ are never touched.
 FLOAT_DTYPES = frozenset({"FLOAT", "HALF", "BF16"})
 _NORM_SCOPE = re.compile(r"norm", re.IGNORECASE)
+_ROTARY_SCOPE = re.compile(r"rotary", re.IGNORECASE)
+
+
+def _in_scope(layer_name: str, pattern: re.Pattern) -> bool:
+    parts = [p for p in re.split(r"[/:]", layer_name) if p]
+    return any(pattern.search(p) for p in parts[:-1])
 
 
 def in_norm_scope(layer_name: str) -> bool:
     """True when a scope of the layer's ONNX-derived name (not the op name itself) is a normalisation:
     `/model/layers.0/input_layernorm/Pow`, `/model/norm/Mul_1`, `.../self_attn/q_norm/ReduceMean`,
     `/roberta/encoder/layer.0/output/LayerNorm/...`."""
-    parts = [p for p in re.split(r"[/:]", layer_name) if p]
-    return any(_NORM_SCOPE.search(p) for p in parts[:-1])
+    return _in_scope(layer_name, _NORM_SCOPE)
+
+
+def in_rotary_scope(layer_name: str) -> bool:
+    """True for layers of the rotary-embedding module (`/model/rotary_emb/Cos`, `/model/rotary_emb/MatMul`...)."""
+    return _in_scope(layer_name, _ROTARY_SCOPE)
 
 
 def fp32_layer_indices(layers: Sequence[LayerInfo]) -> list[int]:
-    """Indices of the layers to run in fp32: every normalisation, softmax and reduction, plus elementwise / unary /
-    activation layers inside a normalisation scope - only layers whose outputs are all floating point."""
+    """Indices of the layers to run in fp32: every normalisation, softmax and reduction; elementwise / unary /
+    activation layers inside a normalisation scope; the rotary-embedding chain - only layers whose outputs are all
+    floating point (int index arithmetic, shape layers and boolean masks are left alone)."""
     picked = []
     for index, layer in enumerate(layers):
         if not layer.output_dtypes or not all(d in FLOAT_DTYPES for d in layer.output_dtypes):
             continue
-        if layer.type in ALWAYS_FP32_TYPES or (layer.type in SCOPED_FP32_TYPES and in_norm_scope(layer.name)):
+        if (layer.type in ALWAYS_FP32_TYPES
+                or (layer.type in NORM_SCOPE_TYPES and in_norm_scope(layer.name))
+                or (layer.type in ROTARY_SCOPE_TYPES and in_rotary_scope(layer.name))):
             picked.append(index)
     return picked
 

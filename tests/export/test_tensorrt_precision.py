@@ -15,6 +15,7 @@ from guardrt.export.tensorrt import (
     engine_settings,
     fp32_layer_indices,
     in_norm_scope,
+    in_rotary_scope,
     parse_trt_precisions,
     polygraphy_profiles,
 )
@@ -111,6 +112,13 @@ QWEN_LAYERS = [
     LayerInfo("/model/Equal", "ELEMENTWISE", (B,)),
     LayerInfo("/model/norm/Mul_1", "ELEMENTWISE", (H,)),  # 16 final RMSNorm weight
     LayerInfo("/score/MatMul", "MATRIX_MULTIPLY", (F,)),
+    LayerInfo("/model/rotary_emb/Constant_output_0", "CONSTANT", (F,)),  # inv_freq: a constant, untouched
+    LayerInfo("/model/rotary_emb/Cast", "CAST", (F,)),  # positions int -> float: a cast, untouched
+    LayerInfo("/model/rotary_emb/MatMul", "MATRIX_MULTIPLY", (F,)),  # 20 angles = inv_freq x positions
+    LayerInfo("/model/rotary_emb/Transpose", "SHUFFLE", (F,)),  # 21
+    LayerInfo("/model/rotary_emb/Concat", "CONCATENATION", (F,)),  # 22
+    LayerInfo("/model/rotary_emb/Cos", "UNARY", (F,)),  # 23
+    LayerInfo("/model/layers.0/self_attn/Mul_2", "ELEMENTWISE", (H,)),  # q * cos: bounded values, fp16 is fine
 ]
 ROBERTA_LAYERS = [
     LayerInfo("/roberta/embeddings/LayerNorm/LayerNormalization", "NORMALIZATION", (H,)),  # 0
@@ -122,7 +130,7 @@ ROBERTA_LAYERS = [
 
 
 def test_fp32_islands_pick_norms_softmax_and_reductions_only():
-    assert fp32_layer_indices(QWEN_LAYERS) == [2, 3, 4, 5, 6, 9, 10, 16]
+    assert fp32_layer_indices(QWEN_LAYERS) == [2, 3, 4, 5, 6, 9, 10, 16, 20, 21, 22, 23]
     assert fp32_layer_indices(ROBERTA_LAYERS) == [0, 1, 3]
 
 
@@ -140,6 +148,11 @@ def test_fp32_islands_pick_norms_softmax_and_reductions_only():
 )
 def test_norm_scope(name, expected):
     assert in_norm_scope(name) is expected
+
+
+def test_rotary_scope():
+    assert in_rotary_scope("/model/rotary_emb/Sin") and in_rotary_scope("/model/rotary_emb/MatMul_1")
+    assert not in_rotary_scope("/model/layers.0/self_attn/Mul_2") and not in_rotary_scope("RotaryEmbedding_3")
 
 
 class _Enum(SimpleNamespace):
