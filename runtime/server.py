@@ -189,6 +189,7 @@ class TritonServer:
         self.repo = Path(self.repo)
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self._own_log = False  # a temp log we created: removed after a clean stop, kept when anything failed
         self.start_seconds: float | None = None
 
     # -- command line -------------------------------------------------------------------------------------------
@@ -266,6 +267,7 @@ class TritonServer:
             fd, path = tempfile.mkstemp(prefix="guardrt-triton-", suffix=".log")
             os.close(fd)
             self.log_path = path
+            self._own_log = True
         self._log_file = open(self.log_path, "wb")
         t0 = time.perf_counter()
         self.process = subprocess.Popen(
@@ -350,6 +352,8 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+            if self._own_log and code == 0 and self.start_seconds is not None:
+                Path(self.log_path).unlink(missing_ok=True)
         return code
 
     def __enter__(self) -> "TritonServer":

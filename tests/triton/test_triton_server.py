@@ -22,7 +22,8 @@ def test_a_model_that_fails_to_load_reports_tritons_reason(tmp_path):
     broken.write_bytes(b"this is not an ONNX protobuf")
     repo = tmp_path / "repo"
     write_model(repo, spec="rejection", onnx_path=broken)
-    server = TritonServer(repo, grpc_port=free_port(), http_port=None, metrics_port=None, startup_timeout_s=120)
+    server = TritonServer(repo, grpc_port=free_port(), http_port=None, metrics_port=None, startup_timeout_s=120,
+                          log_path=tmp_path / "triton.log")
     with pytest.raises(ServerError) as err:
         server.start()
     message = str(err.value)
@@ -76,3 +77,19 @@ def test_serve_cli_reports_a_missing_repository_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("guardrt serve: error: model repository")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_native_flavor_without_its_backend_names_the_missing_backend(tmp_path, demo_exports):
+    """The wheel ships only the python backend: an onnxruntime-flavor repository (meant for NVIDIA's container)
+    fails to load here with Triton's own reason, in one line."""
+    from guardrt.runtime.server import TritonServer, free_port
+    from guardrt.runtime.triton_repo import write_model
+
+    repo = tmp_path / "repo"
+    write_model(repo, export_dir=demo_exports["rejection"], flavor="onnxruntime", providers="cpu")
+    server = TritonServer(repo, grpc_port=free_port(), http_port=None, metrics_port=None, startup_timeout_s=120,
+                          log_path=tmp_path / "triton.log")
+    with pytest.raises(ServerError, match="model 'rejection' failed to load: .*onnxruntime") as err:
+        server.start()
+    print("\n" + str(err.value))
+    assert "\n" not in str(err.value)
