@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "gpu_check.json"))
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--strongly-typed", action="store_true",
+                    help="build strongly typed engines (the ONNX graph's own types) instead of precision flags")
     args = ap.parse_args(argv)
 
     from guardrt.runtime.tensorrt import missing_gpu_modules, probe_gpu
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(args.repo)
     facts = _gpu_facts(gpu)
     report = {"host": platform.node(), "gpu": facts, "tensorrt_version": tensorrt.__version__,
-              "python": sys.version.split()[0], "size": args.size, "precisions": list(precisions), "specs": {}}
+              "python": sys.version.split()[0], "size": args.size, "precisions": list(precisions),
+              "strongly_typed": args.strongly_typed, "specs": {}}
     print(f"gpu-check: {facts.get('gpu')} (compute capability {facts.get('compute_capability', '?')}), "
           f"TensorRT {tensorrt.__version__}")
     failed = []
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_spec(spec_name)
         print(f"\n== {spec_name} ({args.size}) ==")
         export_dir = cached_demo_export(spec_name, args.size, ("fp32", "fp16", "int8"), log=print)
-        built = export_tensorrt(export_dir, spec, precisions, out=repo, log=print)
+        built = export_tensorrt(export_dir, spec, precisions, out=repo, strongly_typed=args.strongly_typed,
+                                log=print)
         entry = {"export_dir": str(export_dir), "engines": {p: str(v) for p, v in built.engines.items()},
                  "builds": built.builds, "parity": {}, "latency": {}}
         reference = InProcessClassifier.from_export_dir(export_dir, "fp32")

@@ -169,6 +169,9 @@ class EngineSettings:
     tf32: bool = False
     fp32_islands: bool = False  # constrain normalisation / softmax / reductions to fp32
     precision_constraints: str | None = None  # "prefer" | "obey" | None (Polygraphy's CreateConfig values)
+    # Strongly typed network: TensorRT runs every tensor in the ONNX graph's own type (the fp16 ONNX exactly as
+    # ONNX Runtime validated it); no precision flags or layer constraints then (TensorRT rejects them).
+    strongly_typed: bool = False
 
     def create_config_kwargs(self, profiles: Sequence[Any], timing_cache: str | Path | None) -> dict[str, Any]:
         """Keyword arguments for `polygraphy.backend.trt.CreateConfig` (no TensorRT object in them)."""
@@ -202,8 +205,12 @@ def engine_settings(
     int8_fp16: bool = False,
     precision_constraints: str = "prefer",
     tf32: bool = False,
+    strongly_typed: bool = False,
 ) -> EngineSettings:
     """Settings for a `precision` engine given the ONNX precisions an export directory has.
+
+    `strongly_typed`: build from the graph of that precision with TensorRT's strongly typed mode (fp16 needs the fp16
+    ONNX; int8 keeps the QDQ graph's fp32 elsewhere); the types are the ONNX graph's, no flags, no islands.
 
     fp16: from the fp16 ONNX when present (else the fp32 one), FP16 flag, fp32 islands. int8: the QDQ int8 ONNX is
     required (explicit quantization; TensorRT 10 needs no calibrator for it), INT8 flag; with `int8_fp16` the
@@ -213,6 +220,11 @@ def engine_settings(
     have = set(available)
     if precision_constraints not in ("prefer", "obey"):
         raise InputError(f"precision_constraints must be 'prefer' or 'obey', got {precision_constraints!r}")
+    if strongly_typed:
+        if precision not in TRT_PRECISIONS:
+            raise InputError(f"TensorRT precision {precision!r} not supported; choose from {', '.join(TRT_PRECISIONS)}")
+        _need(precision, have, precision)
+        return EngineSettings(precision, precision, fp16=False, int8=False, tf32=tf32, strongly_typed=True)
     if precision == "fp32":
         _need("fp32", have, precision)
         return EngineSettings("fp32", "fp32", fp16=False, int8=False, tf32=tf32)
@@ -359,7 +371,7 @@ def build_engine(
 
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     fp32_layers: list[str] = []
-    network = NetworkFromOnnxPath(str(onnx_path))
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=settings.strongly_typed or None)
     if settings.fp32_islands:
         def keep_fp32(network):
             fp32_layers.extend(apply_fp32_constraints(network, trt))
@@ -480,6 +492,7 @@ def export_tensorrt(
     opt_batch: int | None = None,
     int8_fp16: bool = False,
     precision_constraints: str = "prefer",
+    strongly_typed: bool = False,
     workspace_bytes: int | None = None,
     builder_optimization_level: int | None = None,
     instance_count: int = 1,
@@ -497,7 +510,8 @@ def export_tensorrt(
     spec = get_spec(manifest.spec) if spec is None else (get_spec(spec) if isinstance(spec, str) else spec)
     wanted = parse_trt_precisions(precisions)
     settings = {p: engine_settings(p, manifest.precisions, int8_fp16=int8_fp16,
-                                   precision_constraints=precision_constraints) for p in wanted}
+                                   precision_constraints=precision_constraints, strongly_typed=strongly_typed)
+                for p in wanted}
     profiles = derive_profiles(spec, opt_batch)
     sources = {p: manifest.model_path(s.source) for p, s in settings.items()}
     # TensorRT parses standard ONNX only: an export made with ONNX Runtime's fused operators cannot be built.
@@ -561,6 +575,9 @@ def add_tensorrt_arguments(p) -> None:
                    help="--target tensorrt: let int8 engines run non-quantized layers in fp16 (default: fp32)")
     p.add_argument("--trt-precision-constraints", default="prefer", choices=["prefer", "obey"],
                    help="--target tensorrt: how strictly fp32 layers stay fp32 in fp16 engines (default: prefer)")
+    p.add_argument("--trt-strongly-typed", action="store_true",
+                   help="--target tensorrt: strongly typed engines (each tensor in its ONNX type; no fp32-layer "
+                        "heuristics; fp16 needs the fp16 ONNX)")
     p.add_argument("--trt-workspace-gb", type=float, help="--target tensorrt: builder workspace limit in GiB")
 
 
@@ -578,6 +595,7 @@ def run_tensorrt_target(args, export_dir: str | Path, exported: Sequence[str] = 
         export_dir, getattr(args, "spec", None), wanted, out=getattr(args, "repo", None),
         opt_batch=getattr(args, "trt_opt_batch", None), int8_fp16=bool(getattr(args, "trt_int8_fp16", False)),
         precision_constraints=getattr(args, "trt_precision_constraints", None) or "prefer",
+        strongly_typed=bool(getattr(args, "trt_strongly_typed", False)),
         workspace_bytes=int(gb * (1 << 30)) if gb else None, log=log,
     )
     if log:

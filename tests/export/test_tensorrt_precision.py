@@ -58,6 +58,15 @@ def test_fp32_engine_has_no_reduced_precision():
         engine_settings("fp32", ("fp16",))
 
 
+def test_strongly_typed_engines_take_the_graph_types_and_no_flags():
+    for precision in ("fp32", "fp16", "int8"):
+        s = engine_settings(precision, ALL, strongly_typed=True)
+        assert (s.source, s.strongly_typed, s.fp16, s.int8, s.fp32_islands, s.precision_constraints) == (
+            precision, True, False, False, False, None)
+    with pytest.raises(ModelFilesError, match="the fp16 ONNX"):
+        engine_settings("fp16", ("fp32", "int8"), strongly_typed=True)  # no fp32 fallback: the types are the graph's
+
+
 def test_bad_precision_and_constraint_values():
     with pytest.raises(InputError, match="not supported"):
         engine_settings("bf16", ALL)
@@ -210,7 +219,7 @@ def test_apply_fp32_constraints_sets_layer_precision_and_output_types():
 def test_engine_settings_is_plain_data():
     s = engine_settings("fp16", ALL)
     assert isinstance(s, EngineSettings)
-    assert s == EngineSettings("fp16", "fp16", True, False, False, True, "prefer")
+    assert s == EngineSettings("fp16", "fp16", True, False, False, True, "prefer", False)
 
 
 # -- build_engine's Polygraphy plumbing, against fakes of Polygraphy's loaders and of TensorRT ----------------------
@@ -245,8 +254,9 @@ def _fake_polygraphy(monkeypatch, engine_profiles, fail=None):
     real_require = et.require
     monkeypatch.setattr(et, "require", lambda m, extra: trt if m == "tensorrt" else real_require(m, extra))
 
-    def network_from_onnx_path(path):
+    def network_from_onnx_path(path, strongly_typed=None):
         seen["onnx"] = path
+        seen["strongly_typed"] = strongly_typed
         return ("network-loader", path)
 
     def postprocess_network(network, func, name=None):
@@ -318,6 +328,10 @@ def test_build_engine_without_islands_skips_postprocessing(tmp_path, monkeypatch
     record = build_engine(tmp_path / "m.onnx", tmp_path / "p" / "model.plan", engine_settings("int8", ALL), profiles)
     assert "postprocess" not in seen and record["fp32_layers"] == 0
     assert seen["config"]["int8"] and seen["config"]["load_timing_cache"] is None
+    assert seen["strongly_typed"] is None
+    build_engine(tmp_path / "m.onnx", tmp_path / "p" / "model.plan",
+                 engine_settings("fp16", ALL, strongly_typed=True), profiles)
+    assert seen["strongly_typed"] is True and not seen["config"]["fp16"] and "postprocess" not in seen
 
 
 def test_build_engine_refuses_an_engine_with_other_profiles_or_a_failed_build(tmp_path, monkeypatch):
