@@ -63,6 +63,7 @@ class _ClassifierBase:
         retries: int = 3,
         backoff_s: float = 0.2,
         flavor: str | None = None,
+        threshold: float | None = None,
     ):
         self.spec = get_spec(spec) if isinstance(spec, str) else spec
         self.url = url
@@ -71,6 +72,7 @@ class _ClassifierBase:
         self.retries = max(0, int(retries))
         self.backoff_s = backoff_s
         self.flavor = flavor  # None: read from the served model's config on first use
+        self.threshold = threshold  # None: the card's (threshold specs)
         if preprocessor is None and tokenizer_dir is not None:
             preprocessor = build_preprocessor(self.spec, tokenizer_dir, task_description)
         self.preprocessor = preprocessor
@@ -174,7 +176,7 @@ class _ClassifierBase:
             elif i in failures:
                 out.append({"error": f"item {i}: {failures[i]}"})
             else:
-                out.append(postprocess(self.spec, logits_by_item[i][None, :])[0])
+                out.append(postprocess(self.spec, logits_by_item[i][None, :], self.threshold)[0])
         return out
 
 
@@ -241,7 +243,7 @@ class TritonClassifier(_ClassifierBase):
         return out
 
     def classify_ids(self, sequences: Sequence[Sequence[int]]) -> list[dict]:
-        return postprocess(self.spec, self.logits_for_ids(sequences))
+        return postprocess(self.spec, self.logits_for_ids(sequences), self.threshold)
 
     def classify(self, turns: Any) -> dict:
         """One dialogue (a list of {role, content}) -> the card's output dict (dialogue specs)."""
@@ -344,7 +346,7 @@ class AsyncTritonClassifier(_ClassifierBase):
         return out
 
     async def classify_ids(self, sequences: Sequence[Sequence[int]]) -> list[dict]:
-        return postprocess(self.spec, await self.logits_for_ids(sequences))
+        return postprocess(self.spec, await self.logits_for_ids(sequences), self.threshold)
 
     async def classify(self, turns: Any) -> dict:
         return (await self.classify_ids([self._encode_one(turns)]))[0]

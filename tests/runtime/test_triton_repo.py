@@ -5,7 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from guardrt.runtime.errors import InputError, MissingExtraError, ModelFilesError, ServerError

@@ -1,7 +1,6 @@
 """The server launcher against the real binary: load failures show Triton's reason; `guardrt serve` stops cleanly."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -34,7 +33,8 @@ def test_a_model_that_fails_to_load_reports_tritons_reason(tmp_path):
     assert not server.is_running()
 
 
-def test_guardrt_serve_starts_and_stops_cleanly_on_sigterm(triton_repo):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_guardrt_serve_starts_and_stops_cleanly_on_a_signal(triton_repo, sig):
     from guardrt.runtime.server import free_port
     from guardrt.runtime.triton_client import TritonClassifier
 
@@ -58,13 +58,13 @@ def test_guardrt_serve_starts_and_stops_cleanly_on_sigterm(triton_repo):
         with TritonClassifier(f"127.0.0.1:{grpc_port}", "rejection") as client:
             client.check_ready()
             assert client.classify_ids([[0, 100, 2]])[0]["label_text"] in ("NORMAL", "REJECTION")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert "SIGTERM received, stopping Triton" in out and "stopped (tritonserver exit code 0)" in out
+    assert f"{sig.name} received, stopping Triton" in out and "stopped (tritonserver exit code 0)" in out
     # Triton is gone: nothing listens on the port any more.
     from guardrt.runtime.server import port_is_free
 
