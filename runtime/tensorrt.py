@@ -39,6 +39,7 @@ __all__ = [
     "engine_profiles",
     "missing_gpu_modules",
     "numpy_dtype",
+    "plan_path",
     "probe_gpu",
     "select_profile",
 ]
@@ -174,6 +175,19 @@ def engine_profiles(engine, trt) -> list[dict[str, ShapeRange]]:
     ]
 
 
+def plan_path(export_dir: str | Path, precision: str = "fp16") -> Path:
+    """`export_dir/tensorrt/<precision>/model.plan`, where `guardrt export --target tensorrt` writes engines;
+    ModelFilesError naming the engines that are there otherwise."""
+    root = Path(export_dir) / "tensorrt"
+    plan = root / precision / "model.plan"
+    if not plan.is_file():
+        have = sorted(p.parent.name for p in root.glob("*/model.plan")) if root.is_dir() else []
+        raise ModelFilesError(
+            f"no TensorRT {precision} engine in {export_dir} (engines there: {', '.join(have) or 'none'}); "
+            "build it on a GPU host with `guardrt export --target tensorrt`")
+    return plan
+
+
 # -- the runner (needs a GPU) ---------------------------------------------------------------------------------------
 def _require_gpu_stack():
     trt = require("tensorrt", "gpu")
@@ -189,6 +203,11 @@ class TensorRTRunner:
     plan_path: a `model.plan` (TensorRT version- and GPU-specific; the `build.json` written next to it by
     `guardrt export --target tensorrt` names both, and a failed load repeats them).
     """
+
+    @classmethod
+    def from_export_dir(cls, export_dir: str | Path, precision: str = "fp16") -> "TensorRTRunner":
+        """The engine `guardrt export --target tensorrt` built for `precision` in an export directory."""
+        return cls(plan_path(export_dir, precision))
 
     def __init__(self, plan_path: str | Path, activate: bool = True):
         self.plan_path = Path(plan_path)

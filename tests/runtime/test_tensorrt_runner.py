@@ -311,3 +311,15 @@ def test_engine_profiles_reads_every_input_of_every_profile():
         {n: ((1, 1), (4, 8), (4, 8)) for n in ("input_ids", "attention_mask")},
         {n: ((1, 9), (4, 16), (4, 16)) for n in ("input_ids", "attention_mask")},
     ]
+
+
+def test_plan_path_finds_the_engine_of_a_precision(tmp_path):
+    from guardrt.runtime.tensorrt import plan_path
+
+    with pytest.raises(ModelFilesError, match=r"engines there: none\); build it on a GPU host"):
+        plan_path(tmp_path, "fp16")
+    (tmp_path / "tensorrt" / "int8").mkdir(parents=True)
+    (tmp_path / "tensorrt" / "int8" / "model.plan").write_bytes(b"x")
+    assert plan_path(tmp_path, "int8") == tmp_path / "tensorrt" / "int8" / "model.plan"
+    with pytest.raises(ModelFilesError, match="engines there: int8"):
+        TensorRTRunner.from_export_dir(tmp_path, "fp16")
