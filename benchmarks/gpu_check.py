@@ -75,9 +75,9 @@ def compare(spec, ref_logits: np.ndarray, logits: np.ndarray) -> dict:
             "finite": bool(np.isfinite(logits).all())}
 
 
-def time_runner(runner, spec, batch: int, seq: int, warmup: int, iters: int, seed: int = 0) -> dict:
+def time_runner(runner, spec, batch: int, seq: int, warmup: int, iters: int, vocab: int = 1000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    ids = rng.integers(10, 1000, size=(batch, seq), dtype=np.int64)
+    ids = rng.integers(10, max(11, min(1000, vocab)), size=(batch, seq), dtype=np.int64)
     feeds = dict(zip(spec.input_names, (ids, np.ones_like(ids))))
     for _ in range(warmup):
         runner.infer(feeds)
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"export_dir": str(export_dir), "engines": {p: str(v) for p, v in built.engines.items()},
                  "builds": built.builds, "parity": {}, "latency": {}}
         reference = InProcessClassifier.from_export_dir(export_dir, "fp32")
+        vocab = int(json.loads((Path(export_dir) / "config.json").read_text()).get("vocab_size", 1000))
         seqs = reference.encode(synthetic_payloads(spec_name, args.n, seed=SPLIT_SEEDS["heldout"]))
         ref_logits = reference.logits_for_ids(seqs)
         for p in precisions:
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.skip_bench:
                     points = [(1, spec.length_buckets[0]), (min(16, spec.max_batch_size), min(128, spec.max_length)),
                               (1, min(1024, spec.max_length)), (min(16, spec.max_batch_size), min(512, spec.max_length))]
-                    entry["latency"][p] = [time_runner(runner, spec, b, s, 10, args.iters) for b, s in points]
+                    entry["latency"][p] = [time_runner(runner, spec, b, s, 10, args.iters, vocab) for b, s in points]
         if not args.skip_bench:
-            entry["latency"]["ort-fp32-cpu"] = [time_runner(reference.runner, spec, b, s, 2, max(3, args.iters // 10))
+            entry["latency"]["ort-fp32-cpu"] = [time_runner(reference.runner, spec, b, s, 2, max(3, args.iters // 10),
+                                                            vocab)
                                                 for b, s in [(1, spec.length_buckets[0]),
                                                              (min(16, spec.max_batch_size), min(128, spec.max_length))]]
             print(f"\n{'engine':<16}{'batch':>6}{'seq':>6}{'p50 ms':>10}{'p99 ms':>10}{'seq/s':>10}")

@@ -38,11 +38,12 @@ TINY_SPEC = dataclasses.replace(
 )
 
 
-def tiny_classifier(path: Path, *, qdq: bool = False, contrib_op: bool = False, seed: int = 0) -> Path:
+def tiny_classifier(path: Path, *, qdq: bool = False, contrib_op: bool = False, seed: int = 0,
+                    vocab: int = VOCAB) -> Path:
     """Write the tiny classifier ONNX (opset 17). `qdq`: int8 Q/DQ on the classifier MatMul (explicit quantization,
     as TensorRT consumes it). `contrib_op`: add one com.microsoft node (what TensorRT's parser rejects)."""
     rng = np.random.default_rng(seed)
-    emb = rng.normal(0, 1, (VOCAB, HIDDEN)).astype(np.float32)
+    emb = rng.normal(0, 1, (vocab, HIDDEN)).astype(np.float32)
     gamma = rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32)
     beta = rng.normal(0, 0.1, HIDDEN).astype(np.float32)
     w = rng.normal(0, 0.5, (HIDDEN, LABELS)).astype(np.float32)
@@ -102,11 +103,12 @@ def tiny_classifier(path: Path, *, qdq: bool = False, contrib_op: bool = False, 
     return path
 
 
-def make_export_dir(root: Path, spec=TINY_SPEC, precisions=("fp32", "fp16", "int8"), contrib_op=False) -> Path:
+def make_export_dir(root: Path, spec=TINY_SPEC, precisions=("fp32", "fp16", "int8"), contrib_op=False,
+                    vocab: int = VOCAB) -> Path:
     """A guardrt export directory (the layout of guardrt.runtime.export_dir) holding tiny models."""
     for p in precisions:
-        tiny_classifier(root / p / "model.onnx", qdq=(p == "int8"), contrib_op=contrib_op)
-    (root / "config.json").write_text(json.dumps({"model_type": spec.model_type, "vocab_size": VOCAB}))
+        tiny_classifier(root / p / "model.onnx", qdq=(p == "int8"), contrib_op=contrib_op, vocab=vocab)
+    (root / "config.json").write_text(json.dumps({"model_type": spec.model_type, "vocab_size": vocab}))
     manifest = {"spec": spec.name, "architecture": spec.architecture, "num_labels": LABELS,
                 "precisions": {p: f"{p}/model.onnx" for p in precisions}, "guardrt_version": "test"}
     (root / "guardrt.json").write_text(json.dumps(manifest))

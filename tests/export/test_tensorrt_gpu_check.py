@@ -3,6 +3,7 @@ parity metrics)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,59 @@ def test_compare_reports_max_diff_and_decision_agreement(gpu_check):
     res = gpu_check.compare(spec, ref, got)
     assert res["max_abs_diff"] == pytest.approx(0.1) and res["agreement"] == pytest.approx(2 / 3) and res["finite"]
     assert not gpu_check.compare(spec, ref, np.full_like(ref, np.nan))["finite"]
+
+
+def test_orchestration_with_onnx_runtime_standing_in_for_tensorrt(gpu_check, tmp_path, monkeypatch, capsys,
+                                                                   roberta_tokenizer_dir):
+    """Everything gpu_check does after the prerequisite checks, with ONNX Runtime standing in for TensorRT (the
+    'engines' are the ONNX files; a stand-in runner runs them on CPU). Not a GPU result: it proves the script's own
+    plumbing (exports, parity in both padding modes, gates, latency table, JSON, docker command) before a GPU sees it.
+    """
+    import shutil
+    import sys
+    from types import SimpleNamespace
+
+    pytest.importorskip("onnxruntime")
+    demo_models = pytest.importorskip("guardrt.export.demo_models")
+    import guardrt.export.tensorrt as et
+    import guardrt.runtime.tensorrt as rt
+    from guardrt.runtime.onnxrt import OnnxRunner
+
+    try:
+        from .test_tensorrt_export import make_export_dir
+    except ImportError:  # tests/export collected without a package __init__
+        from test_tensorrt_export import make_export_dir
+
+    export_dir = make_export_dir(tmp_path / "exp", spec=get_spec("rejection"), vocab=2000)
+    for f in roberta_tokenizer_dir.iterdir():
+        shutil.copy(f, export_dir / f.name)
+
+    class OrtAsTensorRT(OnnxRunner):
+        def __init__(self, plan):
+            super().__init__(plan)
+
+    def fake_export_tensorrt(export_dir_, spec, precisions, out=None, strongly_typed=False, log=None):
+        return et.TensorRTExport(export_dir=Path(export_dir_), repo=Path(out),
+                                 engines={p: Path(export_dir_) / "fp32" / "model.onnx" for p in precisions},
+                                 builds={p: {"fake": True} for p in precisions})
+
+    monkeypatch.setattr(rt, "probe_gpu", lambda: GpuProbe(True, "GPU 0: stand-in", ("GPU 0: stand-in",)))
+    monkeypatch.setattr(rt, "missing_gpu_modules", lambda: [])
+    monkeypatch.setattr(rt, "TensorRTRunner", OrtAsTensorRT)
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.5.0.18"))
+    monkeypatch.setattr(et, "export_tensorrt", fake_export_tensorrt)
+    monkeypatch.setattr(et, "_gpu_facts", lambda probe: {"gpu": "stand-in", "compute_capability": "9.0"})
+    monkeypatch.setattr(demo_models, "cached_demo_export", lambda spec, size, precisions, log=None: export_dir)
+    out = tmp_path / "gpu_check.json"
+    code = gpu_check.main(["--specs", "rejection", "--size", "tiny", "--n", "24", "--iters", "2",
+                           "--repo", str(tmp_path / "repo"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads(out.read_text())
+    parity = report["specs"]["rejection"]["parity"]
+    assert set(parity) == {"fp16/longest", "fp16/buckets", "int8/longest", "int8/buckets"}
+    assert all(r["passed"] and r["max_abs_diff"] < 1e-5 and r["agreement"] == 1.0 for r in parity.values())
+    latency = report["specs"]["rejection"]["latency"]
+    assert set(latency) == {"fp16", "int8", "ort-fp32-cpu"} and all(r["p50_ms"] > 0 for r in latency["fp16"])
+    assert "nvcr.io/nvidia/tritonserver:24.10-py3" in report["docker_command"] in printed
+    assert "gpu-check: all gates passed" in printed
