@@ -69,6 +69,7 @@ __all__ = [
     "polygraphy_profiles",
     "repo_model_names",
     "run_tensorrt_target",
+    "triton_input_type",
     "unavailable_message",
 ]
 
@@ -406,8 +407,11 @@ def build_engine(
     if problems:
         tmp.unlink(missing_ok=True)
         raise ModelFilesError(f"engine built from {onnx_path} does not have the derived profiles: {'; '.join(problems)}")
+    io_dtypes = {engine.get_tensor_name(i): engine.get_tensor_dtype(engine.get_tensor_name(i)).name
+                 for i in range(engine.num_io_tensors)}
     os.replace(tmp, plan_path)
     return {
+        "io_dtypes": io_dtypes,
         "precision": settings.precision,
         "settings": asdict(settings),
         "source_onnx": str(onnx_path),
@@ -465,6 +469,23 @@ class TensorRTExport:
     engines: dict[str, Path] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)  # precision -> repo/<name>
     builds: dict[str, dict] = field(default_factory=dict)
+
+
+# TensorRT DataType name of the engine's ids/mask inputs -> the Triton config data_type that matches it.
+_TRITON_INPUT_TYPES = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32"}
+
+
+def triton_input_type(io_dtypes: Mapping[str, str], spec: ModelSpec) -> str:
+    """The config `data_type` for the inputs of an engine with these I/O types (TensorRT 10 keeps the graph's int64;
+    an engine with int32 inputs gets TYPE_INT32 so Triton loads it). ModelFilesError for anything else, and when
+    the logits are not float32 (the config and every client expect TYPE_FP32)."""
+    kinds = {io_dtypes.get(n) for n in spec.input_names}
+    if len(kinds) != 1 or next(iter(kinds)) not in _TRITON_INPUT_TYPES:
+        raise ModelFilesError(f"engine inputs have types {io_dtypes}; expected INT64 (or INT32) ids and mask")
+    for name in spec.output_names:
+        if io_dtypes.get(name) != "FLOAT":
+            raise ModelFilesError(f"engine output {name!r} is {io_dtypes.get(name)}, expected FLOAT (float32 logits)")
+    return _TRITON_INPUT_TYPES[next(iter(kinds))]
 
 
 def repo_model_names(base: str, precisions: Sequence[str]) -> dict[str, str]:
@@ -557,7 +578,8 @@ def export_tensorrt(
         result.engines[p], result.builds[p] = plan, record
         result.models[p] = write_model(repo, spec=spec, export_dir=manifest.path, flavor="tensorrt", precision=p,
                                        plan_path=plan, name=names[p], instance_count=instance_count,
-                                       num_profiles=len(profiles))
+                                       num_profiles=len(profiles),
+                                       input_data_type=triton_input_type(record["io_dtypes"], spec))
         if log:
             log(f"{spec.name} {p}: {plan} ({record['plan_bytes'] / 1e6:.1f} MB, {record['build_seconds']} s, "
                 f"{record['fp32_layers']} layers kept fp32) -> Triton model {result.models[p]}")

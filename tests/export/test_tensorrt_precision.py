@@ -241,6 +241,9 @@ class _FakeEngine:
     def get_tensor_profile_shape(self, name, p):
         return [list(d) for d in self._profiles[p][name]]
 
+    def get_tensor_dtype(self, name):
+        return _Enum(name="FLOAT" if name == "logits" else "INT64")
+
 
 def _fake_polygraphy(monkeypatch, engine_profiles, fail=None):
     import polygraphy.backend.trt as pg
@@ -317,6 +320,20 @@ def test_build_engine_hands_polygraphy_the_profiles_flags_cache_and_constraints(
     assert record["fp32_layers"] == len(fp32_layer_indices(QWEN_LAYERS))
     assert record["tensorrt_version"] == "10.5.0-fake" and record["plan_bytes"] == 4
     assert [p["seq"] for p in record["profiles"]] == [list(p.seq) for p in profiles]
+    assert record["io_dtypes"] == {"input_ids": "INT64", "attention_mask": "INT64", "logits": "FLOAT"}
+
+
+def test_triton_input_type_follows_the_engine():
+    from guardrt.export.tensorrt import triton_input_type
+    from guardrt.runtime.specs import get_spec
+
+    spec = get_spec("rejection")
+    assert triton_input_type({"input_ids": "INT64", "attention_mask": "INT64", "logits": "FLOAT"}, spec) == "TYPE_INT64"
+    assert triton_input_type({"input_ids": "INT32", "attention_mask": "INT32", "logits": "FLOAT"}, spec) == "TYPE_INT32"
+    with pytest.raises(ModelFilesError, match="expected FLOAT"):
+        triton_input_type({"input_ids": "INT64", "attention_mask": "INT64", "logits": "HALF"}, spec)
+    with pytest.raises(ModelFilesError, match="expected INT64"):
+        triton_input_type({"input_ids": "INT64", "attention_mask": "INT32", "logits": "FLOAT"}, spec)
 
 
 def test_build_engine_without_islands_skips_postprocessing(tmp_path, monkeypatch):
