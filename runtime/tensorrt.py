@@ -92,14 +92,15 @@ def probe_gpu(
         return GpuProbe(False, f"nvidia-smi lists no GPU ({reason[0] if reason else f'exit {proc.returncode}'})")
     nodes = list(device_nodes()) if device_nodes is not None else _nvidia_device_nodes()
     if nodes:
-        return GpuProbe(True, f"NVIDIA device node {nodes[0]} present (nvidia-smi not on PATH)")
+        return GpuProbe(True, f"GPU device node {nodes[0]} present (nvidia-smi not on PATH)")
     return GpuProbe(False, "no NVIDIA GPU found (nvidia-smi not on PATH, no /dev/nvidia0)")
 
 
 def _nvidia_device_nodes() -> list[str]:
+    """/dev/nvidia0... (Linux, containers started with --gpus) or /dev/dxg (WSL 2's GPU paravirtualisation)."""
     dev = Path("/dev")
     try:
-        return sorted(str(p) for p in dev.glob("nvidia[0-9]*"))
+        return sorted(str(p) for p in dev.glob("nvidia[0-9]*")) + [str(p) for p in dev.glob("dxg")]
     except OSError:
         return []
 
@@ -230,17 +231,18 @@ class TensorRTRunner:
         if not self.plan_path.is_file():
             raise ModelFilesError(f"TensorRT plan {self.plan_path} does not exist")
         trt, cuda = _require_gpu_stack()
-        probe = probe_gpu()
-        if not probe.found:
-            raise TensorRTUnavailableError(f"cannot run TensorRT engine {self.plan_path}: {probe.detail}")
         logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        # The GPU probe only explains failures: it never blocks a host where TensorRT itself works.
+        try:
+            runtime = trt.Runtime(logger)
+            engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        except Exception as exc:  # e.g. "CUDA initialization failure" without a usable GPU
+            self._raise_unavailable_or(ModelFilesError(f"TensorRT cannot load {self.plan_path}: {exc}"))
         if engine is None:
-            raise ModelFilesError(
+            self._raise_unavailable_or(ModelFilesError(
                 f"TensorRT {trt.__version__} could not load {self.plan_path}{_built_with(self.plan_path)}; "
                 "engines only load with the TensorRT version and GPU architecture they were built for"
-            )
+            ))
         context = engine.create_execution_context()
         if context is None:
             raise ModelFilesError(f"cannot create a TensorRT execution context for {self.plan_path}")
@@ -255,6 +257,12 @@ class TensorRTRunner:
         self.stream = cuda.Stream()
         self._profile = 0  # TensorRT selects profile 0 for a new context
         return self
+
+    def _raise_unavailable_or(self, error: GuardrtError):
+        probe = probe_gpu()
+        if not probe.found:
+            raise TensorRTUnavailableError(f"cannot run TensorRT engine {self.plan_path}: {probe.detail}") from None
+        raise error from None
 
     # Running ---------------------------------------------------------------------------------------------------
     def _buffer(self, name: str, shape: tuple[int, ...]):

@@ -302,6 +302,16 @@ def test_runner_refuses_an_engine_it_cannot_load(tmp_path, monkeypatch):
     with pytest.raises(rt.TensorRTUnavailableError, match="no NVIDIA GPU found"):
         TensorRTRunner(plan)
 
+    def cuda_init_failure(logger):
+        raise RuntimeError("CUDA initialization failure with error: 35")
+
+    trt.Runtime = cuda_init_failure
+    with pytest.raises(rt.TensorRTUnavailableError, match="no NVIDIA GPU found"):
+        TensorRTRunner(plan)
+    monkeypatch.setattr(rt, "probe_gpu", lambda: GpuProbe(True, "GPU 0: fake"))
+    with pytest.raises(ModelFilesError, match="CUDA initialization failure"):
+        TensorRTRunner(plan)
+
 
 def test_engine_profiles_reads_every_input_of_every_profile():
     from guardrt.runtime.tensorrt import engine_profiles
