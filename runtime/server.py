@@ -233,11 +233,14 @@ class TritonServer:
         # The stub embeds Python and finds its prefix through `python3` on PATH: put this interpreter's bin first so
         # the stub sees this environment's site-packages (numpy, onnxruntime, guardrt).
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        # guardrt itself may be importable only through the current sys.path (e.g. running from a checkout).
-        paths = [p for p in sys.path if p and Path(p).is_dir()]
+        # The stub gets this environment's stdlib and site-packages from the PATH lookup above; pass on only the
+        # extra sys.path entries (e.g. a source checkout) so nothing shadows the interpreter's own stdlib.
+        roots = tuple(str(Path(r).resolve()) for r in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+        paths = [p for p in sys.path if p and Path(p).is_dir() and not str(Path(p).resolve()).startswith(roots)]
         if env.get("PYTHONPATH"):
             paths.insert(0, env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env.setdefault("OMP_NUM_THREADS", "1")
         env.update(self.env)
         return env
