@@ -142,9 +142,20 @@ def optimize_model_proto(model, spec, *, config: Mapping[str, Any] | None = None
         if (attention_op or "MultiHeadAttention") == "MultiHeadAttention":
             options.use_multi_head_attention = True
             options.disable_multi_head_attention_bias = True
+        # The default BERT mask format (MaskIndexEnd) reduces the mask to per-row lengths, i.e. assumes right padding;
+        # the raw 2D mask keeps any padding side exact (guardrt validates left- and right-padded batches).
+        options.use_raw_attention_mask(True)
         # EmbedLayerNormalization assumes BERT position ids (0..S-1); RoBERTa's are padding-aware (cumsum of the
         # mask + pad id), so keep the embedding subgraph as exported.
         options.enable_embed_layer_norm = False
+    if model_type == "qwen3":
+        from .qwen3_attention import GQA_HEAD_DIM_MULTIPLE
+
+        head_dim = int(cfg.get("head_dim") or (hidden_size // num_heads if num_heads else 0))
+        fuse_attention = fuse_attention and head_dim > 0 and head_dim % GQA_HEAD_DIM_MULTIPLE == 0
+        # The RotaryEmbedding fusion feeds position_ids of shape [1, S], which ORT's kernel rejects for batch > 1;
+        # GQA absorbs the rotary nodes, so fuse them only when attention is fused too.
+        options.enable_rotary_embeddings = fuse_attention
     nodes_before = len(model.graph.node)
     # opt_level=0: python fusions only. ORT's own graph optimisers run at session creation anyway, and running them
     # here would bake CPU-specific layouts into a graph that TensorRT and the CUDA EP also consume.

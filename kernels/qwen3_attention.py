@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["fuse_qwen3_attention", "trim_rotary_caches", "MASK_FILTER_VALUE"]
 
 MASK_FILTER_VALUE = -30000.0
+GQA_HEAD_DIM_MULTIPLE = 16
 
 
 @dataclass
@@ -165,6 +166,12 @@ def fuse_qwen3_attention(model, num_heads: int, kv_num_heads: int, mask_input: s
     GroupQueryAttention; returns the number of fused layers. Unmatched layers are left untouched (still correct)."""
     layers = [l for l in (_match_layer(model, s) for s in model.get_nodes_by_op_type("Softmax")) if l is not None]
     if not layers:
+        return 0
+    norm_w = model.get_initializer(layers[0].q_norm.input[1])
+    head_dim = int(norm_w.dims[-1]) if norm_w is not None else 0
+    if head_dim % GQA_HEAD_DIM_MULTIPLE:
+        # ORT's GQA kernels need head_size % 16 == 0 (checked at run time); keep the unfused, exact graph.
+        log.info("head_dim %d is not a multiple of %d: attention left unfused", head_dim, GQA_HEAD_DIM_MULTIPLE)
         return 0
     cos_cache, sin_cache = layers[0].rotary_q.input[2], layers[0].rotary_q.input[3]
     graph = model.model.graph

@@ -44,14 +44,14 @@ def _export_tiny(kind: str, out_dir):
     return model, out_dir / "onnx" / "model.onnx"
 
 
-def _padded_batch(kind, pad_id, seed=0):
+def _padded_batch(kind, pad_id, seed=0, side=None):
     rng = np.random.default_rng(seed)
     lengths = [23, 11, 4, 1]
     seq = max(lengths)
     ids = rng.integers(5, 500, (len(lengths), seq)).astype(np.int64)
     mask = np.ones_like(ids)
     for b, n in enumerate(lengths):
-        if kind == "qwen3":  # intent-safety pads on the left
+        if (side or ("left" if kind == "qwen3" else "right")) == "left":  # intent-safety pads on the left
             ids[b, : seq - n], mask[b, : seq - n] = pad_id, 0
         else:
             ids[b, n:], mask[b, n:] = pad_id, 0
@@ -100,6 +100,19 @@ def test_fused_parity_with_pytorch_padded(fused):
         ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     got = _run(fused_path, ids, mask)
     assert np.isfinite(got).all()
+    assert np.abs(got - ref).max() <= spec.atol["fp32"], np.abs(got - ref).max()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_parity_either_padding_side(fused, side):
+    """The exporter validates left- and right-padded batches for every spec: the fused mask handling must not
+    assume one side (onnxruntime's default BERT mask format, MaskIndexEnd, assumes right padding)."""
+    kind, spec, model, onnx_path, fused_path, _ = fused
+    ids, mask, _ = _padded_batch(kind, model.config.pad_token_id, seed=3, side=side)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    # rows made only of padding are meaningless for both; compare the rows with real tokens
+    got = _run(fused_path, ids, mask)
     assert np.abs(got - ref).max() <= spec.atol["fp32"], np.abs(got - ref).max()
 
 
@@ -155,3 +168,26 @@ def test_graph_pass_hook_reads_dims_off_the_graph(fused):
     assert np.abs(a - _run(fused_path, ids, mask)).max() <= 1e-5
     _, rep = optimize_model_proto(onnx.load(str(onnx_path)), spec)
     assert rep["num_layers"] == model.config.num_hidden_layers
+
+
+def test_qwen3_head_dim_not_multiple_of_16_stays_unfused_and_exact(tmp_path):
+    """GroupQueryAttention needs head_size % 16 == 0: other shapes keep plain attention (and stay exact)."""
+    from optimum.exporters.onnx import main_export
+
+    torch.manual_seed(1)
+    cfg = transformers.Qwen3Config(vocab_size=256, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                   head_dim=8, intermediate_size=64, num_hidden_layers=1, num_labels=2,
+                                   pad_token_id=0, max_position_embeddings=512)
+    model = transformers.Qwen3ForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp_path / "hf")
+    main_export(str(tmp_path / "hf"), output=str(tmp_path / "onnx"), task="text-classification", opset=18,
+                do_validation=False, library_name="transformers")
+    report = optimize_onnx(tmp_path / "onnx" / "model.onnx", get_spec("intent-safety"), tmp_path / "f.onnx",
+                           config=tmp_path / "hf")
+    assert report["attention_layers"] == 0 and "GroupQueryAttention" not in report["fused_ops"]
+    ids, mask, _ = _padded_batch("qwen3", 0)
+    ids = ids % 250 + 1
+    ids[mask == 0] = 0
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    assert np.abs(_run(tmp_path / "f.onnx", ids, mask) - ref).max() <= 1e-4
