@@ -13,7 +13,11 @@
 3. build with Polygraphy's loaders (NetworkFromOnnxPath -> PostprocessNetwork -> CreateConfig(profiles, fp16/int8,
    precision_constraints, load_timing_cache) -> EngineFromNetwork(save_timing_cache) -> SaveEngine), one timing
    cache on disk per export directory, then check that the engine's profiles are exactly the derived ones;
-4. `DIR/tensorrt/<precision>/model.plan` + `build.json` (TensorRT version, GPU, flags, profiles, fp32 layers), and
+4. each engine validated like any export (`validate_engine`): against ONNX Runtime fp32 on held-out synthetic inputs
+   of the spec, through the real preprocessing and batching, gated by the spec's atol / min_agreement for that
+   precision; an engine that misses its gate gets no Triton model unless forced;
+5. `DIR/tensorrt/<precision>/model.plan` + `build.json` (TensorRT version, GPU, flags, profiles, fp32 layers,
+   validation), and
    the Triton model `OUT/<name>/{config.pbtxt, 1/model.plan}` written by the repository writer
    (`guardrt.runtime.triton_repo.write_model`, flavor `tensorrt`). The first precision is served as `<name>` (the
    spec name by default), the others as `<name>-<precision>`.
@@ -35,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guardrt.runtime.errors import InputError, ModelFilesError, require
+from guardrt.runtime.errors import GuardrtError, InputError, ModelFilesError, require
 from guardrt.runtime.specs import ModelSpec, get_spec
 from guardrt.runtime.tensorrt import (
     GpuProbe,
@@ -49,6 +53,7 @@ from guardrt.runtime.tensorrt import (
 __all__ = [
     "TRT_PRECISIONS",
     "BucketProfile",
+    "EngineGateError",
     "EngineSettings",
     "LayerInfo",
     "TensorRTExport",
@@ -65,12 +70,14 @@ __all__ = [
     "in_norm_scope",
     "in_rotary_scope",
     "non_standard_onnx_ops",
+    "parity",
     "parse_trt_precisions",
     "polygraphy_profiles",
     "repo_model_names",
     "run_tensorrt_target",
     "triton_input_type",
     "unavailable_message",
+    "validate_engine",
 ]
 
 # Engine precisions guardrt builds. ("int8-dynamic" is a CPU-only ONNX Runtime format; TensorRT takes the QDQ graph.)
@@ -459,6 +466,60 @@ def _gpu_facts(probe: GpuProbe) -> dict[str, str]:
     return facts
 
 
+# -- validation of a built engine (the exporter's rule: nothing is served that missed its gate) ---------------------
+class EngineGateError(GuardrtError):
+    """An engine missed its spec's gate against ONNX Runtime fp32; its Triton model was not written (see build.json)."""
+
+
+def parity(spec: ModelSpec, reference: Any, logits: Any) -> dict[str, Any]:
+    """max |Δlogit|, decision agreement (the card's decision rule) and finiteness of `logits` against `reference`."""
+    import numpy as np
+
+    from guardrt.runtime.postprocess import postprocess
+
+    reference, logits = np.asarray(reference, np.float32), np.asarray(logits, np.float32)
+    finite = bool(np.isfinite(logits).all())
+    ref = [r["label"] for r in postprocess(spec, reference)]
+    got = [r["label"] for r in postprocess(spec, np.nan_to_num(logits))]
+    return {"max_abs_diff": float(np.abs(reference - logits).max()) if finite else float("inf"),
+            "agreement": float(np.mean(np.array(ref) == np.array(got))) if ref else 1.0,
+            "finite": finite, "n": int(len(ref))}
+
+
+def validate_engine(
+    plan: str | Path,
+    export_dir: str | Path,
+    spec: ModelSpec,
+    precision: str,
+    *,
+    n: int = 64,
+    seed: int | None = None,
+    runner_factory: Callable[[Path], Any] | None = None,
+) -> dict[str, Any]:
+    """Run the engine and ONNX Runtime fp32 (CPU, the exporter's validated reference) on `n` held-out synthetic
+    inputs of the spec, through the real preprocessing and batching; compare against the spec's gate for
+    `precision` (max |Δlogit| <= atol, agreement >= min_agreement). Returns the result with `passed`."""
+    from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_payloads
+    from guardrt.runtime.onnxrt import InProcessClassifier
+    from guardrt.runtime.tensorrt import TensorRTRunner
+
+    factory = runner_factory or TensorRTRunner
+    reference = InProcessClassifier.from_export_dir(export_dir, "fp32")
+    try:
+        payloads = synthetic_payloads(spec.name, n, seed=SPLIT_SEEDS["heldout"] if seed is None else seed)
+        seqs = reference.encode(payloads)
+        want = reference.logits_for_ids(seqs)
+        with factory(Path(plan)) as runner:
+            got = InProcessClassifier(spec, runner, reference.preprocessor).logits_for_ids(seqs)
+    finally:
+        reference.close()
+    res = parity(spec, want, got)
+    atol, gate = spec.atol.get(precision, float("inf")), spec.min_agreement.get(precision, 0.0)
+    res.update(reference="onnxruntime fp32 (CPU)", atol=atol, min_agreement=gate,
+               passed=res["finite"] and res["max_abs_diff"] <= atol and res["agreement"] >= gate)
+    return res
+
+
 # -- the whole step -------------------------------------------------------------------------------------------------
 @dataclass
 class TensorRTExport:
@@ -517,13 +578,18 @@ def export_tensorrt(
     workspace_bytes: int | None = None,
     builder_optimization_level: int | None = None,
     instance_count: int = 1,
+    validate: int = 64,
+    force: bool = False,
     probe: Callable[[], GpuProbe] | None = None,
     find_missing: Callable[[], list[str]] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TensorRTExport:
     """Build TensorRT engines for `precisions` from the export directory and write their Triton models into `out`
-    (default: `export_dir/triton_repo`). See the module docstring. Raises TensorRTUnavailableError (after writing
-    the configs) without a GPU or the `gpu` extra; ModelFilesError / InputError for bad inputs, before anything."""
+    (default: `export_dir/triton_repo`). See the module docstring. Each engine is validated against ONNX Runtime
+    fp32 on `validate` held-out inputs (0: no validation); one that misses its spec's gate gets no Triton model
+    (EngineGateError at the end, after the other precisions) unless `force`. Raises TensorRTUnavailableError (after
+    writing the configs) without a GPU or the `gpu` extra; ModelFilesError / InputError for bad inputs, before
+    anything is built."""
     from guardrt.runtime.export_dir import load_export_dir
     from guardrt.runtime.triton_repo import write_model
 
@@ -568,14 +634,26 @@ def export_tensorrt(
     facts = _gpu_facts(gpu)
     engine_root = manifest.path / "tensorrt"
     cache = Path(timing_cache) if timing_cache is not None else engine_root / "timing.cache"
+    failures = []
     for p in wanted:
         plan = engine_root / p / "model.plan"
         record = build_engine(sources[p], plan, settings[p], profiles, timing_cache=cache,
                               workspace_bytes=workspace_bytes, builder_optimization_level=builder_optimization_level,
                               log=log)
         record.update(facts, spec=spec.name, timing_cache=str(cache))
+        if validate:
+            res = record["validation"] = validate_engine(plan, manifest.path, spec, p, n=int(validate))
+            if log:
+                log(f"{spec.name} TensorRT {p} vs ONNX Runtime fp32 on {res['n']} held-out inputs: max|Δlogit| "
+                    f"{res['max_abs_diff']:.3g} (gate {res['atol']:g}), agreement {res['agreement']:.3f} "
+                    f"(gate {res['min_agreement']:g}): {'ok' if res['passed'] else 'FAILED'}")
         (plan.parent / "build.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         result.engines[p], result.builds[p] = plan, record
+        if validate and not record["validation"]["passed"] and not force:
+            v = record["validation"]
+            failures.append(f"{p}: max |Δlogit| {v['max_abs_diff']:.3g} (gate {v['atol']:g}), agreement "
+                            f"{v['agreement']:.3f} (gate {v['min_agreement']:g})")
+            continue
         result.models[p] = write_model(repo, spec=spec, export_dir=manifest.path, flavor="tensorrt", precision=p,
                                        plan_path=plan, name=names[p], instance_count=instance_count,
                                        num_profiles=len(profiles),
@@ -583,6 +661,10 @@ def export_tensorrt(
         if log:
             log(f"{spec.name} {p}: {plan} ({record['plan_bytes'] / 1e6:.1f} MB, {record['build_seconds']} s, "
                 f"{record['fp32_layers']} layers kept fp32) -> Triton model {result.models[p]}")
+    if failures:
+        raise EngineGateError(f"{spec.name} TensorRT engines missed their gate against ONNX Runtime fp32: "
+                              f"{' | '.join(failures)}; no Triton model written for them (engines and details in "
+                              f"{engine_root}; --force keeps them)")
     return result
 
 
@@ -618,6 +700,7 @@ def run_tensorrt_target(args, export_dir: str | Path, exported: Sequence[str] = 
         opt_batch=getattr(args, "trt_opt_batch", None), int8_fp16=bool(getattr(args, "trt_int8_fp16", False)),
         precision_constraints=getattr(args, "trt_precision_constraints", None) or "prefer",
         strongly_typed=bool(getattr(args, "trt_strongly_typed", False)),
+        force=bool(getattr(args, "force", False)),
         workspace_bytes=int(gb * (1 << 30)) if gb else None, log=log,
     )
     if log:

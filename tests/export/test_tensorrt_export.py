@@ -215,7 +215,7 @@ def test_tiny_engine_builds_matches_onnx_runtime_and_lands_in_the_repo(precision
 
     export_dir = make_export_dir(tmp_path / "exp")
     repo = tmp_path / "repo"
-    result = export_tensorrt(export_dir, TINY_SPEC, precision, out=repo, log=print)
+    result = export_tensorrt(export_dir, TINY_SPEC, precision, out=repo, validate=0, log=print)
     plan = result.engines[precision]
     assert plan == export_dir / "tensorrt" / precision / "model.plan" and plan.stat().st_size > 0
     build = json.loads((plan.parent / "build.json").read_text())
@@ -306,3 +306,86 @@ def test_guardrt_export_target_tensorrt_without_gpu_one_line_nonzero(tmp_path, m
     assert str(out / "fp16" / "model.onnx") in err and str(out / "int8" / "model.onnx") in err
     assert seen["precisions"] == ("fp32", "fp16", "int8")  # the ONNX the engines are built from were exported
     assert (repo / "rejection" / "config.pbtxt").is_file() and not (repo / "rejection" / "1" / "model.plan").exists()
+
+
+
+# -- the GPU half of export_tensorrt, with build_engine / validate_engine replaced (the real ones need TensorRT) -----
+def _fake_gpu_half(monkeypatch, failing=()):
+    import guardrt.export.tensorrt as et
+
+    def fake_build_engine(onnx_path, plan_path, settings, profiles, **kw):
+        Path(plan_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(plan_path).write_bytes(b"plan")
+        return {"precision": settings.precision, "source_onnx": str(onnx_path), "plan_bytes": 4, "build_seconds": 1.0,
+                "fp32_layers": 3, "io_dtypes": {"input_ids": "INT64", "attention_mask": "INT64", "logits": "FLOAT"}}
+
+    def fake_validate(plan, export_dir, spec, precision, n=64, **kw):
+        bad = precision in failing
+        return {"max_abs_diff": 9.0 if bad else 0.001, "agreement": 0.5 if bad else 1.0, "finite": True, "n": n,
+                "atol": spec.atol[precision], "min_agreement": spec.min_agreement[precision], "passed": not bad}
+
+    monkeypatch.setattr(et, "build_engine", fake_build_engine)
+    monkeypatch.setattr(et, "validate_engine", fake_validate)
+    monkeypatch.setattr(et, "_gpu_facts", lambda probe: {"gpu": "stand-in", "compute_capability": "9.0"})
+    return dict(probe=lambda: GpuProbe(True, "GPU 0: stand-in", ("GPU 0: stand-in",)), find_missing=lambda: [])
+
+
+def test_gpu_half_writes_engines_build_records_and_triton_models(tmp_path, monkeypatch):
+    pytest.importorskip("tritonclient.grpc")
+    from guardrt.runtime.triton_repo import parse_config
+
+    env = _fake_gpu_half(monkeypatch)
+    export_dir = make_export_dir(tmp_path / "exp")
+    result = export_tensorrt(export_dir, TINY_SPEC, "fp16,int8", out=tmp_path / "repo", **env)
+    for p, model in (("fp16", "rejection"), ("int8", "rejection-int8")):
+        plan = export_dir / "tensorrt" / p / "model.plan"
+        assert result.engines[p] == plan
+        record = json.loads((plan.parent / "build.json").read_text())
+        assert record["validation"]["passed"] and record["gpu"] == "stand-in" and record["spec"] == "rejection"
+        assert record["timing_cache"] == str(export_dir / "tensorrt" / "timing.cache")
+        assert (tmp_path / "repo" / model / "1" / "model.plan").read_bytes() == b"plan"
+        cfg = parse_config((tmp_path / "repo" / model / "config.pbtxt").read_text())
+        assert cfg.platform == "tensorrt_plan" and list(cfg.instance_group[0].profile) == ["0", "1"]
+
+
+def test_an_engine_that_misses_its_gate_gets_no_triton_model_unless_forced(tmp_path, monkeypatch):
+    pytest.importorskip("tritonclient.grpc")
+    from guardrt.export.tensorrt import EngineGateError
+
+    env = _fake_gpu_half(monkeypatch, failing=("int8",))
+    export_dir = make_export_dir(tmp_path / "exp")
+    repo = tmp_path / "repo"
+    with pytest.raises(EngineGateError, match=r"int8: max \|Δlogit\| 9 \(gate 0.25\), agreement 0.500") as err:
+        export_tensorrt(export_dir, TINY_SPEC, "fp16,int8", out=repo, **env)
+    assert "\n" not in str(err.value) and "fp16" not in str(err.value).split("fp32:")[1]
+    assert (repo / "rejection" / "1" / "model.plan").is_file()  # fp16 passed
+    assert not (repo / "rejection-int8").exists()
+    assert not json.loads((export_dir / "tensorrt" / "int8" / "build.json").read_text())["validation"]["passed"]
+    result = export_tensorrt(export_dir, TINY_SPEC, "fp16,int8", out=repo, force=True, **env)
+    assert (repo / "rejection-int8" / "1" / "model.plan").is_file() and set(result.models) == {"fp16", "int8"}
+
+
+def test_validate_engine_compares_with_onnx_runtime_through_the_real_preprocessing(tmp_path, roberta_tokenizer_dir):
+    """validate_engine with ONNX Runtime standing in for the engine: the same graph passes every gate; a runner whose
+    logits drift fails it."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("guardrt.export.synthetic")
+    from guardrt.export.tensorrt import validate_engine
+    from guardrt.runtime.onnxrt import OnnxRunner
+
+    spec = get_spec("rejection")
+    export_dir = make_export_dir(tmp_path / "exp", spec=spec, vocab=2000)
+    for f in roberta_tokenizer_dir.iterdir():
+        shutil.copy(f, export_dir / f.name)
+    same = validate_engine(export_dir / "fp32" / "model.onnx", export_dir, spec, "fp16", n=24, runner_factory=OnnxRunner)
+    assert same["passed"] and same["max_abs_diff"] < 1e-5 and same["agreement"] == 1.0 and same["n"] == 24
+
+    class Drifting(OnnxRunner):
+        def infer(self, feeds):
+            out = super().infer(feeds)
+            return {"logits": out["logits"] + np.array([0.0, 3.0], np.float32)}
+
+    drift = validate_engine(export_dir / "fp32" / "model.onnx", export_dir, spec, "fp16", n=24, runner_factory=Drifting)
+    assert not drift["passed"] and drift["max_abs_diff"] == pytest.approx(3.0, abs=1e-4)

@@ -80,7 +80,8 @@ def test_compare_reports_max_diff_and_decision_agreement(gpu_check):
     got = np.array([[2.0, 0.1], [0.0, 2.0], [0.9, 1.0]], np.float32)
     res = gpu_check.compare(spec, ref, got)
     assert res["max_abs_diff"] == pytest.approx(0.1) and res["agreement"] == pytest.approx(2 / 3) and res["finite"]
-    assert not gpu_check.compare(spec, ref, np.full_like(ref, np.nan))["finite"]
+    nan = gpu_check.compare(spec, ref, np.full_like(ref, np.nan))
+    assert not nan["finite"] and nan["max_abs_diff"] == float("inf")
 
 
 def test_orchestration_with_onnx_runtime_standing_in_for_tensorrt(gpu_check, tmp_path, monkeypatch, capsys,
@@ -112,7 +113,8 @@ def test_orchestration_with_onnx_runtime_standing_in_for_tensorrt(gpu_check, tmp
         def __init__(self, plan):
             super().__init__(plan)
 
-    def fake_export_tensorrt(export_dir_, spec, precisions, out=None, strongly_typed=False, log=None):
+    def fake_export_tensorrt(export_dir_, spec, precisions, out=None, strongly_typed=False, force=False, log=None):
+        assert force  # the script gates the engines itself
         return et.TensorRTExport(export_dir=Path(export_dir_), repo=Path(out),
                                  engines={p: Path(export_dir_) / "fp32" / "model.onnx" for p in precisions},
                                  builds={p: {"fake": True} for p in precisions})
