@@ -73,6 +73,7 @@ class _ClassifierBase:
         self.backoff_s = backoff_s
         self.flavor = flavor  # None: read from the served model's config on first use
         self.threshold = threshold  # None: the card's (threshold specs)
+        self._input_dtypes: dict[str, str] = {}  # from the model config; INT64 (the graph contract) by default
         if preprocessor is None and tokenizer_dir is not None:
             preprocessor = build_preprocessor(self.spec, tokenizer_dir, task_description)
         self.preprocessor = preprocessor
@@ -95,6 +96,12 @@ class _ClassifierBase:
 
     # -- request building ---------------------------------------------------------------------------------------------
     def _flavor_from_config(self, config) -> str:
+        """The served flavor (and, as a side effect, the served input dtypes: a TensorRT plan may take INT32)."""
+        from tritonclient.grpc import model_config_pb2
+
+        for inp in config.input:
+            if inp.name in self.spec.input_names:
+                self._input_dtypes[inp.name] = model_config_pb2.DataType.Name(inp.data_type).removeprefix("TYPE_")
         params = {k: v.string_value for k, v in config.parameters.items()}
         served_spec = params.get("guardrt_spec")
         if served_spec and served_spec != self.spec.name:
@@ -140,8 +147,9 @@ class _ClassifierBase:
     def _inputs(self, ids: np.ndarray, mask: np.ndarray) -> list:
         inputs = []
         for name, arr in zip(self.spec.input_names, (ids, mask)):
-            t = self._grpc.InferInput(name, list(arr.shape), "INT64")
-            t.set_data_from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+            dtype = self._input_dtypes.get(name, "INT64")
+            t = self._grpc.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(np.ascontiguousarray(arr, dtype=np.int32 if dtype == "INT32" else np.int64))
             inputs.append(t)
         return inputs
 

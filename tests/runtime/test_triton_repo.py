@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from guardrt.runtime.errors import InputError, MissingExtraError, ModelFilesError, ServerError
@@ -277,3 +278,18 @@ def test_client_reports_a_down_server_in_one_line():
         assert "\n" not in str(err.value)
         with pytest.raises(ServerError, match="not reachable"):
             client.classify_ids([[0, 5, 2]])
+
+
+def test_client_reads_flavor_and_input_dtypes_from_the_served_config():
+    from guardrt.runtime.triton_client import TritonClassifier
+
+    client = TritonClassifier("127.0.0.1:1", "rejection")
+    trt = parse_config(tensorrt_config("rejection", input_data_type="TYPE_INT32"))
+    assert client._flavor_from_config(trt) == "tensorrt"
+    inputs = client._inputs(np.array([[0, 5, 2]]), np.ones((1, 3), np.int64))
+    assert [i.datatype() for i in inputs] == ["INT32", "INT32"]
+    other = TritonClassifier("127.0.0.1:1", "intent-safety")
+    with pytest.raises(ServerError, match="serves spec 'rejection', not 'intent-safety'"):
+        other._flavor_from_config(parse_config(config_text("rejection", "python")))
+    client.close()
+    other.close()
