@@ -34,5 +34,13 @@ gpu-check: venv
 	$(PY) -m pytest -q -m gpu tests/export/test_tensorrt_export.py
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
+# Benchmarks are programs (tables + benchmarks/results/*.json + PNG), not tests. BENCH_ARGS passes options through.
+BENCH_ARGS ?=
+bench: venv
+	$(PY) benchmarks/inprocess.py $(BENCH_ARGS)
+
+bench-serve: venv
+	$(PY) benchmarks/serve.py $(BENCH_ARGS)
+
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -1,0 +1,95 @@
+"""The benchmark programs run end to end on tiny models with one iteration and write valid JSON + PNG.
+
+Smoke tests only: nothing here asserts a speed (benchmarks are programs, not timed tests)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import common  # noqa: E402
+
+
+def test_peak_is_derived_from_cpuinfo():
+    peak = common.cpu_peak()
+    assert peak["cores"] >= 1 and peak["peak_fp32_gflops"] > 0
+    assert peak["peak_int8_gops"] >= peak["peak_fp32_gflops"]
+    assert "GHz" in peak["derivation"]
+
+
+def test_model_flops_counts_linear_and_attention():
+    roberta = {"model_type": "roberta", "hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
+               "intermediate_size": 3072}
+    f = common.model_flops(roberta, 16, 128)
+    # 6 layers x (4 x 768^2 + 2 x 768 x 3072) MACs per token x 2048 tokens x 2
+    assert f["linear"] == 2 * 2048 * 6 * (4 * 768 * 768 + 2 * 768 * 3072)
+    assert f["attention"] == 2 * 2 * 16 * 6 * 12 * 128 * 128 * 64
+    qwen = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 16,
+            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072}
+    g = common.model_flops(qwen, 1, 1024)
+    assert g["attention"] == 2 * 2 * 4 * 16 * (1024 * 1025 / 2) * 128  # causal
+    assert 120e9 < g["linear"] < 135e9
+
+
+def test_stability_window_summary():
+    s = common.summarize([0.001, 0.002, 0.003])
+    assert s["n"] == 3 and s["p50_ms"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_inprocess_quick_writes_json_and_plots(tmp_path):
+    out = tmp_path / "inprocess"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "inprocess.py"), "--quick", "--spec", "rejection",
+         "--engines", "guardrt-ort-fp32,guardrt-ort-int8-dynamic", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["machine"]["peak"]["peak_fp32_gflops"] > 0 and data["versions"]["onnxruntime"]
+    spec = data["specs"][0]
+    engines = {r["engine"] for r in spec["rows"]}
+    assert {"pytorch-eager", "guardrt-ort-fp32", "guardrt-ort-fp32-fused", "guardrt-ort-int8-dynamic-fused"} <= engines
+    for row in spec["rows"]:
+        assert "error" not in row, row
+        assert row["p50_ms"] > 0 and row["speedup_vs_pytorch"] > 0 and row["peak_rss_mib"] > 0
+    fused = [r for r in spec["rows"] if r["engine"] == "guardrt-ort-fp32-fused"]
+    assert all(r["max_abs_diff_vs_pytorch"] <= 1e-4 for r in fused)
+    assert (tmp_path / "inprocess_rejection.png").stat().st_size > 0
+    assert "x PyTorch" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@pytest.mark.timeout(600)
+def test_serve_quick_writes_json_and_plots(tmp_path):
+    pytest.importorskip("tritonclient.grpc")
+    from guardrt.runtime.server import find_triton_install
+
+    try:
+        find_triton_install()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no tritonserver: {exc}")
+    out = tmp_path / "serve"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "serve.py"), "--quick", "--spec", "rejection", "--concurrency",
+         "1,4", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    spec = data["specs"][0]
+    assert set(spec["sweep"]) == {"on", "off"}
+    for mode in ("on", "off"):
+        levels = spec["sweep"][mode]
+        assert [r["concurrency"] for r in levels] == [1, 4]
+        assert all(r["requests"] > 0 and r["throughput_rps"] > 0 and not r["errors"] for r in levels)
+        assert all(sum(r["server"]["executed_batch_sizes"].values()) == r["server"]["executions"] for r in levels)
+    # without dynamic batching every execution is one request
+    assert all(r["server"]["mean_executed_batch"] == 1.0 for r in spec["sweep"]["off"])
+    assert spec["inprocess"]["batch16_throughput_rps"] > 0 and spec["server_peak_rss_mib"]["total"] > 0
+    assert (tmp_path / "serve_rejection.png").stat().st_size > 0
