@@ -21,6 +21,7 @@ Graphs larger than `external_data_threshold` bytes keep their weights in one `mo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -210,9 +211,10 @@ def export_onnx(
         with Progress.step(f"{spec.name}: fp32 ONNX export (optimum, opset {spec.onnx_opset})", log) as info:
             from optimum.exporters.onnx import main_export
 
-            main_export(str(model_dir), str(work / "optimum"), task=spec.task, opset=spec.onnx_opset,
-                        device="cpu", do_validation=False, pad_token_id=spec.pad_token_id,
-                        library_name="transformers")
+            with _quiet_libraries():
+                main_export(str(model_dir), str(work / "optimum"), task=spec.task, opset=spec.onnx_opset,
+                            device="cpu", do_validation=False, pad_token_id=spec.pad_token_id,
+                            library_name="transformers")
             model = _load(work / "optimum" / "model.onnx")
             check_graph_contract(model, spec)
             if graph_pass is not None:
@@ -234,8 +236,9 @@ def export_onnx(
             path = work / precision / "model.onnx"
             if precision != "fp32":
                 with Progress.step(f"{spec.name}: {precision} conversion", log) as info:
-                    _derive(precision, model, fp32_path, path, spec, model_dir, large, external_data_threshold,
-                            calibration_examples, log)
+                    with _quiet_libraries():
+                        _derive(precision, model, fp32_path, path, spec, model_dir, large, external_data_threshold,
+                                calibration_examples, log)
                 timings[precision] = info["seconds"]
             with Progress.step(f"{spec.name}: validating {precision} against PyTorch", log):
                 res = validate_onnx(path, precision, vset, reference, log=log, intra_op_threads=intra_op_threads)
@@ -304,11 +307,42 @@ def export_onnx(
     return load_export_dir(out)
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silence the tracer / deprecation chatter of torch.onnx, transformers and optimum during the export: the
+    progress display and guardrt's own errors are what the user should see."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("transformers", "optimum", "torch.onnx", "onnxruntime")]
+    loggers.append(logging.getLogger())  # onnxruntime.quantization warns through the root logger
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        hf_logging = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+            if hf_logging is not None:
+                hf_logging.set_verbosity(hf_level)
+
+
 def _torch_model(model_dir: Path, spec: ModelSpec):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    with _quiet_libraries():
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
     model.config.pad_token_id = spec.pad_token_id  # the card sets it at load time
     return model.eval()
 

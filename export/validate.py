@@ -90,7 +90,7 @@ def torch_reference(model_dir: str | Path, vset: ValidationSet, log: Callable[[s
     if model is None:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     report = Progress.count(log, "PyTorch reference", len(vset.cases))
     out = {}

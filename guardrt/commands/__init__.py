@@ -4,6 +4,9 @@ Heavy imports (torch, onnxruntime, tritonclient...) happen inside `run`, never a
 # Order is the order shown by `guardrt --help`.
 COMMAND_MODULES = [
     "preprocess",
+    "demo_models",
+    "export",
+    "classify",
     "repo",
     "serve",
     "demo",

@@ -1,0 +1,84 @@
+"""`guardrt classify`: JSON lines in (same as `guardrt preprocess`), one card-format JSON result per line out.
+
+In-process (this module): `--model EXPORT_DIR [--precision P]` runs ONNX Runtime here; the tokenizer defaults to the
+one stored in the export directory. Lines are read in chunks and classified in batches (results are
+batch-independent), written in input order. A malformed line stops the run with its line number (exit 2), after the
+results of every line before it are written.
+
+Backends are chosen in `run` by flag: `_classifier_in_process` builds the in-process one; a Triton backend
+(`--url`) plugs in next to it with the same `classify(payloads) -> list[dict]` shape.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+NAME = "classify"
+HELP = "classify JSON lines of dialogues or texts with an exported model (in-process ONNX Runtime)"
+
+
+def add_arguments(p) -> None:
+    from guardrt.runtime.specs import spec_names
+
+    p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names())})")
+    p.add_argument("--model", help="export directory written by `guardrt export` (in-process classification)")
+    p.add_argument("--precision", default="fp32", help="exported precision to run (default: fp32)")
+    p.add_argument("--tokenizer", help="directory holding tokenizer.json (default: the export directory's)")
+    p.add_argument("--task-description", help="file with the task description (intent-safety); default: the card's")
+    p.add_argument("--input", default="-", help="input JSONL file (default: stdin)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per inference batch (default: the spec's)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (threshold specs; default: "
+                                                                  "the card's)")
+
+
+def _classifier_in_process(args, spec, task_description):
+    from guardrt.runtime.errors import GuardrtError
+    from guardrt.runtime.onnxrt import InProcessClassifier
+
+    if not args.model:
+        raise GuardrtError("--model EXPORT_DIR is required for in-process classification")
+    return InProcessClassifier.from_export_dir(
+        args.model, precision=args.precision, tokenizer_dir=args.tokenizer, task_description=task_description,
+        spec=spec.name, intra_op_threads=args.threads, max_batch_size=args.batch_size, threshold=args.threshold)
+
+
+def run(args) -> int:
+    from guardrt.commands.preprocess import iter_jsonl_inputs, read_task_description
+    from guardrt.runtime.errors import GuardrtError, InputError
+    from guardrt.runtime.specs import get_spec
+
+    try:
+        spec = get_spec(args.spec)
+    except ValueError as exc:
+        raise GuardrtError(str(exc)) from None
+    task_description = read_task_description(args.task_description)
+    classifier = _classifier_in_process(args, spec, task_description)
+    stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    out = sys.stdout
+    chunk_size = max(1, int(args.batch_size or spec.max_batch_size)) * 4
+    pending: list[list[int]] = []
+
+    def flush() -> None:
+        if pending:
+            for result in classifier.classify_ids(pending):
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            out.flush()
+            pending.clear()
+
+    with stream, classifier:
+        try:
+            for lineno, payload in iter_jsonl_inputs(stream, spec):
+                try:
+                    pending.append(classifier.preprocessor.encode(payload))
+                except InputError as exc:
+                    raise InputError(f"line {lineno}: {exc}") from None
+                except Exception as exc:  # e.g. lone surrogates the Rust tokenizer cannot take
+                    raise InputError(f"line {lineno}: cannot tokenize ({exc})") from None
+                if len(pending) >= chunk_size:
+                    flush()
+        except InputError:
+            flush()  # the lines before the bad one still get their results
+            raise
+        flush()
+    return 0

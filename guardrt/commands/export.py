@@ -1,0 +1,87 @@
+"""`guardrt export`: a Hugging Face checkpoint directory -> a validated, self-contained export directory.
+
+ONNX at every requested precision (fp32, fp16, int8 QDQ static, int8-dynamic), each validated against PyTorch and
+refused when it misses the spec's gate (exit 2, one line, nothing written for it) unless --force. With
+`--target tensorrt` the ONNX export is followed by TensorRT engines built from it (GPU hosts; elsewhere a one-line
+error saying what was written instead). Progress goes to stderr; the export directory path to stdout.
+"""
+from __future__ import annotations
+
+NAME = "export"
+HELP = "export a checkpoint to validated ONNX (fp32/fp16/int8/int8-dynamic) or TensorRT engines"
+
+
+def add_arguments(p) -> None:
+    from guardrt.runtime.specs import spec_names
+
+    p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names())})")
+    p.add_argument("--model-dir", required=True, help="Hugging Face checkpoint directory (config, weights, tokenizer)")
+    p.add_argument("--out", required=True, help="output export directory (created; a previous export is updated)")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated: fp32,fp16,int8,int8-dynamic (default: fp32)")
+    p.add_argument("--target", default="onnx", choices=["onnx", "tensorrt"],
+                   help="onnx (default) or tensorrt (ONNX first, then engines; needs an NVIDIA GPU)")
+    p.add_argument("--force", action="store_true", help="keep precisions that miss their validation gate")
+    p.add_argument("--graph-pass", help="optional fp32 graph pass applied before fp16/int8, as module:function "
+                                       "(e.g. guardrt.kernels.fusions:optimize_onnx)")
+    p.add_argument("--external-data-threshold", type=int, default=None,
+                   help="weights above this many bytes go to one model.onnx.data file (default: 1 GiB)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for validation")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    from guardrt.export.tensorrt import add_tensorrt_arguments  # light: no tensorrt import
+
+    add_tensorrt_arguments(p)  # --repo and the --trt-* engine options of --target tensorrt
+
+
+def load_graph_pass(ref: str | None):
+    """'module:function' -> the callable (GuardrtError when it cannot be imported)."""
+    if not ref:
+        return None
+    import importlib
+
+    from guardrt.runtime.errors import GuardrtError
+
+    module, _, func = ref.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise GuardrtError(f"cannot load graph pass {ref!r} ({exc}); expected module:function") from None
+    if not callable(fn):
+        raise GuardrtError(f"graph pass {ref!r} is not callable")
+    return fn
+
+
+def run(args) -> int:
+    from guardrt.runtime.errors import require
+    from guardrt.runtime.specs import get_spec
+
+    from guardrt.runtime.errors import GuardrtError
+
+    try:
+        spec = get_spec(args.spec)
+    except ValueError as exc:
+        raise GuardrtError(str(exc)) from None
+    for module in ("torch", "transformers", "optimum.exporters.onnx", "onnx", "onnxruntime"):
+        require(module, "export")
+    from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, export_onnx, parse_precisions
+    from guardrt.export.progress import stderr_log
+
+    log = None if args.quiet else stderr_log
+    requested = parse_precisions(args.precision)
+    onnx_precisions = requested
+    if args.target == "tensorrt":
+        # Engines are built from ONNX: fp16 engines from the fp16 graph, int8 engines from the QDQ graph.
+        onnx_precisions = parse_precisions(("fp32",) + requested)
+    threshold = EXTERNAL_DATA_THRESHOLD if args.external_data_threshold is None else args.external_data_threshold
+    manifest = export_onnx(args.model_dir, spec, args.out, onnx_precisions, force=args.force,
+                           graph_pass=load_graph_pass(args.graph_pass), log=log,
+                           external_data_threshold=threshold, intra_op_threads=args.threads)
+    if args.target == "tensorrt":
+        trt_precisions = [p for p in requested if p in ("fp32", "fp16", "int8")]
+        if not trt_precisions:
+            raise GuardrtError("--target tensorrt needs fp32, fp16 or int8 in --precision")
+        from guardrt.export.tensorrt import run_tensorrt_target
+
+        run_tensorrt_target(args, manifest.path, trt_precisions, log=log)
+    print(manifest.path)
+    return 0
