@@ -14,7 +14,8 @@ import json
 import sys
 
 NAME = "classify"
-HELP = "classify JSON lines of dialogues or texts with an exported model (in-process ONNX Runtime)"
+HELP = ("classify JSON lines of dialogues or texts with an exported model (in-process ONNX Runtime, or a Triton "
+        "server with --url)")
 
 
 def add_arguments(p) -> None:
@@ -30,6 +31,10 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (threshold specs; default: "
                                                                   "the card's)")
+    p.add_argument("--url", help="Triton gRPC address (e.g. 127.0.0.1:8001): classify over gRPC instead of "
+                                 "in-process; the tokenizer comes from --tokenizer (or --model)")
+    p.add_argument("--model-name", help="--url: Triton model name (default: the spec name)")
+    p.add_argument("--timeout", type=float, default=30.0, help="--url: deadline per request in seconds (default: 30)")
 
 
 def _classifier_in_process(args, spec, task_description):
@@ -43,6 +48,23 @@ def _classifier_in_process(args, spec, task_description):
         spec=spec.name, intra_op_threads=args.threads, max_batch_size=args.batch_size, threshold=args.threshold)
 
 
+def _classifier_triton(args, spec, task_description):
+    from guardrt.runtime.errors import GuardrtError
+    from guardrt.runtime.triton_client import TritonClassifier
+
+    tokenizer = args.tokenizer or args.model
+    if not tokenizer:
+        raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
+    client = TritonClassifier(args.url, spec, tokenizer, task_description=task_description,
+                              model_name=args.model_name, timeout_s=args.timeout, threshold=args.threshold)
+    try:
+        client.check_ready()  # server down / model not ready: one line before reading any input
+    except GuardrtError:
+        client.close()
+        raise
+    return client
+
+
 def run(args) -> int:
     from guardrt.commands.preprocess import iter_jsonl_inputs, read_task_description
     from guardrt.runtime.errors import GuardrtError, InputError
@@ -53,7 +75,10 @@ def run(args) -> int:
     except ValueError as exc:
         raise GuardrtError(str(exc)) from None
     task_description = read_task_description(args.task_description)
-    classifier = _classifier_in_process(args, spec, task_description)
+    if args.url:
+        classifier = _classifier_triton(args, spec, task_description)
+    else:
+        classifier = _classifier_in_process(args, spec, task_description)
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     out = sys.stdout
     chunk_size = max(1, int(args.batch_size or spec.max_batch_size)) * 4
