@@ -7,6 +7,18 @@ import pytest
 SPECS = ("intent-safety", "rejection")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _triton_binary():
+    """Skip (with the reason) where the server binary is not installed; it is in the dev/serve extras."""
+    from guardrt.runtime.errors import MissingExtraError
+    from guardrt.runtime.server import find_triton_install
+
+    try:
+        return find_triton_install()
+    except MissingExtraError as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="session")
 def demo_exports() -> dict:
     """{spec: export directory} of the tiny demo models, fp32 (validated against PyTorch by the exporter)."""
