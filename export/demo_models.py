@@ -65,8 +65,8 @@ _CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
 _TRAIN: dict[tuple[str, str], dict[str, Any]] = {
     ("rejection", "tiny"): dict(trainable="all", examples=192, steps=60, batch=16, lr=3e-3),
     ("intent-safety", "tiny"): dict(trainable="all", examples=128, steps=48, batch=8, lr=3e-3),
-    ("rejection", "realistic"): dict(trainable=1, examples=192, steps=30, batch=16, lr=3e-4),
-    ("intent-safety", "realistic"): dict(trainable=1, examples=96, steps=24, batch=8, lr=3e-4),
+    ("rejection", "realistic"): dict(trainable=1, examples=128, steps=40, batch=16, lr=5e-4),
+    ("intent-safety", "realistic"): dict(trainable=1, examples=96, steps=48, batch=8, lr=5e-4),
 }
 
 
@@ -135,6 +135,50 @@ def _set_trainable(model, spec, trainable) -> None:
         model.get_input_embeddings().weight.requires_grad_(False)
 
 
+def _top_layers_forward(model, spec, hidden, ids, mask, k: int):
+    """Logits from the last `k` layers, the final norm and the head, given `hidden` = the input of those layers
+    (what the frozen lower layers produced). Mirrors the model's own forward for eager attention: Qwen3 with a
+    causal + padding additive mask and positions 0..L-1 (HF does not shift positions for left padding), RoBERTa
+    with an additive padding mask; pooling as the model pools."""
+    import torch
+
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    neg = torch.finfo(hidden.dtype).min
+    if spec.model_type == "qwen3":
+        length = hidden.shape[1]
+        pos = torch.arange(length).unsqueeze(0)
+        cos_sin = model.model.rotary_emb(hidden, pos)
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed = causal[None, None] & mask_t[:, None, None, :].bool()
+        additive = torch.zeros(allowed.shape, dtype=hidden.dtype).masked_fill(~allowed, neg)
+        for layer in model.model.layers[-k:]:
+            hidden = layer(hidden, attention_mask=additive, position_ids=pos, position_embeddings=cos_sin)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        logits = model.score(model.model.norm(hidden))
+        last = (torch.arange(length) * (ids_t != spec.pad_token_id)).argmax(-1)
+        return logits[torch.arange(len(ids)), last]
+    additive = (1.0 - mask_t[:, None, None, :].to(hidden.dtype)) * neg
+    for layer in model.roberta.encoder.layer[-k:]:
+        hidden = layer(hidden, attention_mask=additive)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return model.classifier(hidden)
+
+
+def _cached_layer_inputs(model, spec, batches, k: int):
+    """Per batch: the hidden states entering the last `k` layers (computed once; the lower layers are frozen)."""
+    import torch
+
+    base = model.model if spec.model_type == "qwen3" else model.roberta
+    n_layers = model.config.num_hidden_layers
+    out = []
+    with torch.no_grad():  # not inference_mode: the cached tensors feed autograd later
+        for ids, mask, _ in batches:
+            hs = base(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                      output_hidden_states=True).hidden_states
+            out.append(hs[n_layers - k].clone())
+    return out
+
+
 def _train(model, spec, size: str, tokenizer_dir: Path, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -171,11 +215,30 @@ def _train(model, spec, size: str, tokenizer_dir: Path, seed: int, log: Callable
     log(f"training {sum(p.numel() for p in params) / 1e6:.1f}M of {model.num_parameters() / 1e6:.1f}M parameters, "
         f"{cfg['steps']} steps of {cfg['batch']}")
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
+    batches = None
+    if cfg["trainable"] != "all":
+        # Frozen lower layers: compute their output once, then train the top on it for several epochs.
+        k = int(cfg["trainable"])
+        batches = list(_batches(x_train, y_train, cfg["batch"], spec, rng))
+        model.eval()
+        cached = _cached_layer_inputs(model, spec, batches, k)
+        with torch.no_grad():  # the shortcut must be the model's own computation
+            ids, mask, _ = batches[0]
+            full = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+            top = _top_layers_forward(model, spec, cached[0], ids, mask, k)
+        if not torch.allclose(full, top, atol=1e-4):
+            raise RuntimeError(f"top-layer forward differs from the model's by {(full - top).abs().max():.2e}")
     model.train()
     step = 0
     while step < cfg["steps"]:
-        for ids, mask, y in _batches(x_train, y_train, cfg["batch"], spec, rng):
-            if table is not None:
+        epoch = list(enumerate(batches)) if batches is not None else list(
+            enumerate(_batches(x_train, y_train, cfg["batch"], spec, rng)))
+        if batches is not None:
+            epoch = [epoch[i] for i in rng.permutation(len(epoch))]
+        for i, (ids, mask, y) in epoch:
+            if batches is not None:
+                out = _top_layers_forward(model, spec, cached[i], ids, mask, k)
+            elif table is not None:
                 embeds = table[torch.from_numpy(remap[ids])]
                 out = model(inputs_embeds=embeds, attention_mask=torch.from_numpy(mask)).logits
             else:

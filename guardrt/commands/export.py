@@ -26,6 +26,12 @@ def add_arguments(p) -> None:
                                        "(e.g. guardrt.kernels.fusions:optimize_onnx)")
     p.add_argument("--external-data-threshold", type=int, default=None,
                    help="weights above this many bytes go to one model.onnx.data file (default: 1 GiB)")
+    p.add_argument("--validation-samples", type=int, default=64,
+                   help="held-out synthetic inputs for decision agreement (default 64)")
+    p.add_argument("--validation-long-tokens", type=int, default=None,
+                   help="length of the long validation sequence (default: the spec's max length)")
+    p.add_argument("--calibration-samples", type=int, default=32,
+                   help="preprocessed inputs for int8 calibration (default 32)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads for validation")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     from guardrt.export.tensorrt import add_tensorrt_arguments  # light: no tensorrt import
@@ -52,10 +58,8 @@ def load_graph_pass(ref: str | None):
 
 
 def run(args) -> int:
-    from guardrt.runtime.errors import require
+    from guardrt.runtime.errors import GuardrtError, require
     from guardrt.runtime.specs import get_spec
-
-    from guardrt.runtime.errors import GuardrtError
 
     try:
         spec = get_spec(args.spec)
@@ -75,7 +79,10 @@ def run(args) -> int:
     threshold = EXTERNAL_DATA_THRESHOLD if args.external_data_threshold is None else args.external_data_threshold
     manifest = export_onnx(args.model_dir, spec, args.out, onnx_precisions, force=args.force,
                            graph_pass=load_graph_pass(args.graph_pass), log=log,
-                           external_data_threshold=threshold, intra_op_threads=args.threads)
+                           external_data_threshold=threshold, intra_op_threads=args.threads,
+                           validation_heldout=args.validation_samples,
+                           validation_long_tokens=args.validation_long_tokens,
+                           calibration_examples=args.calibration_samples)
     if args.target == "tensorrt":
         trt_precisions = [p for p in requested if p in ("fp32", "fp16", "int8")]
         if not trt_precisions:
