@@ -65,7 +65,12 @@ def _throughput(url: str, spec_name: str, tokenizer_dir, payloads, concurrency: 
             t0 = time.perf_counter()
             await asyncio.gather(*(one(s) for s in ids))
             elapsed = time.perf_counter() - t0
-            after = (await client.statistics())["model_stats"][0]
+            # Triton updates the statistics just after it sends a response: poll briefly until all are counted.
+            for _ in range(50):
+                after = (await client.statistics())["model_stats"][0]
+                if int(after.get("inference_count", 0)) - int(before.get("inference_count", 0)) >= len(ids):
+                    break
+                await asyncio.sleep(0.1)
         execs = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
         infers = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
         latencies.sort()

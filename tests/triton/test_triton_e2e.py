@@ -100,7 +100,12 @@ def test_ragged_requests_are_batched_dynamically(triton_server, demo_exports):
             await aclient.check_ready()
             before = (await aclient.statistics())["model_stats"][0]
             rows = await asyncio.gather(*(aclient.logits_for_ids([s]) for s in ids))
-            after = (await aclient.statistics())["model_stats"][0]
+            # Triton updates the statistics just after it sends a response: poll briefly until all are counted.
+            for _ in range(50):
+                after = (await aclient.statistics())["model_stats"][0]
+                if int(after.get("inference_count", 0)) - int(before.get("inference_count", 0)) >= len(ids):
+                    break
+                await asyncio.sleep(0.1)
         return np.concatenate(rows), before, after
 
     batched, before, after = asyncio.run(concurrent())
