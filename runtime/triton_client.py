@@ -299,14 +299,26 @@ class TritonClassifier(_ClassifierBase):
 class AsyncTritonClassifier(_ClassifierBase):
     """asyncio client (`tritonclient.grpc.aio`); the same methods as TritonClassifier, as coroutines.
 
-    Many concurrent `classify*` calls are how a service feeds Triton's dynamic batcher.
+    Many concurrent `classify*` calls are how a service feeds Triton's dynamic batcher. It may be constructed outside
+    the event loop: the gRPC channel is opened on first use, in the running loop (a new loop gets a new channel).
     """
 
     def __init__(self, url: str = DEFAULT_URL, spec: ModelSpec | str = "rejection", tokenizer_dir=None, **kwargs):
         super().__init__(url, spec, tokenizer_dir, **kwargs)
-        aio = require("tritonclient.grpc.aio", "client")
-        self.client = aio.InferenceServerClient(url)
+        self._aio = require("tritonclient.grpc.aio", "client")
+        self._client = None
+        self._client_loop = None
         self._ready_lock: asyncio.Lock | None = None
+
+    @property
+    def client(self):
+        """The tritonclient.grpc.aio client bound to the running event loop (call from a coroutine)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = self._aio.InferenceServerClient(self.url)
+            self._client_loop = loop
+            self._ready_lock = None
+        return self._client
 
     async def _call(self, what: str, fn, *args, **kwargs):
         for attempt in range(self.retries + 1):
@@ -332,6 +344,7 @@ class AsyncTritonClassifier(_ClassifierBase):
 
     async def _ensure_flavor(self) -> None:
         if self.flavor is None:
+            self.client  # bind to this loop first (it resets the lock for a new loop)
             if self._ready_lock is None:
                 self._ready_lock = asyncio.Lock()
             async with self._ready_lock:
@@ -390,7 +403,9 @@ class AsyncTritonClassifier(_ClassifierBase):
                                 as_json=True)
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None and self._client_loop is asyncio.get_running_loop():
+            await self._client.close()
+        self._client = self._client_loop = None
 
     async def __aenter__(self) -> "AsyncTritonClassifier":
         return self

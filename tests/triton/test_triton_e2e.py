@@ -129,6 +129,13 @@ def test_async_batch_reports_bad_items_and_classifies_the_rest(triton_server, de
     assert "label" in results[0] and "label" in results[2] and "label" in one
     assert results[1] == {"error": "item 1: text must be a string, got int: 42"}
 
+    # Constructed outside any event loop and used from two successive loops (each gets its own channel).
+    client = AsyncTritonClassifier(triton_server.grpc_url, "rejection", demo_exports["rejection"])
+    first = asyncio.run(client.classify_text("Of course."))
+    second = asyncio.run(client.classify_text("Of course."))
+    assert first == second == one
+    asyncio.run(client.close())
+
 
 def _raw_infer(url, model, arrays, dtype="INT64"):
     import tritonclient.grpc as grpcclient
