@@ -74,6 +74,7 @@ class _ClassifierBase:
         self.flavor = flavor  # None: read from the served model's config on first use
         self.threshold = threshold  # None: the card's (threshold specs)
         self._input_dtypes: dict[str, str] = {}  # from the model config; INT64 (the graph contract) by default
+        self.retried = 0  # UNAVAILABLE retries so far (diagnostics)
         if preprocessor is None and tokenizer_dir is not None:
             preprocessor = build_preprocessor(self.spec, tokenizer_dir, task_description)
         self.preprocessor = preprocessor
@@ -204,6 +205,7 @@ class TritonClassifier(_ClassifierBase):
                 return fn(*args, client_timeout=self.timeout_s, **kwargs)
             except self._utils.InferenceServerException as exc:
                 if _status(exc) in _RETRYABLE and attempt < self.retries:
+                    self.retried += 1
                     time.sleep(self._retry_delay(attempt))
                     continue
                 raise self._server_error(exc, what) from None
@@ -326,6 +328,7 @@ class AsyncTritonClassifier(_ClassifierBase):
                 return await fn(*args, client_timeout=self.timeout_s, **kwargs)
             except self._utils.InferenceServerException as exc:
                 if _status(exc) in _RETRYABLE and attempt < self.retries:
+                    self.retried += 1
                     await asyncio.sleep(self._retry_delay(attempt))
                     continue
                 raise self._server_error(exc, what) from None

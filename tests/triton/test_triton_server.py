@@ -45,6 +45,10 @@ def test_guardrt_serve_starts_and_stops_cleanly_on_a_signal(triton_repo, sig):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        # A client started with the server rides out UNAVAILABLE with backoff until Triton is up.
+        with TritonClassifier(f"127.0.0.1:{grpc_port}", "rejection", retries=12, backoff_s=0.05) as early:
+            early.check_ready()
+            assert early.retried >= 1
         deadline = time.monotonic() + 120
         lines = []
         while time.monotonic() < deadline:
