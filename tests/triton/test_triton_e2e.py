@@ -197,6 +197,9 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(triton_serve
         TritonClassifier(url, "rejection", model_name="no-such-model").check_ready()
     with pytest.raises(ServerError, match="serves spec 'rejection', not 'intent-safety'"):
         TritonClassifier(url, "intent-safety", model_name="rejection").check_ready()
+    with TritonClassifier(url, "rejection", timeout_s=1e-4, flavor="python") as hurried:
+        with pytest.raises(ServerError, match="exceeded its 0.0001s deadline"):
+            hurried.logits_for_ids([[0] + [100] * 510 + [2]] * 8)
     still_serving()
     client.close()
 
