@@ -335,3 +335,15 @@ def default_configs() -> dict[str, str]:
     from guardrt.runtime.specs import spec_names
 
     return {name: config_text(name, "python") for name in spec_names()}
+
+
+def write_default_configs(repo: str | Path = "triton_repo") -> list[Path]:
+    """(Re)write the committed configs (`default_configs()`), leaving any weights in place; after a spec change:
+    `python -c "from guardrt.runtime.triton_repo import write_default_configs as w; w()"`."""
+    written = []
+    for name, text in default_configs().items():
+        path = Path(repo) / name / "config.pbtxt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

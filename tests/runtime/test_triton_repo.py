@@ -15,6 +15,7 @@ from guardrt.runtime.triton_repo import (
     config_parameters,
     config_text,
     default_configs,
+    write_default_configs,
     parse_config,
     tensorrt_config,
     write_model,
@@ -102,7 +103,12 @@ def test_tensorrt_config_consistent_with_bucket_profiles(spec_name):
 def test_committed_repository_configs_are_what_the_writer_generates():
     generated = default_configs()
     committed = {p.parent.name: p.read_text(encoding="utf-8") for p in (REPO_ROOT / "triton_repo").glob("*/config.pbtxt")}
-    assert committed == generated
+    assert committed == generated, "spec changed: regenerate with guardrt.runtime.triton_repo.write_default_configs()"
+
+
+def test_write_default_configs(tmp_path):
+    paths = write_default_configs(tmp_path)
+    assert {p.parent.name: p.read_text() for p in paths} == default_configs()
 
 
 def _fake_export(root: Path, spec: str = "rejection", external: bool = False) -> Path:
