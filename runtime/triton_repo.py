@@ -26,11 +26,14 @@ from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = [
     "FLAVORS",
+    "config_parameters",
     "config_text",
+    "default_configs",
     "onnxruntime_config",
     "parse_config",
     "python_config",
     "tensorrt_config",
+    "write_default_configs",
     "write_model",
 ]
 
