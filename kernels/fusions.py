@@ -173,8 +173,10 @@ def optimize_model_proto(model, spec, *, config: Mapping[str, Any] | None = None
         if max_positions:
             trim_rotary_caches(fused, int(max_positions))
     stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    from .qwen3_attention import count_ops
+
     for op in ("GroupQueryAttention", "MultiHeadAttention", "Attention"):
-        count = len(fused.get_nodes_by_op_type(op))
+        count = count_ops(fused.model.graph, op)
         if count:
             stats[op] = count
     if opt_type == "bert":

@@ -161,9 +161,17 @@ def trim_rotary_caches(model, max_positions: int) -> int:
     return trimmed
 
 
-def fuse_qwen3_attention(model, num_heads: int, kv_num_heads: int, mask_input: str = "attention_mask") -> int:
+def fuse_qwen3_attention(model, num_heads: int, kv_num_heads: int, mask_input: str = "attention_mask",
+                         query_chunks: int = 4) -> int:
     """Rewrite every matched Qwen3 attention block of `model` (an onnxruntime.transformers OnnxModel) in place into
-    GroupQueryAttention; returns the number of fused layers. Unmatched layers are left untouched (still correct)."""
+    GroupQueryAttention; returns the number of fused layers. Unmatched layers are left untouched (still correct).
+
+    query_chunks=n > 1 splits the queries of a batch-1 request into n chunks (see `_chunked_layer`): ORT's CPU GQA
+    kernel computes the full S x T score matrix and zeroes the causal upper triangle after the softmax, so one call
+    costs a full S x S attention; n calls, chunk j attending to keys [0, c_{j+1}) with chunk j-1's present K/V as
+    its past, do (n+1)/(2n) of that work (5/8 for n=4)."""
+    if query_chunks < 1:
+        raise ValueError("query_chunks must be >= 1")
     layers = [l for l in (_match_layer(model, s) for s in model.get_nodes_by_op_type("Softmax")) if l is not None]
     if not layers:
         return 0
@@ -199,8 +207,16 @@ def fuse_qwen3_attention(model, num_heads: int, kv_num_heads: int, mask_input: s
                       ("one_i32", np.array(1, np.int32)), ("axes0", np.array([0], np.int64)),
                       ("axes12", np.array([1, 2], np.int64)), ("one_1d", np.array([1], np.int64)),
                       ("zero_f", np.array(0.0, np.float32)), ("neg_f", np.array(MASK_FILTER_VALUE, np.float32)),
-                      ("bs_flat", np.array([0, 0, -1], np.int64))]:
+                      ("bs_flat", np.array([0, 0, -1], np.int64)), ("two_i64", np.array(2, np.int64)),
+                      ("zero_1d", np.array([0], np.int64)), ("zeros2", np.array([0, 0], np.int64)),
+                      ("axes1", np.array([1], np.int64)), ("axes2", np.array([2], np.int64)),
+                      ("axes23", np.array([2, 3], np.int64))]:
         model.add_initializer(numpy_helper.from_array(arr, f"{p}/{name}"))
+    if query_chunks > 1:
+        new_nodes += _chunked_shared(p, query_chunks)
+        for j in range(1, query_chunks + 1):
+            model.add_initializer(numpy_helper.from_array(np.array(j, np.int64), f"{p}/const{j}"))
+        model.add_initializer(numpy_helper.from_array(np.array(query_chunks, np.int64), f"{p}/n_chunks"))
     for i, layer in enumerate(layers):
         attrs = dict(num_heads=num_heads, kv_num_heads=kv_num_heads, do_rotary=1, rotary_interleaved=0, causal=1,
                      scale=float(layer.scale))
@@ -211,21 +227,156 @@ def fuse_qwen3_attention(model, num_heads: int, kv_num_heads: int, mask_input: s
             helper.make_node("Reshape", [layer.q_norm.output[0], f"{p}/bs_flat"], [q_flat], name=f"{p}/layer{i}/ReshapeQ"),
             helper.make_node("Reshape", [layer.k_norm.output[0], f"{p}/bs_flat"], [k_flat], name=f"{p}/layer{i}/ReshapeK"),
         ]
-        gqa = helper.make_node(
-            "GroupQueryAttention",
-            [q_flat, k_flat, layer.v_in, "", "", f"{p}/seqlens_k", f"{p}/total_seq_len", cos_cache, sin_cache,
-             "", f"{p}/attention_bias"],
-            [layer.out_name + "/gqa"],
-            name=f"{p}/layer{i}",
-            domain="com.microsoft",
-            **attrs,
-        )
-        new_nodes.append(gqa)
-        model.replace_input_of_all_nodes(layer.out_name, layer.out_name + "/gqa")
+        out = layer.out_name + "/gqa"
+        if query_chunks > 1:
+            # ORT's GQA accepts a past context with a multi-token query only for batch 1: split for B == 1 (the
+            # long single-request case), one call otherwise. The If holds no quantisable op (the projections are
+            # outside it), so quantisation is unaffected.
+            then_nodes = _chunked_layer(p, i, q_flat, k_flat, layer.v_in, out + "/then", cos_cache, sin_cache,
+                                        attrs, query_chunks)
+            else_nodes = [helper.make_node(
+                "GroupQueryAttention",
+                [q_flat, k_flat, layer.v_in, "", "", f"{p}/seqlens_k", f"{p}/total_seq_len", cos_cache, sin_cache,
+                 "", f"{p}/attention_bias"],
+                [out + "/else"], name=f"{p}/layer{i}", domain="com.microsoft", **attrs)]
+            out_info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+            new_nodes.append(helper.make_node(
+                "If", [f"{p}/use_chunks"], [out], name=f"{p}/layer{i}/IfBatch1",
+                then_branch=helper.make_graph(then_nodes, f"{p}_layer{i}_chunked", [], [out_info(out + "/then")]),
+                else_branch=helper.make_graph(else_nodes, f"{p}_layer{i}_single", [], [out_info(out + "/else")])))
+        else:
+            new_nodes.append(helper.make_node(
+                "GroupQueryAttention",
+                [q_flat, k_flat, layer.v_in, "", "", f"{p}/seqlens_k", f"{p}/total_seq_len", cos_cache, sin_cache,
+                 "", f"{p}/attention_bias"],
+                [out], name=f"{p}/layer{i}", domain="com.microsoft", **attrs))
+        model.replace_input_of_all_nodes(layer.out_name, out)
     model.add_nodes(new_nodes)
-    model.prune_graph()
+    _prune_and_sort(model.model.graph)
     if not any(o.domain == "com.microsoft" for o in model.model.opset_import):
         model.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    model.topological_sort()
     log.info("fused %d Qwen3 attention layers into GroupQueryAttention", len(layers))
     return len(layers)
+
+
+def _i64(name, values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _chunked_shared(p, n):
+    """Chunk boundaries c_j = (j * S) // n (int64 1-D and int32 scalars), per-chunk seqlens_k and attention-bias
+    slices, and the If condition: batch 1 (GQA takes a past context with a multi-token query only then) and S >= n
+    (every chunk non-empty)."""
+    nodes = [
+        helper.make_node("Equal", [f"{p}/B", f"{p}/one_i64"], [f"{p}/batch_is_1"], name=f"{p}/BatchIs1"),
+        helper.make_node("GreaterOrEqual", [f"{p}/T", f"{p}/n_chunks"], [f"{p}/long_enough"], name=f"{p}/LongEnough"),
+        helper.make_node("And", [f"{p}/batch_is_1", f"{p}/long_enough"], [f"{p}/use_chunks"], name=f"{p}/UseChunks"),
+    ]
+    for j in range(1, n):
+        nodes += [
+            helper.make_node("Mul", [f"{p}/T", f"{p}/const{j}"], [f"{p}/jT{j}"], name=f"{p}/MulJ{j}"),
+            helper.make_node("Div", [f"{p}/jT{j}", f"{p}/n_chunks"], [f"{p}/c{j}"], name=f"{p}/DivJ{j}"),
+        ]
+    nodes.append(helper.make_node("Identity", [f"{p}/T"], [f"{p}/c{n}"], name=f"{p}/CN"))
+    for j in range(1, n + 1):
+        nodes += [
+            helper.make_node("Unsqueeze", [f"{p}/c{j}", f"{p}/axes0"], [f"{p}/c{j}_1d"], name=f"{p}/UnsqC{j}"),
+            helper.make_node("Cast", [f"{p}/c{j}"], [f"{p}/c{j}_i32"], to=TensorProto.INT32, name=f"{p}/CastC{j}"),
+            helper.make_node("Sub", [f"{p}/c{j}_i32", f"{p}/one_i32"], [f"{p}/c{j}_minus_1"], name=f"{p}/SubC{j}"),
+            # [1]: this branch runs for batch 1 only
+            helper.make_node("Unsqueeze", [f"{p}/c{j}_minus_1", f"{p}/axes0"], [f"{p}/seqlens_c{j}"],
+                             name=f"{p}/UnsqSeqlens{j}"),
+            helper.make_node("Concat", [f"{p}/c{j}_1d", f"{p}/c{j}_1d"], [f"{p}/cc{j}_1d"], axis=0,
+                             name=f"{p}/ConcatCC{j}"),
+        ]
+    for j in range(n):
+        start = f"{p}/zero_1d" if j == 0 else f"{p}/c{j}_1d"
+        # bias rows of this chunk's queries, columns up to its last key: [B, 1, c_{j+1} - c_j, c_{j+1}]
+        nodes.append(helper.make_node("Concat", [start, f"{p}/zero_1d"], [f"{p}/bias_start{j}"], axis=0,
+                                      name=f"{p}/BiasStart{j}"))
+        nodes.append(helper.make_node("Slice", [f"{p}/attention_bias", f"{p}/bias_start{j}", f"{p}/cc{j + 1}_1d",
+                                                f"{p}/axes23"], [f"{p}/bias_chunk{j}"], name=f"{p}/SliceBias{j}"))
+    return nodes
+
+
+def _chunked_layer(p, i, q, k, v, out, cos_cache, sin_cache, attrs, n):
+    """n GQA calls over query chunks; chunk j attends to keys [0, c_{j+1}) with chunk j-1's present K/V as past."""
+    lp = f"{p}/layer{i}"
+    nodes, outs = [], []
+    past_k = past_v = ""
+    for j in range(n):
+        start = f"{p}/zero_1d" if j == 0 else f"{p}/c{j}_1d"
+        for name, src in (("q", q), ("k", k), ("v", v)):
+            nodes.append(helper.make_node("Slice", [src, start, f"{p}/c{j + 1}_1d", f"{p}/axes1"],
+                                          [f"{lp}/{name}{j}"], name=f"{lp}/Slice{name}{j}"))
+        # present outputs on every chunk, the last one included: without them the CPU kernel attends to the new
+        # keys only and ignores the past it was given
+        outputs = [f"{lp}/out{j}", f"{lp}/present_k{j}", f"{lp}/present_v{j}"]
+        nodes.append(helper.make_node(
+            "GroupQueryAttention",
+            [f"{lp}/q{j}", f"{lp}/k{j}", f"{lp}/v{j}", past_k, past_v, f"{p}/seqlens_c{j + 1}", f"{p}/c{j + 1}_i32",
+             cos_cache, sin_cache, "", f"{p}/bias_chunk{j}"],
+            outputs, name=f"{lp}/chunk{j}", domain="com.microsoft", **attrs))
+        past_k, past_v = f"{lp}/present_k{j}", f"{lp}/present_v{j}"
+        outs.append(f"{lp}/out{j}")
+    nodes.append(helper.make_node("Concat", outs, [out], axis=1, name=f"{lp}/ConcatOut"))
+    return nodes
+
+
+def _node_inputs(node) -> list[str]:
+    """Explicit inputs plus the outer-scope names an If/Loop body reads (onnxruntime.transformers' prune and sort
+    do not follow those)."""
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            sub = attr.g
+            produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | {
+                t.name for t in sub.initializer}
+            names += [i for n in sub.node for i in _node_inputs(n) if i not in produced]
+    return names
+
+
+def _prune_and_sort(graph) -> None:
+    """Drop nodes nothing reads (towards the graph outputs) and sort the rest topologically, subgraph reads included."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    needed, stack, keep = set(), [o.name for o in graph.output], {}
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in keep:
+            keep[id(node)] = node
+            stack.extend(_node_inputs(node))
+    nodes = [n for n in graph.node if id(n) in keep]
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in _node_inputs(n)):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise RuntimeError(f"cycle or missing input while sorting: {rest[0].name}")
+        pending = rest
+    used = {i for n in ordered for i in _node_inputs(n)}
+    kept_inits = [t for t in graph.initializer if t.name in used or t.name in {o.name for o in graph.output}]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+
+
+def count_ops(graph, op_type: str) -> int:
+    """Nodes of `op_type` in `graph` and its subgraphs (each If branch counted)."""
+    total = 0
+    for node in graph.node:
+        total += node.op_type == op_type
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                total += count_ops(attr.g, op_type)
+    return total

@@ -75,7 +75,10 @@ def _run(path, ids, mask):
 
 def test_fused_operators_present(fused):
     kind, spec, model, _, fused_path, report = fused
-    ops = {n.op_type for n in onnx.load(str(fused_path)).graph.node}
+    from guardrt.kernels.qwen3_attention import count_ops
+
+    graph = onnx.load(str(fused_path)).graph
+    ops = {n.op_type for n in graph.node} | {op for op in ("GroupQueryAttention",) if count_ops(graph, op)}
     if kind == "qwen3":
         assert report["attention_layers"] == model.config.num_hidden_layers
         assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"} <= ops
@@ -191,3 +194,17 @@ def test_qwen3_head_dim_not_multiple_of_16_stays_unfused_and_exact(tmp_path):
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     assert np.abs(_run(tmp_path / "f.onnx", ids, mask) - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("seq", [1, 2, 3, 4, 5, 8, 13, 23])
+def test_qwen3_chunked_attention_single_request_lengths(fused, seq):
+    """Batch-1 requests take the query-chunked GQA path (S >= 4); every length, chunk boundaries included, equals
+    PyTorch."""
+    kind, spec, model, _, fused_path, _ = fused
+    if kind != "qwen3":
+        pytest.skip("query chunking is the Qwen3 (causal) pass")
+    ids = np.random.default_rng(seq).integers(5, 500, (1, seq)).astype(np.int64)
+    mask = np.ones_like(ids)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    assert np.abs(_run(fused_path, ids, mask) - ref).max() <= spec.atol["fp32"]
