@@ -145,6 +145,8 @@ def _top_layers_forward(model, spec, hidden, ids, mask, k: int):
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
     neg = torch.finfo(hidden.dtype).min
     if spec.model_type == "qwen3":
+        if k == 1 and spec.padding_side == "left":
+            return _qwen3_last_layer_at_last_token(model, spec, hidden, mask_t)
         length = hidden.shape[1]
         pos = torch.arange(length).unsqueeze(0)
         cos_sin = model.model.rotary_emb(hidden, pos)
@@ -162,6 +164,34 @@ def _top_layers_forward(model, spec, hidden, ids, mask, k: int):
         hidden = layer(hidden, attention_mask=additive)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
     return model.classifier(hidden)
+
+
+def _qwen3_last_layer_at_last_token(model, spec, hidden, mask_t):
+    """The last Qwen3 decoder layer, final norm and score evaluated at the last position only (the pooled token
+    under left padding): keys/values for every position, queries/output/MLP for one. Same logits as the full
+    forward (checked by the caller), several times cheaper to train."""
+    import torch
+    from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb, repeat_kv
+
+    layer = model.model.layers[-1]
+    attn = layer.self_attn
+    batch, length, _ = hidden.shape
+    pos = torch.arange(length).unsqueeze(0)
+    cos, sin = model.model.rotary_emb(hidden, pos)
+    h = layer.input_layernorm(hidden)
+    q = attn.q_norm(attn.q_proj(h[:, -1:]).view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
+    k = attn.k_norm(attn.k_proj(h).view(batch, length, -1, attn.head_dim)).transpose(1, 2)
+    v = attn.v_proj(h).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[:, -1:], sin[:, -1:])
+    k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+    k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+    scores = (q @ k.transpose(2, 3)) * attn.scaling
+    scores = scores.masked_fill(~mask_t[:, None, None, :].bool(), torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = attn.o_proj((probs @ v).transpose(1, 2).reshape(batch, 1, -1))
+    x = hidden[:, -1:] + out
+    x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.score(model.model.norm(x))[:, 0]
 
 
 def _cached_layer_inputs(model, spec, batches, k: int):

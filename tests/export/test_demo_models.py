@@ -1,0 +1,70 @@
+"""Demo models: real architectures, deterministic inputs, trained decisions, and the training shortcut's exactness."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from guardrt.runtime.specs import get_spec
+
+
+@pytest.mark.parametrize("spec_name", ["intent-safety", "rejection"])
+def test_demo_checkpoint_matches_spec_and_learned_the_task(spec_name, demo_checkpoint):
+    from guardrt.export.onnx_export import check_checkpoint
+
+    spec = get_spec(spec_name)
+    root = demo_checkpoint(spec_name)
+    cfg = check_checkpoint(root, spec)  # architecture, model type, labels, weights, tokenizer
+    assert cfg["pad_token_id"] == spec.pad_token_id
+    assert [cfg["id2label"][str(i)] for i in range(len(spec.labels))] == list(spec.labels)
+    demo = json.loads((root / "demo.json").read_text())
+    assert demo["heldout_accuracy"] >= 0.9, demo
+
+
+def test_realistic_configs_have_the_real_layer_shapes():
+    from guardrt.export.demo_models import demo_config
+
+    q = demo_config("intent-safety", "realistic")
+    assert (q.hidden_size, q.num_attention_heads, q.num_key_value_heads, q.head_dim, q.intermediate_size,
+            q.vocab_size) == (1024, 16, 8, 128, 3072, 151936)
+    r = demo_config("rejection", "realistic")
+    assert (r.num_hidden_layers, r.hidden_size, r.num_attention_heads, r.intermediate_size) == (6, 768, 12, 3072)
+    with pytest.raises(ValueError, match="no demo model"):
+        demo_config("rejection", "huge")
+
+
+def test_synthetic_tasks_are_deterministic_and_balanced():
+    from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_examples
+
+    for spec_name in ("intent-safety", "rejection"):
+        a = synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["heldout"])
+        assert a == synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["heldout"])
+        assert a != synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["train"])
+        assert 0.3 < np.mean([y for _, y in a]) < 0.7
+
+
+@pytest.mark.parametrize("spec_name", ["intent-safety", "rejection"])
+def test_top_layer_training_shortcut_equals_the_model(spec_name, demo_checkpoint):
+    """The realistic models train their top layer on cached lower-layer outputs; that computation (including the
+    Qwen3 last-token-only path) must give the model's own logits, on a padded batch."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from guardrt.export.demo_models import _cached_layer_inputs, _top_layers_forward
+    from guardrt.export.synthetic import synthetic_payloads
+    from guardrt.runtime.preprocess import build_preprocessor, pad_batch
+
+    spec = get_spec(spec_name)
+    root = demo_checkpoint(spec_name)
+    model = AutoModelForSequenceClassification.from_pretrained(root, attn_implementation="eager").eval()
+    pre = build_preprocessor(spec, root)
+    ids, mask = pad_batch([pre.encode(p) for p in synthetic_payloads(spec_name, 4, seed=3)], spec.pad_token_id,
+                          spec.padding_side)
+    assert (mask == 0).any()
+    with torch.no_grad():
+        full = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+        for k in (1, 2):
+            hidden = _cached_layer_inputs(model, spec, [(ids, mask, None)], k)[0]
+            top = _top_layers_forward(model, spec, hidden, ids, mask, k)
+            torch.testing.assert_close(top, full, atol=1e-5, rtol=1e-4)
