@@ -47,14 +47,14 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fused_export(spec_name: str, size: str, precisions, log=None) -> Path:
-    """The demo model exported through export_onnx with guardrt.kernels.graph_pass (validated by the exporter's
-    gates), cached under the exporter's cache keyed by the export and kernels code."""
+def fused_export(spec_name: str, size: str, precisions, log=None, model_dir: Path | None = None) -> Path:
+    """The demo model (or `model_dir`: the checkpoint the plain export came from) exported through export_onnx with
+    guardrt.kernels.graph_pass (validated by the exporter's gates), cached keyed by the export and kernels code."""
     from guardrt.export import demo_models
     from guardrt.export.onnx_export import export_onnx
     from guardrt.kernels import graph_pass
 
-    model_dir = demo_models.cached_demo_model(spec_name, size, log=log)
+    model_dir = Path(model_dir) if model_dir else demo_models.cached_demo_model(spec_name, size, log=log)
     key = f"{spec_name}-{size}-{'_'.join(precisions)}-" + common.code_hash(
         common.REPO_ROOT / "kernels", common.REPO_ROOT / "export",
         extra=[model_dir.name, list(precisions), common.versions()])
@@ -77,14 +77,18 @@ def plain_export(spec_name: str, size: str, precisions, log=None) -> Path:
         return demo_models.cached_demo_export(spec_name, size, precisions, log=log, force=True)
 
 
-def build_engines(spec_name: str, size: str, threads: int, fused: bool, engines_filter, log) -> tuple[list, dict]:
+def build_engines(spec_name: str, size: str, threads: int, fused: bool, engines_filter, log,
+                  pins: dict | None = None) -> tuple[list, dict]:
     from guardrt.export import demo_models
     from guardrt.runtime.export_dir import load_export_dir
     from guardrt.runtime.specs import get_spec
 
     spec = get_spec(spec_name)
-    model_dir = demo_models.cached_demo_model(spec_name, size, log=log)
-    export = load_export_dir(plain_export(spec_name, size, PRECISIONS, log=log))
+    pins = pins or {}
+    export = load_export_dir(pins.get(spec_name) or plain_export(spec_name, size, PRECISIONS, log=log))
+    # The PyTorch reference is the checkpoint the export was made from (the manifest records it).
+    source = Path(export.raw.get("source_model_dir") or "")
+    model_dir = source if (source / "config.json").is_file() else demo_models.cached_demo_model(spec_name, size, log=log)
     engines = [
         EngineSpec("pytorch-eager", "pytorch", str(model_dir), threads=threads,
                    extra={"pad_token_id": spec.pad_token_id}),
@@ -98,7 +102,8 @@ def build_engines(spec_name: str, size: str, threads: int, fused: bool, engines_
             engines.append(EngineSpec(name, "ort", str(export.model_path(p)), precision=p, threads=threads))
             sizes[name] = common.dir_bytes(export.model_path(p).parent)
     if fused:
-        fexport = load_export_dir(fused_export(spec_name, size, FUSED_PRECISIONS, log=log))
+        fexport = load_export_dir(pins.get(f"{spec_name}:fused") or fused_export(
+            spec_name, size, FUSED_PRECISIONS, log=log, model_dir=model_dir))
         for p in FUSED_PRECISIONS:
             if p in fexport.precisions:
                 name = f"guardrt-ort-{p}-fused"
@@ -165,7 +170,7 @@ def run_spec(spec_name: str, args, peak: dict, progress_total: list) -> dict:
     spec = get_spec(spec_name)
     grid = QUICK_GRID[spec_name] if args.quick else (args.grid or DEFAULT_GRID[spec_name])
     engines, info = build_engines(spec_name, args.size, args.threads, not args.no_fused, args.engines,
-                                  _log if args.verbose else None)
+                                  _log if args.verbose else None, args.export_dirs)
     cfg = info["config"]
     settings = TimingSettings(warmup=args.warmup, min_reps=args.min_reps, max_reps=args.max_reps,
                               budget_s=args.budget_s)
@@ -310,6 +315,10 @@ def plot(result: dict, out_prefix: Path) -> list[Path]:
     return files
 
 
+def parse_pins(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
 def parse_grid(text: str) -> list[tuple[int, int]]:
     out = []
     for item in text.split(","):
@@ -337,10 +346,15 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=float(os.environ.get("GUARDRT_BENCH_BUDGET_S", "5")),
                     help="seconds of measurement per engine and cell (env GUARDRT_BENCH_BUDGET_S)")
     ap.add_argument("--out", type=Path, default=None, help="output prefix (default benchmarks/results/inprocess)")
+    ap.add_argument("--export-dirs", type=parse_pins, default={},
+                    help="use these export directories instead of the cached demo exports: "
+                         "SPEC=DIR[,SPEC:fused=DIR...] (env GUARDRT_BENCH_EXPORT_DIRS)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-gemm-peak", action="store_true", help="skip the empirical fp32 GEMM peak measurement")
     ap.add_argument("--verbose", action="store_true", help="show export/build progress")
     args = ap.parse_args(argv)
+    if not args.export_dirs and os.environ.get("GUARDRT_BENCH_EXPORT_DIRS"):
+        args.export_dirs = parse_pins(os.environ["GUARDRT_BENCH_EXPORT_DIRS"])
     args.size = args.size or ("tiny" if args.quick else "realistic")
     args.threads = args.threads or (os.cpu_count() or 1)
     if args.quick:

@@ -283,16 +283,21 @@ def resolve_model(spec_name: str, args) -> tuple[Path, str, dict]:
     """(model.onnx, description, config) — the demo export (fused variant by default) at `args.precision`."""
     from guardrt.runtime.export_dir import load_export_dir
 
-    if args.export_dir:
-        export = load_export_dir(args.export_dir, spec_name)
-    else:
-        import inprocess
+    import inprocess
 
+    pins = inprocess.parse_pins(args.export_dir or os.environ.get("GUARDRT_BENCH_EXPORT_DIRS", ""))
+    pin = pins.get(f"{spec_name}:fused" if args.fused else spec_name)
+    if pin:
+        export = load_export_dir(pin, spec_name)
+    else:
         size = "tiny" if args.quick else args.size
+        plain = load_export_dir(inprocess.plain_export(spec_name, size, inprocess.PRECISIONS))
         if args.fused:
-            export = load_export_dir(inprocess.fused_export(spec_name, size, inprocess.FUSED_PRECISIONS))
+            source = Path(plain.raw.get("source_model_dir") or "")
+            export = load_export_dir(inprocess.fused_export(spec_name, size, inprocess.FUSED_PRECISIONS,
+                                                            model_dir=source if source.is_dir() else None))
         else:
-            export = load_export_dir(inprocess.plain_export(spec_name, size, inprocess.PRECISIONS))
+            export = plain
     cfg = json.loads((export.path / "config.json").read_text())
     path = export.model_path(args.precision)
     return path, f"guardrt-ort-{args.precision}{'-fused' if args.fused else ''}", cfg
@@ -378,7 +383,9 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default=os.environ.get("GUARDRT_BENCH_SPECS", "rejection,intent-safety"))
     ap.add_argument("--size", default=os.environ.get("GUARDRT_BENCH_SIZE", "realistic"), choices=("tiny", "realistic"))
-    ap.add_argument("--export-dir", default=None, help="serve this export directory instead of the demo export")
+    ap.add_argument("--export-dir", default=None,
+                    help="serve these export directories instead of the demo exports: SPEC=DIR[,SPEC:fused=DIR...] "
+                         "(env GUARDRT_BENCH_EXPORT_DIRS)")
     ap.add_argument("--precision", default=os.environ.get("GUARDRT_BENCH_PRECISION", "int8-dynamic"))
     ap.add_argument("--no-fused", dest="fused", action="store_false", help="serve the unfused export")
     ap.add_argument("--quick", action="store_true", help="tiny models, short sweep (smoke test)")
