@@ -144,6 +144,8 @@ def validate_onnx(onnx_path: str | Path, precision: str, vset: ValidationSet, re
         "model": str(Path(onnx_path).name),
         "max_abs_diff": max_diff,
         "atol": atol,
+        # Scale of the reference logits, to read max_abs_diff against.
+        "reference_max_abs_logit": float(max(np.max(np.abs(r)) for r in reference.values())),
         "heldout_agreement": agreement,
         "min_agreement": min_agreement,
         "heldout_size": int(len(d_ref)),

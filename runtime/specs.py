@@ -116,7 +116,13 @@ register(
         positive_label=1,
         threshold=0.5,
         onnx_opset=18,
-        atol={"fp32": 1e-4, "fp16": 1e-1, "int8": 2.5e-1, "int8-dynamic": 2.5e-1},
+        # Gates measured with the exporter's validation (64 held-out dialogues, left/right-padded batches, one
+        # 4,088-token input), max |Δlogit| vs PyTorch fp32: fp16 0.0024 (realistic 4x1024 demo) and 0.059 (tiny
+        # demo, on the 4,088-token input); int8 QDQ 0.041 / 0.059; int8-dynamic 0.029 / 0.033; decisions agreed on
+        # 64/64 for every precision. Gates leave ~2-6x headroom over the worst measurement and still catch a
+        # mis-quantized graph (int8 on the rotary-angle MatMul cost 4.4 logits, on the attention products 0.72,
+        # tiny demo).
+        atol={"fp32": 1e-4, "fp16": 1e-1, "int8": 2.5e-1, "int8-dynamic": 1.5e-1},
         min_agreement={"fp32": 1.0, "fp16": 0.99, "int8": 0.95, "int8-dynamic": 0.95},
         max_batch_size=16,
         preferred_batch_sizes=(4, 8, 16),
@@ -143,7 +149,10 @@ register(
         positive_label=1,
         threshold=None,
         onnx_opset=18,
-        atol={"fp32": 1e-4, "fp16": 2e-2, "int8": 2.5e-1, "int8-dynamic": 2.5e-1},
+        # Measured (64 held-out texts, padded batches both sides, one 512-token input), max |Δlogit| vs PyTorch:
+        # fp16 0.00027 (realistic 6x768) / 0.00005 (tiny); int8 QDQ 0.082 (worst on the left-padded batch) / 0.010;
+        # int8-dynamic 0.015 / 0.004; 64/64 decisions agreed everywhere. Gates: ~3-7x headroom.
+        atol={"fp32": 1e-4, "fp16": 2e-3, "int8": 2.5e-1, "int8-dynamic": 1e-1},
         min_agreement={"fp32": 1.0, "fp16": 0.99, "int8": 0.95, "int8-dynamic": 0.95},
         max_batch_size=64,
         preferred_batch_sizes=(8, 16, 32, 64),

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
                    help="onnx (default) or tensorrt (ONNX first, then engines; needs an NVIDIA GPU)")
     p.add_argument("--force", action="store_true", help="keep precisions that miss their validation gate")
     p.add_argument("--graph-pass", help="optional fp32 graph pass applied before fp16/int8, as module:function "
-                                       "(e.g. guardrt.kernels.fusions:optimize_onnx)")
+                                       "(e.g. guardrt.kernels:graph_pass)")
     p.add_argument("--external-data-threshold", type=int, default=None,
                    help="weights above this many bytes go to one model.onnx.data file (default: 1 GiB)")
     p.add_argument("--validation-samples", type=int, default=64,

@@ -68,3 +68,17 @@ def test_top_layer_training_shortcut_equals_the_model(spec_name, demo_checkpoint
             hidden = _cached_layer_inputs(model, spec, [(ids, mask, None)], k)[0]
             top = _top_layers_forward(model, spec, hidden, ids, mask, k)
             torch.testing.assert_close(top, full, atol=1e-5, rtol=1e-4)
+
+
+def test_every_registered_spec_has_a_demo_model_and_synthetic_task():
+    """Adding a spec without a fixture model (demo config + synthetic task) fails here."""
+    from guardrt.export.demo_models import DEMO_SIZES, demo_config
+    from guardrt.export.synthetic import long_payload, synthetic_examples
+    from guardrt.runtime.specs import spec_names
+
+    for name in spec_names():
+        spec = get_spec(name)
+        for size in DEMO_SIZES:
+            cfg = demo_config(name, size)
+            assert cfg.architectures == [spec.architecture] and cfg.num_labels == len(spec.labels)
+        assert len(synthetic_examples(name, 4)) == 4 and long_payload(name)
