@@ -148,8 +148,17 @@ def _norm_eps(node) -> float:
 def trim_rotary_caches(model, max_positions: int) -> int:
     """Cut the RotaryEmbedding cos/sin caches (the optimizer sizes them for 131072 positions, ~67 MB at head_dim
     128) to `max_positions` rows; values are unchanged. Returns the number of caches trimmed."""
-    names = {i for n in model.get_nodes_by_op_type("RotaryEmbedding") for i in n.input[2:4]}
-    names |= {i for n in model.get_nodes_by_op_type("GroupQueryAttention") for i in n.input[7:9] if i}
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type == "RotaryEmbedding":
+                yield from node.input[2:4]
+            elif node.op_type == "GroupQueryAttention":
+                yield from (i for i in node.input[7:9] if i)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from walk(attr.g)
+
+    names = set(walk(model.model.graph))
     trimmed = 0
     for name in names:
         init = model.get_initializer(name)

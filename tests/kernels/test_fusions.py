@@ -208,3 +208,13 @@ def test_qwen3_chunked_attention_single_request_lengths(fused, seq):
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     assert np.abs(_run(fused_path, ids, mask) - ref).max() <= spec.atol["fp32"]
+
+
+def test_qwen3_rotary_caches_trimmed_to_spec_max_length(fused):
+    """The rotary cos/sin caches (sized for 131072 positions by the optimizer) are cut to the spec's max_length,
+    also when the GQA nodes that read them sit inside the batch-1 If branches."""
+    kind, spec, model, _, fused_path, _ = fused
+    if kind != "qwen3":
+        pytest.skip("rotary is Qwen3's")
+    inits = {t.name: t for t in onnx.load(str(fused_path)).graph.initializer}
+    assert inits["cos_cache"].dims[0] == spec.max_length and inits["sin_cache"].dims[0] == spec.max_length
