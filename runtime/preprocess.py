@@ -298,11 +298,27 @@ class DialogueContextPreprocessor:
         units.reverse()
         return units
 
+    def _encode_short_segments(self, segments: list[str], needed: int) -> None:
+        """Encode the trailing uncached short turns in one tokenizer call (per-call overhead dominates short chats).
+
+        Stops at the first long turn (those go piece by piece) or once the characters reach `needed`."""
+        batch, chars = [], 0
+        for seg in reversed(segments):
+            if chars > needed or len(seg) > _MIN_PIECE_CHARS:
+                break
+            if self._segment_cache.get(seg) is None:
+                batch.append(seg)
+            chars += len(seg)
+        if len(batch) > 1:
+            for seg, enc in zip(batch, self.tokenizer.encode_batch_fast(batch, add_special_tokens=False)):
+                self._segment_cache.put(seg, array("l", enc.ids))
+
     def _tail_units(self, segments: list[str], needed: int) -> list[tuple[str, array]]:
         """(text, ids) units covering the end of the context, in order, until more than `needed` ids are gathered.
 
         A unit is a whole turn segment when its ids are cached (the common case for a growing chat), otherwise a
         piece of one; only the pieces the budget needs are encoded."""
+        self._encode_short_segments(segments, needed)
         units: list[tuple[str, array]] = []
         total = 0
         for seg in reversed(segments):
