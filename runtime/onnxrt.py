@@ -10,7 +10,6 @@ are built only when asked for, from their documented option names; nothing GPU-s
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -290,8 +289,3 @@ class InProcessClassifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def default_intra_op_threads() -> int | None:
-    """GUARDRT_ORT_THREADS when set (servers sharing a host), else None (ORT's default)."""
-    raw = os.environ.get("GUARDRT_ORT_THREADS")
-    return int(raw) if raw else None
