@@ -42,7 +42,7 @@ import common  # noqa: E402
 # for `intent-safety` (task description + recent turns; long tails cut at what 2 cores serve in seconds).
 LENGTH_MIX = {
     "rejection": dict(median=64, sigma=0.8, low=8, high=512),
-    "intent-safety": dict(median=160, sigma=0.6, low=48, high=1024),
+    "intent-safety": dict(median=128, sigma=0.6, low=48, high=768),
 }
 SHORT_LEN = 16
 
@@ -99,7 +99,7 @@ def _stats_diff(a: dict, b: dict) -> dict:
 
 
 async def sweep_level(client, stream, concurrency: int, window_s: float, min_windows: int, max_windows: int,
-                      stability: float, offset: int) -> dict:
+                      stability: float, offset: int, min_requests: int = 30) -> dict:
     """Closed loop: `concurrency` workers, each sends its next request as soon as the previous answer arrives."""
     lock_index = [offset]
     records: list[tuple[float, float]] = []  # (end time, latency)
@@ -132,10 +132,11 @@ async def sweep_level(client, stream, concurrency: int, window_s: float, min_win
     while len(windows) < max_windows and not stop.is_set():
         w0 = time.perf_counter()
         n0 = len(records)
-        # a window holds at least 2 requests per worker so closed-loop throughput is not quantised away
+        # a window holds at least 2 requests per worker (closed-loop throughput is not quantised away) and
+        # `min_requests` (a heavy-tailed length mix needs enough requests for a stable mean)
         while not stop.is_set():
             await asyncio.sleep(0.02)
-            if time.perf_counter() - w0 >= window_s and len(records) - n0 >= 2 * concurrency:
+            if time.perf_counter() - w0 >= window_s and len(records) - n0 >= max(2 * concurrency, min_requests):
                 break
             if time.perf_counter() - w0 > 20 * window_s:
                 break
@@ -179,7 +180,7 @@ async def run_sweep(url, spec, model_name, stream, levels, args, progress, label
         for c in levels:
             before = await _stats(client, model_name)
             res = await sweep_level(client, stream, c, args.window_s, args.min_windows, args.max_windows,
-                                    args.stability, offset)
+                                    args.stability, offset, args.min_requests)
             offset = res.pop("next_offset")
             after = await _stats(client, model_name)
             res["server"] = _stats_diff(before, after)
@@ -337,7 +338,8 @@ def run_spec(spec_name: str, args, progress) -> dict:
                                               - result["inprocess"]["short_single"]["p50_ms"])
             result["sweep"] = {}
             for mode in args.modes:
-                result["sweep"][mode] = asyncio.run(run_sweep(url, spec, names[mode], stream, args.concurrency,
+                levels = args.concurrency if mode == "on" else args.off_concurrency
+                result["sweep"][mode] = asyncio.run(run_sweep(url, spec, names[mode], stream, levels,
                                                               args, progress, f"batching {mode}"))
             result["server_peak_rss_mib"] = common.tree_peak_rss_mib(server.process.pid)
         finally:
@@ -391,12 +393,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny models, short sweep (smoke test)")
     ap.add_argument("--concurrency", default=None, help="comma-separated levels (default 1,2,4,8,16,32,64)")
     ap.add_argument("--modes", default="on,off", help="dynamic batching modes to sweep: on,off")
+    ap.add_argument("--off-concurrency", default=None,
+                    help="levels for dynamic batching off (default 1,4,16,64: the contrast, at a quarter of the cost)")
+    ap.add_argument("--min-requests", type=int, default=30, help="minimum requests per measurement window")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("GUARDRT_BENCH_THREADS", "0")) or None)
     ap.add_argument("--requests", type=int, default=2048, help="size of the seeded request stream (cycled)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window-s", type=float, default=3.0)
     ap.add_argument("--min-windows", type=int, default=3)
-    ap.add_argument("--max-windows", type=int, default=8)
+    ap.add_argument("--max-windows", type=int, default=6)
     ap.add_argument("--stability", type=float, default=0.10)
     ap.add_argument("--short-reps", type=int, default=200)
     ap.add_argument("--baseline-s", type=float, default=10.0)
@@ -408,15 +413,18 @@ def main(argv=None) -> int:
         args.size = "tiny"
         args.concurrency = args.concurrency or "1,4"
         args.window_s, args.min_windows, args.max_windows = 0.3, 1, 2
-        args.short_reps, args.baseline_s, args.requests = 10, 0.2, 128
+        args.short_reps, args.baseline_s, args.requests, args.min_requests = 10, 0.2, 128, 4
     args.concurrency = [int(c) for c in (args.concurrency or "1,2,4,8,16,32,64").split(",")]
+    args.off_concurrency = ([int(c) for c in args.off_concurrency.split(",")] if args.off_concurrency else
+                            [c for c in args.concurrency if c in (1, 4, 16, 64)] or args.concurrency)
     args.modes = [m for m in args.modes.split(",") if m in ("on", "off")]
     out = args.out or common.RESULTS / ("serve_quick" if args.quick else "serve")
     specs = [s.strip() for s in args.spec.split(",") if s.strip()]
     result = {"benchmark": "serve", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": common.machine_description(args.threads), "versions": common.versions(),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "specs": []}
-    progress = common.Progress(len(specs) * len(args.concurrency) * len(args.modes))
+    progress = common.Progress(len(specs) * (len(args.concurrency) * ("on" in args.modes)
+                                             + len(args.off_concurrency) * ("off" in args.modes)))
     t0 = time.perf_counter()
     for spec_name in specs:
         result["specs"].append(run_spec(spec_name, args, progress))
