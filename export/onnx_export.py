@@ -199,6 +199,7 @@ def export_onnx(
     cfg = check_checkpoint(model_dir, spec)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise ModelFilesError(f"output directory {out} is not empty and not a guardrt export; choose another --out")
+    previous = _previous_export(out, spec)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -294,6 +295,15 @@ def export_onnx(
         "guardrt_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    # Updating an export: precisions not rebuilt this time stay, with their earlier validation.
+    for precision in PRECISIONS:
+        if precision not in results and precision in previous["precisions"]:
+            written.setdefault(precision, previous["precisions"][precision])
+            if precision in previous["validation"]:
+                results[precision] = previous["validation"][precision]
+    written = {p: written[p] for p in PRECISIONS if p in written}
+    manifest["precisions"] = written
+    manifest["forced_precisions"] = [p for p in written if not results.get(p, {}).get("passed", True)]
     validation = {"spec": spec.name, "settings": vset.settings, "precisions": results,
                   "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
                   "total_seconds": round(time.perf_counter() - t_start, 2)}
@@ -335,6 +345,21 @@ def _quiet_libraries():
                 lg.setLevel(level)
             if hf_logging is not None:
                 hf_logging.set_verbosity(hf_level)
+
+
+def _previous_export(out: Path, spec: ModelSpec) -> dict:
+    """Precisions (and their validation) of an export already in `out`, for updates; ModelFilesError when that
+    export belongs to another spec."""
+    if not (out / MANIFEST_NAME).is_file():
+        return {"precisions": {}, "validation": {}}
+    try:
+        manifest = load_export_dir(out)
+    except ModelFilesError:
+        return {"precisions": {}, "validation": {}}  # a broken earlier export is simply replaced
+    if manifest.spec != spec.name:
+        raise ModelFilesError(f"{out} holds an export of spec {manifest.spec!r}; choose another --out for {spec.name}")
+    return {"precisions": dict(manifest.raw.get("precisions", {})),
+            "validation": dict(manifest.validation().get("precisions", {}))}
 
 
 def _torch_model(model_dir: Path, spec: ModelSpec):

@@ -135,3 +135,16 @@ def test_fp16_keeps_fp32_islands(demo_export):
     fp16 = onnx.load(str(demo_export("intent-safety") / "fp16" / "model.onnx"))
     weights = [t for t in fp16.graph.initializer if len(t.dims) == 2 and t.dims[0] * t.dims[1] >= 256]
     assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights if "embed" not in t.name or True)
+
+
+def test_updating_an_export_keeps_other_precisions(tmp_path, demo_checkpoint):
+    from guardrt.export.onnx_export import export_onnx
+
+    out = tmp_path / "upd"
+    export_onnx(demo_checkpoint("rejection"), "rejection", out, "fp32", **FAST)
+    manifest = export_onnx(demo_checkpoint("rejection"), "rejection", out, "int8-dynamic", **FAST)
+    assert set(manifest.precisions) == {"fp32", "int8-dynamic"}
+    report = json.loads((out / "validation.json").read_text())
+    assert set(report["precisions"]) == {"fp32", "int8-dynamic"}
+    with pytest.raises(ModelFilesError, match="holds an export of spec 'rejection'"):
+        export_onnx(demo_checkpoint("intent-safety"), "intent-safety", out, "fp32", **FAST)
