@@ -148,3 +148,34 @@ def test_updating_an_export_keeps_other_precisions(tmp_path, demo_checkpoint):
     assert set(report["precisions"]) == {"fp32", "int8-dynamic"}
     with pytest.raises(ModelFilesError, match="holds an export of spec 'rejection'"):
         export_onnx(demo_checkpoint("intent-safety"), "intent-safety", out, "fp32", **FAST)
+
+
+def test_int8_qdq_graph_is_what_tensorrt_consumes(demo_export):
+    """Explicit quantization: Q/DQ pairs, int8 with zero points 0 (symmetric), per-channel weight scales on the
+    output-channel axis; the attention products and the rotary MatMul are left in float."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(demo_export("intent-safety") / "int8" / "model.onnx"))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant"}
+    values = {**inits, **consts}
+    dq = [n for n in g.node if n.op_type == "DequantizeLinear"]
+    q = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    assert q and dq
+    for n in q + dq:
+        zp = values[n.input[2]]
+        assert zp.data_type == TensorProto.INT8 and not numpy_helper.to_array(zp).any(), n.name
+    weight_dq = [n for n in dq if n.input[0] in inits]
+    assert weight_dq, "weights must be stored int8 behind DequantizeLinear"
+    for n in weight_dq:
+        w, scale = inits[n.input[0]], values[n.input[1]]
+        assert w.data_type == TensorProto.INT8
+        axis = {a.name: a.i for a in n.attribute}.get("axis", 1)
+        assert len(scale.dims) == 1 and scale.dims[0] == w.dims[axis] > 1, n.name  # per channel
+    producers = {o: n for n in g.node for o in n.output}
+    left_float = [n for n in g.node if n.op_type == "MatMul" and ("self_attn/MatMul" in n.name or "rotary_emb" in n.name)]
+    assert len(left_float) == 5  # Q·K^T and P·V in 2 layers, the rotary angles
+    for n in left_float:
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input), n.name
