@@ -175,7 +175,7 @@ class OnnxRunner:
         if unknown:
             raise ModelFilesError(
                 f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
-                f"(available: {', '.join(sorted(available))}); on a GPU host install 'guardrt[gpu]'"
+                f"(available: {', '.join(sorted(available))}); on a GPU host: pip uninstall -y onnxruntime && pip install 'guardrt[gpu-ort]'"
             )
         providers = [p for p in self.providers if (p[0] if isinstance(p, tuple) else p) in available]
         try:
