@@ -46,7 +46,7 @@ def test_runner_errors(tmp_path, demo_export):
     with pytest.raises(ModelFilesError, match="cannot load ONNX model"):
         OnnxRunner(bad)
     # Asking for a GPU provider on a CPU-only onnxruntime is an error, not a silent CPU fallback.
-    with pytest.raises(ModelFilesError, match="guardrt\\[gpu\\]"):
+    with pytest.raises(ModelFilesError, match="guardrt\\[gpu-ort\\]"):
         OnnxRunner(demo_export("rejection") / "fp32" / "model.onnx", providers=["cuda"])
 
 
