@@ -28,7 +28,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # TensorRT major.minor -> the NVIDIA Triton container release that ships it (plans load only with the same TensorRT).
-# 24.10 = Triton 2.51.0, CUDA 12.6.2, TensorRT 10.5 (see docs/gpu_deployment.md for how to confirm it in the image).
+# 24.10 = Triton 2.51.0, CUDA 12.6.2, TensorRT 10.5 (see the README, "GPU deployment" for how to confirm it in the image).
 TRITON_CONTAINER_FOR_TRT = {"10.5": "24.10"}
 EXIT_OK, EXIT_GATE, EXIT_NO_GPU, EXIT_NO_EXTRA = 0, 1, 3, 4
 

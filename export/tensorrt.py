@@ -560,7 +560,7 @@ def unavailable_message(reasons: Sequence[str], onnx_files: Mapping[str, Path], 
     cfg = ", ".join(str(c) for c in configs) or "none"
     return (f"cannot build TensorRT engines here: {'; '.join(reasons)}. Wrote instead: Triton tensorrt_plan "
             f"config(s) {cfg} (no model.plan yet); the validated ONNX models stay in place ({onnx}). Build the plans "
-            "on a GPU host with the same command (see docs/gpu_deployment.md)")
+            "on a GPU host with the same command (see the README section GPU deployment)")
 
 
 def export_tensorrt(

@@ -13,7 +13,7 @@ cuda-python. `tensorrt` and `polygraphy` are imported lazily; without them `Miss
 The GPU is the current CUDA device (select another with CUDA_VISIBLE_DEVICES).
 
 Everything above the `TensorRTRunner` class is pure Python and unit-tested without a GPU; the runner itself has
-only run where a GPU was present (see docs/gpu_deployment.md for what has and has not run).
+only run where a GPU was present (see the README, "GPU deployment" for what has and has not run).
 """
 from __future__ import annotations
 
