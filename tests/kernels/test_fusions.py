@@ -83,10 +83,10 @@ def test_fused_operators_present(fused):
         assert report["attention_layers"] == model.config.num_hidden_layers
         assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"} <= ops
         assert "Softmax" not in ops
-    else:
-        assert report["attention_layers"] == model.config.num_hidden_layers
-        assert {"MultiHeadAttention", "SkipLayerNormalization", "BiasGelu"} <= ops
-    assert report["nodes_after"] < report["nodes_before"] / 2
+    else:  # attention left to ONNX Runtime (its CPU MultiHeadAttention kernel measured slower)
+        assert report["attention_layers"] == 0
+        assert {"SkipLayerNormalization", "BiasGelu"} <= ops and "MultiHeadAttention" not in ops
+    assert report["nodes_after"] < report["nodes_before"] * (0.5 if kind == "qwen3" else 0.9)
 
 
 def test_fused_graph_contract_unchanged(fused):
@@ -159,11 +159,15 @@ def test_graph_pass_hook_reads_dims_off_the_graph(fused):
     from guardrt.kernels.fusions import optimize_model_proto
 
     kind, spec, model, onnx_path, fused_path, report = fused
-    got = graph_pass(onnx.load(str(onnx_path)), spec)
+    original = onnx.load(str(onnx_path))
+    got = graph_pass(original, spec)
     assert isinstance(got, onnx.ModelProto)
     assert graph_pass.__module__ == "guardrt.kernels"
     from guardrt.kernels import fusions
 
+    if kind == "roberta":  # measured faster left to ONNX Runtime: the hook returns the graph as exported
+        assert got is original and "skipped" in fusions.graph_pass.last_report
+        return
     assert fusions.graph_pass.last_report["fused_ops"] == report["fused_ops"]
     ids, mask, _ = _padded_batch(kind, model.config.pad_token_id)
     sess = ort.InferenceSession(got.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -218,3 +222,17 @@ def test_qwen3_rotary_caches_trimmed_to_spec_max_length(fused):
         pytest.skip("rotary is Qwen3's")
     inits = {t.name: t for t in onnx.load(str(fused_path)).graph.initializer}
     assert inits["cos_cache"].dims[0] == spec.max_length and inits["sin_cache"].dims[0] == spec.max_length
+
+
+def test_roberta_multihead_attention_fusion_on_request(tmp_path):
+    """attention_op="MultiHeadAttention" still fuses RoBERTa attention exactly (raw 2-D mask: either padding side)."""
+    d = tmp_path
+    model, onnx_path = _export_tiny("roberta", d)
+    spec = get_spec("rejection")
+    report = optimize_onnx(onnx_path, spec, d / "mha.onnx", config=d / "hf", attention_op="MultiHeadAttention")
+    assert report["fused_ops"].get("MultiHeadAttention") == model.config.num_hidden_layers
+    for side in ("left", "right"):
+        ids, mask, _ = _padded_batch("roberta", model.config.pad_token_id, seed=5, side=side)
+        with torch.no_grad():
+            ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+        assert np.abs(_run(d / "mha.onnx", ids, mask) - ref).max() <= spec.atol["fp32"]
