@@ -356,8 +356,23 @@ def _code_hash(files: Sequence[str], *parts: Any) -> str:
             h.update(f"{dist}={md.version(dist)}".encode())
         except md.PackageNotFoundError:
             pass
-    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    h.update(json.dumps(parts, sort_keys=True, default=_stable_repr).encode())
     return h.hexdigest()[:16]
+
+
+def _stable_repr(value: Any) -> str:
+    """Cache-key text for a non-JSON setting: a function (a graph pass) is named by where it lives plus the sources
+    of its module's folder, never by its memory address (which would make every run a cache miss)."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        import inspect
+
+        h = hashlib.sha256()
+        module_file = getattr(inspect.getmodule(value), "__file__", None)
+        if module_file:
+            for f in sorted(Path(module_file).parent.glob("*.py")):
+                h.update(f.read_bytes())
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}@{h.hexdigest()[:16]}"
+    return str(value)
 
 
 @contextlib.contextmanager
