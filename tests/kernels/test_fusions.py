@@ -200,13 +200,12 @@ def test_qwen3_head_dim_not_multiple_of_16_stays_unfused_and_exact(tmp_path):
     assert np.abs(_run(tmp_path / "f.onnx", ids, mask) - ref).max() <= 1e-4
 
 
+@pytest.mark.parametrize("fused", ["qwen3"], indirect=True)
 @pytest.mark.parametrize("seq", [1, 2, 3, 4, 5, 8, 13, 23])
 def test_qwen3_chunked_attention_single_request_lengths(fused, seq):
     """Batch-1 requests take the query-chunked GQA path (S >= 4); every length, chunk boundaries included, equals
     PyTorch."""
     kind, spec, model, _, fused_path, _ = fused
-    if kind != "qwen3":
-        pytest.skip("query chunking is the Qwen3 (causal) pass")
     ids = np.random.default_rng(seq).integers(5, 500, (1, seq)).astype(np.int64)
     mask = np.ones_like(ids)
     with torch.no_grad():
@@ -214,12 +213,12 @@ def test_qwen3_chunked_attention_single_request_lengths(fused, seq):
     assert np.abs(_run(fused_path, ids, mask) - ref).max() <= spec.atol["fp32"]
 
 
+@pytest.mark.parametrize("fused", ["qwen3"], indirect=True)
 def test_qwen3_rotary_caches_trimmed_to_spec_max_length(fused):
     """The rotary cos/sin caches (sized for 131072 positions by the optimizer) are cut to the spec's max_length,
     also when the GQA nodes that read them sit inside the batch-1 If branches."""
     kind, spec, model, _, fused_path, _ = fused
-    if kind != "qwen3":
-        pytest.skip("rotary is Qwen3's")
+    assert kind == "qwen3"
     inits = {t.name: t for t in onnx.load(str(fused_path)).graph.initializer}
     assert inits["cos_cache"].dims[0] == spec.max_length and inits["sin_cache"].dims[0] == spec.max_length
 
