@@ -109,7 +109,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for dist in ("guardrt", "numpy", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+    for dist in ("guardrt", "numpy", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
                  "tritonclient", "nvidia-pytriton", "tensorrt", "tensorrt-cu12"):
         try:
             out[dist] = md.version(dist)

@@ -16,31 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: machine description and versions shared by the benchmarks)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine_description() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    import tokenizers
-    import transformers
-
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "tokenizers": tokenizers.__version__,
-            "transformers": transformers.__version__}
 
 
 def time_requests(fn, requests) -> tuple[list[float], list[list[int]]]:
@@ -113,7 +96,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "preprocess", "spec": "intent-safety", "quick": args.quick,
-              "machine": machine_description(), "rows": rows}
+              "machine": common.machine_description(threads=1), "versions": common.versions(), "rows": rows}
     stem = "preprocess_quick" if args.quick else "preprocess"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     _plot(rows, out / f"{stem}.png")

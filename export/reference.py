@@ -15,7 +15,7 @@ class IntentSafetyReference:
     def __init__(self, tokenizer_dir: str | Path, task_description: str):
         from transformers import AutoTokenizer
 
-        # The card passes trust_remote_code=True; the Qwen3 tokenizer needs no remote code, and we never load it.
+        # The card also asks for remote code; the Qwen3 tokenizer needs none, and we never load code from a model dir.
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
