@@ -93,3 +93,14 @@ def test_serve_quick_writes_json_and_plots(tmp_path):
     assert all(r["server"]["mean_executed_batch"] == 1.0 for r in spec["sweep"]["off"])
     assert spec["inprocess"]["batch16_throughput_rps"] > 0 and spec["server_peak_rss_mib"]["total"] > 0
     assert (tmp_path / "serve_rejection.png").stat().st_size > 0
+
+
+def test_preprocess_quick_writes_json_and_plot(tmp_path):
+    """benchmarks/preprocess.py --quick: identical ids to the reference on every traffic kind, JSON + PNG written."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "preprocess.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "preprocess_quick.json").read_text())
+    assert {r["traffic"] for r in result["rows"]} == {"long-dialogues", "roleplay-growing", "short-chats"}
+    assert all(r["identical_ids"] and r["guardrt_ms"] > 0 for r in result["rows"])
+    assert (tmp_path / "preprocess_quick.png").stat().st_size > 0
