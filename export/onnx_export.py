@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from guardrt.runtime.errors import GuardrtError, ModelFilesError
+from guardrt.runtime.errors import GuardrtError, ModelFilesError, read_json_file
 from guardrt.runtime.export_dir import MANIFEST_NAME, PRECISIONS, VALIDATION_NAME, load_export_dir
 from guardrt.runtime.specs import ModelSpec, get_spec
 
@@ -73,10 +73,7 @@ def check_checkpoint(model_dir: str | Path, spec: ModelSpec) -> dict:
     cfg_file = root / "config.json"
     if not cfg_file.is_file():
         raise ModelFilesError(f"{root} is not a Hugging Face checkpoint (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFilesError(f"corrupt {cfg_file}: {exc}") from None
+    cfg = read_json_file(cfg_file)
     archs = cfg.get("architectures") or []
     if spec.architecture not in archs or cfg.get("model_type") != spec.model_type:
         found = ", ".join(archs) or cfg.get("model_type") or "unknown"

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 class GuardrtError(Exception):
@@ -33,3 +36,12 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtraError(
             f"{module} is not installed ({exc}); install it with: pip install 'guardrt[{extra}]'"
         ) from None
+
+
+def read_json_file(file: str | Path) -> Any:
+    """The parsed JSON of `file`; ModelFilesError naming the file when it is not valid UTF-8 JSON."""
+    file = Path(file)
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFilesError(f"corrupt {file}: {exc}") from None

@@ -17,12 +17,11 @@ Pure Python (json + pathlib): used by the runtime, the Triton repository writer 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guardrt.runtime.errors import ModelFilesError
+from guardrt.runtime.errors import ModelFilesError, read_json_file
 
 __all__ = ["MANIFEST_NAME", "VALIDATION_NAME", "PRECISIONS", "ExportManifest", "load_export_dir"]
 
@@ -62,10 +61,7 @@ class ExportManifest:
         file = self.path / VALIDATION_NAME
         if not file.is_file():
             return {}
-        try:
-            return json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ModelFilesError(f"corrupt {file}: {exc}") from None
+        return read_json_file(file)
 
 
 def load_export_dir(path: str | Path, spec: str | None = None) -> ExportManifest:
@@ -79,10 +75,7 @@ def load_export_dir(path: str | Path, spec: str | None = None) -> ExportManifest
     file = root / MANIFEST_NAME
     if not file.is_file():
         raise ModelFilesError(f"{root} is not a guardrt export directory (no {MANIFEST_NAME}; run `guardrt export`)")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFilesError(f"corrupt {file}: {exc}") from None
+    raw = read_json_file(file)
     if not isinstance(raw, dict):
         raise ModelFilesError(f"corrupt {file}: expected a JSON object")
     missing = [k for k in ("spec", "architecture", "precisions", "num_labels") if k not in raw]

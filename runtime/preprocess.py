@@ -87,17 +87,6 @@ def load_tokenizer(tokenizer_dir: str | Path):
     return tok
 
 
-def _tokenizer_config(tokenizer_dir: str | Path) -> dict:
-    path = Path(tokenizer_dir)
-    cfg = path / "tokenizer_config.json" if path.is_dir() else path.with_name("tokenizer_config.json")
-    if cfg.is_file():
-        try:
-            return json.loads(cfg.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ModelFilesError(f"corrupt {cfg}: {exc}") from None
-    return {}
-
-
 def _supports_piecewise(tokenizer) -> bool:
     """True when the tokenizer is Qwen2-style byte-level BPE, for which the piece boundaries are provably exact."""
     try:
