@@ -433,3 +433,14 @@ def _json_default(o):
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def save_spec_figure(fig, out_prefix: Path, spec_name: str) -> Path:
+    """Lay out, save as `<out_prefix>_<spec>.png` and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = out_prefix.with_name(f"{out_prefix.name}_{spec_name}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

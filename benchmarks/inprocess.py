@@ -307,11 +307,7 @@ def plot(result: dict, out_prefix: Path) -> list[Path]:
         fig.suptitle(f"{peak['cpu']} ({peak['cores']} cores), {result['machine']['threads_used']} threads; "
                      f"onnxruntime {result['versions'].get('onnxruntime')}, torch {result['versions'].get('torch')}",
                      fontsize=9)
-        fig.tight_layout()
-        path = out_prefix.with_name(f"{out_prefix.name}_{spec['spec']}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(common.save_spec_figure(fig, out_prefix, spec["spec"]))
     return files
 
 

@@ -272,11 +272,7 @@ def plot(result: dict, out_prefix: Path) -> list[Path]:
         fig.suptitle(f"{spec['model']} ({spec['precision']}), Triton {result['versions'].get('nvidia-pytriton')} "
                      f"python backend, {result['machine']['peak']['cpu']} x{result['machine']['peak']['cores']}",
                      fontsize=9)
-        fig.tight_layout()
-        path = out_prefix.with_name(f"{out_prefix.name}_{spec['spec']}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(common.save_spec_figure(fig, out_prefix, spec["spec"]))
     return files
 
 
