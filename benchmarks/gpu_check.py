@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from guardrt.runtime.runner import BucketPaddingRunner
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # TensorRT major.minor -> the NVIDIA Triton container release that ships it (plans load only with the same TensorRT).
@@ -42,27 +44,6 @@ def docker_command(repo: Path, trt_version: str) -> str:
     return (f"docker run --gpus all --rm --shm-size=1g -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 "
             f"-p 127.0.0.1:8002:8002 -v {repo.resolve()}:/models {image} "
             f"tritonserver --model-repository=/models")
-
-
-class BucketPaddingRunner:
-    """Wraps a runner: pads every batch to its spec length bucket (pad id, mask 0, spec side) - what the thin client
-    does for native Triton backends - so the engine runs exactly the shapes it was optimised for."""
-
-    def __init__(self, runner, spec):
-        self.runner, self.spec = runner, spec
-
-    def infer(self, feeds):
-        ids, mask = (feeds[n] for n in self.spec.input_names)
-        seq = ids.shape[1]
-        extra = self.spec.bucket_for(seq) - seq
-        if extra:
-            pad = [(0, 0), (extra, 0)] if self.spec.padding_side == "left" else [(0, 0), (0, extra)]
-            ids = np.pad(ids, pad, constant_values=self.spec.pad_token_id)
-            mask = np.pad(mask, pad, constant_values=0)
-        return self.runner.infer(dict(zip(self.spec.input_names, (ids, mask))))
-
-    def close(self):
-        pass
 
 
 def compare(spec, ref_logits: np.ndarray, logits: np.ndarray) -> dict:
@@ -121,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from guardrt.export.demo_models import cached_demo_export
     from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_payloads
-    from guardrt.export.tensorrt import _gpu_facts, export_tensorrt, parse_trt_precisions
+    from guardrt.export.tensorrt import export_tensorrt, gpu_facts, parse_trt_precisions
     from guardrt.runtime.onnxrt import InProcessClassifier
     from guardrt.runtime.specs import get_spec
     from guardrt.runtime.tensorrt import TensorRTRunner
 
     precisions = parse_trt_precisions(args.precisions)
     repo = Path(args.repo)
-    facts = _gpu_facts(gpu)
+    facts = gpu_facts(gpu)
     report = {"host": platform.node(), "gpu": facts, "tensorrt_version": tensorrt.__version__,
               "python": sys.version.split()[0], "size": args.size, "precisions": list(precisions),
               "strongly_typed": args.strongly_typed, "specs": {}}
