@@ -35,6 +35,7 @@ from guardrt.export.tensorrt.memory import (
 from guardrt.export.tensorrt.pipeline import TensorRTExport, export_tensorrt
 from guardrt.export.tensorrt.precision import (
     DEFAULT_FP32_PINS,
+    FP16_VARIANTS,
     FP32_PIN_POLICIES,
     TRT_PRECISIONS,
     EngineSettings,
@@ -45,6 +46,7 @@ from guardrt.export.tensorrt.precision import (
     in_norm_scope,
     in_rotary_scope,
     parse_trt_precisions,
+    recommend_fp32_pins,
 )
 from guardrt.export.tensorrt.profiles import (
     BucketProfile,
@@ -59,6 +61,7 @@ from guardrt.runtime.tensorrt import TensorRTUnavailableError, engine_profiles
 
 __all__ = [
     "DEFAULT_FP32_PINS",
+    "FP16_VARIANTS",
     "FP32_PIN_POLICIES",
     "TRT_PRECISIONS",
     "BucketProfile",
@@ -93,6 +96,7 @@ __all__ = [
     "parse_trt_precisions",
     "plan_deployment",
     "polygraphy_profiles",
+    "recommend_fp32_pins",
     "repo_model_names",
     "run_tensorrt_target",
     "triton_input_type",

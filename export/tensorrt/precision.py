@@ -38,6 +38,7 @@ from guardrt.runtime.ort_providers import refuse_for_tensorrt
 
 __all__ = [
     "DEFAULT_FP32_PINS",
+    "FP16_VARIANTS",
     "FP32_PIN_POLICIES",
     "TRT_PRECISIONS",
     "EngineSettings",
@@ -48,6 +49,7 @@ __all__ = [
     "in_norm_scope",
     "in_rotary_scope",
     "parse_trt_precisions",
+    "recommend_fp32_pins",
 ]
 
 # Engine precisions guardrt builds. ("int8-dynamic" is a CPU-only ONNX Runtime format; TensorRT takes the QDQ graph.)
@@ -238,3 +240,34 @@ def apply_fp32_constraints(network, trt, policy: str = DEFAULT_FP32_PINS) -> lis
                 layer.set_output_type(j, trt.float32)
         names.append(layer.name)
     return names
+
+
+# -- the rule that sets DEFAULT_FP32_PINS from a GPU run (`make gpu-check` applies it) -----------------------------
+FP16_VARIANTS = ("norm", "broad", "none", "strongly-typed")
+LATENCY_TOLERANCE = 0.05  # variants within 5% of the fastest count as equally fast
+
+
+def recommend_fp32_pins(rows: Sequence[dict[str, Any]], current: str = DEFAULT_FP32_PINS) -> dict[str, Any]:
+    """Which fp16 build the default should be, from gpu-check's side-by-side builds. Each row: `variant` (a pin
+    policy or "strongly-typed"), `error` (the build failed: e.g. out of memory), `passed` (the spec's fp16 gate
+    against ONNX Runtime fp32, bucket-padded), `p50_ms` (at the largest batch x length), `context_bytes` (engine
+    device memory for one context). The rule:
+
+    1. only variants that built and passed the gate are candidates (none: keep `current`);
+    2. the fastest candidates, within 5% of the best p50 at the largest shape;
+    3. of those, the one needing the least device memory; on a tie the current default, then fewer pins
+       (none, norm, broad), then strongly typed.
+    Returns {"recommended", "reason", "change": whether it differs from `current`}."""
+    good = [r for r in rows if not r.get("error") and r.get("passed") and r.get("p50_ms") is not None]
+    if not good:
+        return {"recommended": current, "change": False,
+                "reason": "no fp16 variant built and passed its gate: keep the default and investigate"}
+    best = min(r["p50_ms"] for r in good)
+    fast = [r for r in good if r["p50_ms"] <= best * (1 + LATENCY_TOLERANCE)]
+    order = [current] + [v for v in ("none", "norm", "broad", "strongly-typed") if v != current]
+    rank = {v: i for i, v in enumerate(order)}
+    pick = min(fast, key=lambda r: (r.get("context_bytes") or 0, rank.get(r["variant"], len(rank))))
+    reason = (f"{pick['variant']}: passed the gate, p50 {pick['p50_ms']:.2f} ms (fastest {best:.2f} ms, "
+              f"{len(fast)} within {LATENCY_TOLERANCE:.0%}), least device memory among those "
+              f"({(pick.get('context_bytes') or 0) / (1 << 20):.0f} MiB per context)")
+    return {"recommended": pick["variant"], "change": pick["variant"] != current, "reason": reason}

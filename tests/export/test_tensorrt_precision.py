@@ -404,3 +404,28 @@ def test_build_engine_refuses_an_engine_with_other_profiles_or_a_failed_build(tm
     with pytest.raises(ModelFilesError, match=r"could not build the fp32 engine .*: Network validation failed\. \("):
         build_engine(tmp_path / "m.onnx", plan, engine_settings("fp32", ALL), profiles)
     assert not plan.exists()
+
+
+def test_the_rule_that_sets_the_default_fp32_pins():
+    """recommend_fp32_pins: built and gated first, then the fastest within 5%, then the least device memory, then
+    the current default and fewer pins."""
+    from guardrt.export.tensorrt import recommend_fp32_pins
+
+    rows = [
+        {"variant": "norm", "passed": True, "p50_ms": 10.0, "context_bytes": 300},
+        {"variant": "broad", "error": "out of memory"},
+        {"variant": "none", "passed": False, "p50_ms": 8.0, "context_bytes": 200},  # fast but misses the gate
+        {"variant": "strongly-typed", "passed": True, "p50_ms": 10.3, "context_bytes": 250},
+    ]
+    pick = recommend_fp32_pins(rows)
+    assert pick["recommended"] == "strongly-typed" and pick["change"]  # within 5% of norm, less memory
+    rows[3]["p50_ms"] = 11.0  # now 10% slower: norm stays
+    assert recommend_fp32_pins(rows) == {**recommend_fp32_pins(rows), "recommended": "norm", "change": False}
+    rows[2]["passed"] = True  # unpinned passes and is fastest
+    assert recommend_fp32_pins(rows)["recommended"] == "none"
+    tie = [{"variant": v, "passed": True, "p50_ms": 10.0, "context_bytes": 100} for v in ("broad", "none", "norm")]
+    assert recommend_fp32_pins(tie)["recommended"] == "norm"  # a tie keeps the current default
+    assert recommend_fp32_pins(tie, current="broad")["recommended"] == "broad"
+    none_ok = recommend_fp32_pins([{"variant": "norm", "error": "x"}, {"variant": "none", "passed": False,
+                                                                      "p50_ms": 1.0}])
+    assert none_ok["recommended"] == "norm" and not none_ok["change"] and "investigate" in none_ok["reason"]
