@@ -285,6 +285,18 @@ def _onnx_files(onnx_path: Path) -> list[Path]:
     return files
 
 
+def _built_profile_count(plan: Path) -> int | None:
+    """How many optimization profiles the engine has, from the build.json `guardrt export --target tensorrt` writes
+    next to it (an engine fitted to a GPU memory budget may have fewer than one per bucket); None without one."""
+    from guardrt.runtime.errors import read_json_file
+
+    record_file = plan.with_name("build.json")
+    if not record_file.is_file():
+        return None
+    profiles = read_json_file(record_file).get("profiles")
+    return len(profiles) if profiles else None
+
+
 def write_model(
     repo: str | Path,
     *,
@@ -302,8 +314,9 @@ def write_model(
     """Write `repo/<name>/config.pbtxt` and `repo/<name>/1/...` for one model; other models in `repo` are kept.
 
     The ONNX file comes from `export_dir` (its guardrt.json, at `precision`) or `onnx_path`; the `tensorrt` flavor
-    takes `plan_path` (or writes the config alone when the engine is built later, e.g. on a GPU host). Returns the
-    model directory. The model directory is replaced as a whole (a rename), so a reader never sees it half written.
+    takes `plan_path` (or writes the config alone when the engine is built later, e.g. on a GPU host), with the
+    profile count of its build.json when there is one. Returns the model directory. The model directory is replaced
+    as a whole (a rename), so a reader never sees it half written.
     """
     from guardrt.runtime.export_dir import load_export_dir
 
@@ -347,6 +360,7 @@ def write_model(
             if not plan.is_file():
                 raise ModelFilesError(f"TensorRT plan {plan} does not exist")
             files["model.plan"] = plan
+            options.setdefault("num_profiles", _built_profile_count(plan))
         text = config_text(spec, "tensorrt", name=name, precision=precision, instance_count=instance_count, **options)
 
     repo = Path(repo)

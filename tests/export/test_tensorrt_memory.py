@@ -213,3 +213,21 @@ def test_an_engine_that_cannot_fit_gets_no_triton_model_unless_forced(tmp_path, 
     assert "does not fit" in record["deployment"]["error"] and record["device_memory"]["context_bytes"] == 64 * MIB
     export_tensorrt(export_dir, FOUR_BUCKETS, "fp16", out=repo, gpu_memory_budget_bytes=150 * MIB, force=True, **env)
     assert _profiles_in_config(repo, "rejection") == (["0", "1", "2", "3"], 1)
+
+
+def test_repo_writer_takes_the_profile_count_of_a_regrouped_engine_from_build_json(tmp_path):
+    """`guardrt repo --flavor tensorrt --plan P` must list the engine's profiles, not one per bucket, when the
+    engine was rebuilt with fewer profiles to fit the GPU memory budget."""
+    pytest.importorskip("tritonclient.grpc")
+    from guardrt.runtime.triton_repo import write_model
+
+    spec = get_spec("intent-safety")
+    plan = tmp_path / "tensorrt" / "fp16" / "model.plan"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"plan")
+    model = write_model(tmp_path / "repo", spec=spec, flavor="tensorrt", precision="fp16", plan_path=plan)
+    assert _profiles_in_config(tmp_path / "repo", model.name)[0] == [str(i) for i in range(6)]  # no build.json
+    grouped = [{"index": p.index, "seq": list(p.seq)} for p in derive_profiles(spec, num_profiles=2)]
+    (plan.parent / "build.json").write_text(json.dumps({"profiles": grouped}))
+    model = write_model(tmp_path / "repo", spec=spec, flavor="tensorrt", precision="fp16", plan_path=plan)
+    assert _profiles_in_config(tmp_path / "repo", model.name)[0] == ["0", "1"]
