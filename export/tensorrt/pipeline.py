@@ -60,6 +60,32 @@ def _fit_deployment(record: dict[str, Any], spec: ModelSpec, profiles: Sequence[
     return plan_deployment(memory, int(record.get("plan_bytes", 0)), io, len(profiles), budget, instance_count)
 
 
+def _build_to_fit(source: Path, plan: Path, settings, spec: ModelSpec, opt_batch: int | None, budget: int | None,
+                  instance_count: int, build_kw: dict[str, Any], log: Callable[[str], None] | None):
+    """Build with one profile per bucket; when that deployment does not fit `budget`, rebuild with the profile count
+    that does. Returns (build record with its `deployment`, the engine's profiles, the plan or None, the one-line
+    reason it cannot fit or None)."""
+    profiles = derive_profiles(spec, opt_batch)
+    record = build_engine(source, plan, settings, profiles, **build_kw)
+    try:
+        deployment = _fit_deployment(record, spec, profiles, budget, instance_count)
+        if deployment is not None and deployment.num_profiles < len(profiles):
+            if log:
+                log(f"{spec.name} {settings.precision}: {len(profiles)} profiles do not fit the GPU memory budget; "
+                    f"rebuilding with {deployment.num_profiles}: {deployment.describe()}")
+            profiles = derive_profiles(spec, opt_batch, num_profiles=deployment.num_profiles)
+            record = build_engine(source, plan, settings, profiles, **build_kw)
+            deployment = _fit_deployment(record, spec, profiles, budget, instance_count)
+            if deployment is not None and deployment.num_profiles < len(profiles):
+                raise DeploymentError(f"the engine rebuilt with {len(profiles)} profiles needs more than predicted: "
+                                      f"{deployment.describe()}")
+    except DeploymentError as exc:
+        record["deployment"] = {"error": str(exc), "budget_bytes": budget}
+        return record, profiles, None, str(exc)
+    record["deployment"] = deployment.as_dict() if deployment is not None else None
+    return record, profiles, deployment, None
+
+
 def export_tensorrt(
     export_dir: str | Path,
     spec: ModelSpec | str | None,
@@ -154,25 +180,8 @@ def export_tensorrt(
     gate_failures, memory_failures = [], []
     for p in wanted:
         plan = engine_root / p / "model.plan"
-        built = profiles
-        record = build_engine(sources[p], plan, settings[p], built, **build_kw)
-        misfit, deployment = None, None
-        try:
-            deployment = _fit_deployment(record, spec, built, budget, instance_count)
-            if deployment is not None and deployment.num_profiles < len(built):
-                if log:
-                    log(f"{spec.name} {p}: {len(built)} profiles do not fit the GPU memory budget; rebuilding with "
-                        f"{deployment.num_profiles}: {deployment.describe()}")
-                built = derive_profiles(spec, opt_batch, num_profiles=deployment.num_profiles)
-                record = build_engine(sources[p], plan, settings[p], built, **build_kw)
-                deployment = _fit_deployment(record, spec, built, budget, instance_count)
-                if deployment is not None and deployment.num_profiles < len(built):
-                    raise DeploymentError(f"the engine rebuilt with {len(built)} profiles needs more than predicted: "
-                                          f"{deployment.describe()}")
-            record["deployment"] = deployment.as_dict() if deployment is not None else None
-        except DeploymentError as exc:
-            misfit, deployment = str(exc), None
-            record["deployment"] = {"error": misfit, "budget_bytes": budget}
+        record, built, deployment, misfit = _build_to_fit(sources[p], plan, settings[p], spec, opt_batch, budget,
+                                                          instance_count, build_kw, log)
         record.update(facts, spec=spec.name, timing_cache=str(cache))
         if validate:
             res = record["validation"] = validate_engine(plan, manifest.path, spec, p, n=int(validate))
