@@ -1,12 +1,13 @@
 """ONNX Runtime runner and the in-process classifier.
 
 * `OnnxRunner`: one `InferenceSession` per model, explicit providers, thread settings; `infer(feeds) -> outputs`;
-  a context manager (Polygraphy-style runner shape, like `runtime/tensorrt.py` and `runtime/triton_client.py`).
+  a `BaseRunner` (runtime/runner.py), like the TensorRT runner and the Triton client. A provider asked for that is
+  not the one running is an error, never a silent fallback.
 * `InProcessClassifier`: payloads (dialogues or texts) -> exact preprocessing -> padded batches -> ORT -> the card's
   output dicts. What `guardrt classify` (in-process) runs.
 
-onnxruntime is imported lazily (the `serve`/`export` extras install it). CUDA and TensorRT execution-provider options
-are built only when asked for, from their documented option names; nothing GPU-specific is imported here.
+onnxruntime is imported lazily (the `serve`/`export` extras install it). CUDA and TensorRT execution-provider options,
+the TensorRT library loading and the active-provider check live in `runtime/ort_providers.py`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ from typing import Any
 import numpy as np
 
 from guardrt.runtime.errors import InputError, ModelFilesError, require
+from guardrt.runtime.ort_providers import (
+    TENSORRT_PROVIDER,
+    check_active_providers,
+    cuda_provider_options,
+    load_tensorrt_libraries,
+    provider_names,
+    resolve_providers,
+    tensorrt_provider_options,
+)
+from guardrt.runtime.runner import BaseRunner
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = [
@@ -27,104 +38,14 @@ __all__ = [
     "tensorrt_provider_options",
 ]
 
-_PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-}
 
-
-def cuda_provider_options(device_id: int = 0, gpu_mem_limit: int | None = None) -> dict[str, Any]:
-    """CUDAExecutionProvider options (documented names). The exhaustive cuDNN search pays off for a long-lived
-    server; copying in the default stream keeps IO binding ordering simple."""
-    opts: dict[str, Any] = {
-        "device_id": device_id,
-        "arena_extend_strategy": "kNextPowerOfTwo",
-        "cudnn_conv_algo_search": "EXHAUSTIVE",
-        "do_copy_in_default_stream": True,
-    }
-    if gpu_mem_limit is not None:
-        opts["gpu_mem_limit"] = int(gpu_mem_limit)
-    return opts
-
-
-def tensorrt_provider_options(
-    spec: ModelSpec | None = None,
-    device_id: int = 0,
-    fp16: bool = False,
-    int8: bool = False,
-    cache_dir: str | Path | None = None,
-    max_workspace_size: int = 4 << 30,
-) -> dict[str, Any]:
-    """TensorrtExecutionProvider options (documented `trt_*` names). With a spec, one explicit shape profile covers
-    batch 1..max_batch_size and sequence 1..max_length (opt at the middle bucket), so TensorRT does not rebuild
-    engines as shapes change. int8 expects an explicit-QDQ graph (no calibration table)."""
-    opts: dict[str, Any] = {
-        "device_id": device_id,
-        "trt_fp16_enable": bool(fp16),
-        "trt_int8_enable": bool(int8),
-        "trt_max_workspace_size": int(max_workspace_size),
-    }
-    if cache_dir is not None:
-        cache = str(Path(cache_dir))
-        opts.update(
-            trt_engine_cache_enable=True,
-            trt_engine_cache_path=cache,
-            trt_timing_cache_enable=True,
-            trt_timing_cache_path=cache,
-        )
-    if spec is not None:
-        buckets = spec.length_buckets or (spec.max_length,)
-        opt_len = buckets[len(buckets) // 2]
-        opt_batch = spec.preferred_batch_sizes[0] if spec.preferred_batch_sizes else 1
-
-        def shapes(batch: int, seq: int) -> str:
-            return ",".join(f"{name}:{batch}x{seq}" for name in spec.input_names)
-
-        opts.update(
-            trt_profile_min_shapes=shapes(1, 1),
-            trt_profile_opt_shapes=shapes(opt_batch, opt_len),
-            trt_profile_max_shapes=shapes(spec.max_batch_size, spec.max_length),
-        )
-    return opts
-
-
-def resolve_providers(
-    providers: Sequence[Any] | str | None, spec: ModelSpec | None = None, fallbacks: bool = True
-) -> list[Any]:
-    """Normalise a provider list: None -> CPU; short names ("cpu", "cuda", "tensorrt") -> ORT names with default
-    options; (name, options) tuples and full names pass through. GPU providers get CUDA as fallback and CPU last."""
-    if providers is None:
-        return ["CPUExecutionProvider"]
-    if isinstance(providers, str):
-        providers = [p.strip() for p in providers.split(",") if p.strip()]
-    out: list[Any] = []
-    for p in providers:
-        if isinstance(p, tuple):
-            out.append(p)
-            continue
-        name = _PROVIDER_ALIASES.get(str(p).lower(), str(p))
-        if name == "CUDAExecutionProvider":
-            out.append((name, cuda_provider_options()))
-        elif name == "TensorrtExecutionProvider":
-            out.append((name, tensorrt_provider_options(spec)))
-        else:
-            out.append(name)
-    names = [p[0] if isinstance(p, tuple) else p for p in out]
-    if not fallbacks:
-        return out
-    if "TensorrtExecutionProvider" in names and "CUDAExecutionProvider" not in names:
-        out.append(("CUDAExecutionProvider", cuda_provider_options()))
-    if "CPUExecutionProvider" not in names:
-        out.append("CPUExecutionProvider")
-    return out
-
-
-class OnnxRunner:
+class OnnxRunner(BaseRunner):
     """One ONNX Runtime session. `infer({"input_ids": ..., "attention_mask": ...}) -> {"logits": ...}`.
 
-    providers: None (CPU), short names ("cpu", "cuda", "tensorrt"), or ORT's (name, options) tuples.
+    providers: None (CPU), short names ("cpu", "cuda", "tensorrt"), or ORT's (name, options) tuples; short names get
+    the options of `resolve_providers` (TensorRT: the spec's profile, flags from `precision`, the engine cache in
+    `trt_cache_dir`). A provider asked for must exist in this onnxruntime and must be running once the session is
+    created (ModelFilesError otherwise: no silent fallback to CPU on a GPU host).
     intra_op_threads / inter_op_threads: None leaves ORT's defaults (all physical cores, sequential execution).
     The session is created on construction (or `activate()`), released by `close()` / the context manager.
     """
@@ -138,10 +59,13 @@ class OnnxRunner:
         graph_optimization: str = "all",
         spec: ModelSpec | None = None,
         session_options: Any = None,
+        precision: str | None = None,
+        trt_cache_dir: str | Path | None = None,
     ):
         self.model_path = Path(model_path)
-        self.providers = resolve_providers(providers, spec)
-        self._requested = [p[0] if isinstance(p, tuple) else p for p in resolve_providers(providers, spec, fallbacks=False)]
+        kw = dict(precision=precision, trt_cache_dir=trt_cache_dir)
+        self.providers = resolve_providers(providers, spec, **kw)
+        self._requested = provider_names(resolve_providers(providers, spec, fallbacks=False, **kw))
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         self.graph_optimization = graph_optimization
@@ -177,11 +101,15 @@ class OnnxRunner:
                 f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
                 f"(available: {', '.join(sorted(available))}); on a GPU host: pip uninstall -y onnxruntime && pip install 'guardrt[gpu-ort]'"
             )
+        if TENSORRT_PROVIDER in self._requested:
+            load_tensorrt_libraries()  # pip's TensorRT is not on the loader path of onnxruntime-gpu's provider
         providers = [p for p in self.providers if (p[0] if isinstance(p, tuple) else p) in available]
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+            session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
         except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
             raise ModelFilesError(f"cannot load ONNX model {self.model_path}: {str(exc).splitlines()[0]}") from None
+        check_active_providers(self._requested, session.get_providers(), self.model_path)
+        self.session = session
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         return self
@@ -202,12 +130,6 @@ class OnnxRunner:
     def close(self) -> None:
         self.session = None
 
-    def __enter__(self) -> "OnnxRunner":
-        return self.activate()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 class InProcessClassifier:
     """Payloads (dialogue turns or texts, per spec) -> the card's output dicts, entirely in this process.
@@ -216,7 +138,7 @@ class InProcessClassifier:
     padding is masked, and tests check batched == single), padded on the spec's side with its pad id.
     """
 
-    def __init__(self, spec: ModelSpec | str, runner: OnnxRunner, preprocessor, max_batch_size: int | None = None,
+    def __init__(self, spec: ModelSpec | str, runner: BaseRunner, preprocessor, max_batch_size: int | None = None,
                  threshold: float | None = None):
         self.spec = get_spec(spec) if isinstance(spec, str) else spec
         self.runner = runner
@@ -246,7 +168,7 @@ class InProcessClassifier:
         model_spec = get_spec(manifest.spec)
         pre = build_preprocessor(model_spec, tokenizer_dir or manifest.tokenizer_dir, task_description)
         runner = OnnxRunner(manifest.model_path(precision), providers=providers, intra_op_threads=intra_op_threads,
-                            spec=model_spec)
+                            spec=model_spec, precision=precision)
         return cls(model_spec, runner, pre, max_batch_size=max_batch_size, threshold=threshold)
 
     def encode(self, payloads: Sequence[Any]) -> list[list[int]]:

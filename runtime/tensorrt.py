@@ -1,9 +1,10 @@
 """TensorRT runner: a serialized engine (`model.plan`) -> `infer(feeds) -> outputs`, like `runtime/onnxrt.py`.
 
-Shape of the runner (Polygraphy-style, same as `OnnxRunner`): construct (or `activate()`), `infer({"input_ids": ...,
-"attention_mask": ...}) -> {"logits": ...}` with NumPy arrays in and out, `close()` / context manager. An engine
-built by `guardrt export --target tensorrt` holds one optimization profile per spec length bucket; `infer` picks the
-profile whose [min, max] range holds the feed shapes (`select_profile`, pure), switches to it, sets the input
+A `BaseRunner` (runtime/runner.py, the same protocol as `OnnxRunner`): construct (or `activate()`),
+`infer({"input_ids": ..., "attention_mask": ...}) -> {"logits": ...}` with NumPy arrays in and out, `close()` /
+context manager. An engine built by `guardrt export --target tensorrt` holds the optimization profiles of the
+bucket/profile contract (runtime/bucket_profiles.py: disjoint sequence ranges covering 1..max_length); `infer` picks
+the profile whose [min, max] range holds the feed shapes (`select_profile`, pure), switches to it, sets the input
 shapes and runs with the TensorRT 10 tensor-address API (`set_input_shape`, `set_tensor_address`,
 `execute_async_v3`) on one CUDA stream.
 
@@ -29,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from guardrt.runtime.bucket_profiles import ShapeRange
 from guardrt.runtime.errors import GuardrtError, InputError, ModelFilesError, require
+from guardrt.runtime.runner import BaseRunner
 
 __all__ = [
     "GPU_MODULES",
@@ -46,10 +49,6 @@ __all__ = [
 
 # What the TensorRT path imports, in the order a user would install them (both come with `guardrt[gpu]`).
 GPU_MODULES = ("tensorrt", "polygraphy")
-
-# (min, opt, max) shapes of one input in one optimization profile.
-ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
 
 class TensorRTUnavailableError(GuardrtError):
     """TensorRT cannot run here: no NVIDIA GPU, or the `gpu` extra is not installed. One line, says what is missing."""
@@ -198,7 +197,7 @@ def _require_gpu_stack():
     return trt, cuda
 
 
-class TensorRTRunner:
+class TensorRTRunner(BaseRunner):
     """One deserialized engine + one execution context + one CUDA stream. `infer(feeds) -> outputs` (NumPy).
 
     plan_path: a `model.plan` (TensorRT version- and GPU-specific; the `build.json` written next to it by
@@ -265,6 +264,18 @@ class TensorRTRunner:
         raise error from None
 
     # Running ---------------------------------------------------------------------------------------------------
+    def _switch_profile(self, index: int) -> None:
+        """Select optimization profile `index` on the context. TensorRT 10.5's binding raises on failure (older
+        ones returned False): both become the runner's one-line ModelFilesError."""
+        try:
+            ok = self.context.set_optimization_profile_async(index, self.stream.ptr)
+        except Exception as exc:  # the binding's RuntimeError / TypeError carry TensorRT's reason
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFilesError(f"TensorRT refused optimization profile {index} of {self.plan_path}: {reason}") from None
+        if ok is False:
+            raise ModelFilesError(f"TensorRT refused optimization profile {index} of {self.plan_path}")
+        self._profile = index
+
     def _buffer(self, name: str, shape: tuple[int, ...]):
         """Device buffer for `name`, grown (never shrunk) to `shape`."""
         buf = self._buffers.get(name)
@@ -285,9 +296,7 @@ class TensorRTRunner:
         host_inputs = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self.input_names}
         index = select_profile(self.profiles, {n: a.shape for n, a in host_inputs.items()})
         if index != self._profile:
-            if not ctx.set_optimization_profile_async(index, stream.ptr):
-                raise ModelFilesError(f"TensorRT refused optimization profile {index} of {self.plan_path}")
-            self._profile = index
+            self._switch_profile(index)
         for name, arr in host_inputs.items():
             if not ctx.set_input_shape(name, arr.shape):
                 raise InputError(f"TensorRT refused shape {arr.shape} for input {name!r} (profile {index})")
@@ -326,12 +335,6 @@ class TensorRTRunner:
         self.engine = None
         self._runtime = None
         self._profile = None
-
-    def __enter__(self) -> "TensorRTRunner":
-        return self.activate()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _built_with(plan_path: Path) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 from guardrt.runtime.errors import GuardrtError, InputError, ServerError, require
 from guardrt.runtime.postprocess import postprocess
 from guardrt.runtime.preprocess import build_preprocessor, pad_batch
+from guardrt.runtime.runner import BaseRunner
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = ["TritonClassifier", "AsyncTritonClassifier", "DEFAULT_URL"]
@@ -189,7 +190,7 @@ class _ClassifierBase:
         return out
 
 
-class TritonClassifier(_ClassifierBase):
+class TritonClassifier(_ClassifierBase, BaseRunner):
     """Synchronous client (see module docstring). A context manager; `close()` releases the channel."""
 
     def __init__(self, url: str = DEFAULT_URL, spec: ModelSpec | str = "rejection", tokenizer_dir=None, **kwargs):

@@ -92,8 +92,15 @@ def python_config(
     intra_op_threads: int = 0,
     max_queue_delay_us: int | None = None,
     onnx_file: str = "model.onnx",
+    trt_cache_dir: str | None = None,
 ) -> str:
-    """config.pbtxt for the python backend running ONNX Runtime (ragged dynamic batching, padding in the model)."""
+    """config.pbtxt for the python backend running ONNX Runtime (ragged dynamic batching, padding in the model).
+
+    GPU providers: the provider list with its options (`ort_providers.python_backend_providers`: the spec's
+    TensorRT profile, precision flags, engine cache in `trt_cache_dir`, default /tmp/guardrt-trt-cache/<name>) goes
+    into the `ort_providers` parameter. int8-dynamic with the TensorRT provider is refused."""
+    from guardrt.runtime.ort_providers import python_backend_providers
+
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if providers not in PROVIDERS:
         raise InputError(f"providers must be one of {', '.join(PROVIDERS)}, got {providers!r}")
@@ -108,8 +115,11 @@ def python_config(
         execution_providers=providers,
         intra_op_threads=int(intra_op_threads),
     )
+    if providers != "cpu":
+        cache = trt_cache_dir or _default_trt_cache(name or spec.name)
+        params["ort_providers"] = python_backend_providers(spec, providers, precision, cache)
     if providers == "tensorrt":
-        params.update(trt_fp16=int(precision == "fp16"), trt_int8=int(precision.startswith("int8")))
+        params.update(trt_fp16=int(precision == "fp16"), trt_int8=int(precision == "int8"), trt_cache_dir=cache)
     kind = "KIND_CPU" if providers == "cpu" else "KIND_GPU"
     return (
         _header(spec, name, 'backend: "python"')
@@ -120,7 +130,16 @@ def python_config(
     )
 
 
-_TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8", "int8-dynamic": "INT8"}
+# ONNX precision -> the onnxruntime backend's TensorRT `precision_mode`. int8-dynamic has none (refused).
+_TRT_PRECISION_MODE = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
+# Engine precisions of the tensorrt_plan flavor.
+TRT_PLAN_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _default_trt_cache(name: str) -> str:
+    """Where ONNX Runtime's TensorRT provider keeps engines when no cache directory is given (a path inside the
+    server's container or host; pass trt_cache_dir to put it on a volume that survives restarts)."""
+    return f"/tmp/guardrt-trt-cache/{name}"
 
 
 def onnxruntime_config(
@@ -133,12 +152,19 @@ def onnxruntime_config(
     accelerator: str | None = "tensorrt",
     max_queue_delay_us: int | None = None,
     trt_workspace_bytes: int = 4 << 30,
+    trt_cache_dir: str | None = None,
 ) -> str:
     """config.pbtxt for Triton's native onnxruntime backend (`platform: onnxruntime_onnx`).
 
     On a GPU (`gpu=True`) the TensorRT execution accelerator is enabled with the precision of the ONNX file
-    (`accelerator=None` or "cuda" keeps the plain CUDA EP). Same-shape batching only: the client pads to buckets.
+    (`accelerator=None` or "cuda" keeps the plain CUDA EP), the bucket/profile contract's single explicit profile
+    (`trt_profile_min/opt/max_shapes`: no engine rebuild when a longer batch arrives), and the engine and timing
+    caches in `trt_cache_dir` (default /tmp/guardrt-trt-cache/<name>). Every key is one the 24.10 backend accepts
+    (it refuses unknown ones). int8-dynamic is refused for TensorRT. Same-shape batching only: the client pads to
+    buckets.
     """
+    from guardrt.runtime.ort_providers import refuse_for_tensorrt, tensorrt_profile_shapes
+
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if accelerator not in (None, "cuda", "tensorrt"):
         raise InputError(f"accelerator must be tensorrt, cuda or None, got {accelerator!r}")
@@ -149,13 +175,17 @@ def onnxruntime_config(
         + f"instance_group [\n  {{ count: {int(instance_count)} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }}\n]\n"
     )
     if gpu and accelerator == "tensorrt":
-        mode = _TRT_PRECISION_MODE.get(precision, "FP32")
+        refuse_for_tensorrt(precision)
+        cache = trt_cache_dir or _default_trt_cache(name or spec.name)
+        trt_params = {"precision_mode": _TRT_PRECISION_MODE.get(precision, "FP32"),
+                      "max_workspace_size_bytes": int(trt_workspace_bytes),
+                      "trt_engine_cache_enable": 1, "trt_engine_cache_path": cache,
+                      "trt_timing_cache_enable": 1, "trt_timing_cache_path": cache,
+                      **tensorrt_profile_shapes(spec)}
+        lines = "".join(f"        parameters {{ key: {_q(k)} value: {_q(v)} }}\n" for k, v in trt_params.items())
         text += (
             "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n"
-            '      { name: "tensorrt"\n'
-            f'        parameters {{ key: "precision_mode" value: "{mode}" }}\n'
-            f'        parameters {{ key: "max_workspace_size_bytes" value: "{int(trt_workspace_bytes)}" }}\n'
-            '        parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+            '      { name: "tensorrt"\n' + lines +
             "      }\n    ]\n  }\n}\n"
         )
     return text + _parameters_block(_common_params(spec, "onnxruntime", precision))
@@ -173,15 +203,26 @@ def tensorrt_config(
 ) -> str:
     """config.pbtxt for a TensorRT plan (`platform: tensorrt_plan`).
 
-    Consistent with engines built one optimization profile per spec length bucket, each profile covering batch
-    1..max_batch_size and sequence up to its bucket (the last bucket is max_length): `max_batch_size` is the spec's,
-    the sequence dim is -1 (bounded by the profiles), and every instance may use profiles 0..num_profiles-1
-    (default: one per length bucket). The client pads each sequence to its bucket, so Triton batches same shapes.
+    Consistent with engines built on the bucket/profile contract (runtime/bucket_profiles.py): every profile covers
+    batch 1..max_batch_size, their sequence ranges are disjoint and cover 1..max_length, so `max_batch_size` is the
+    spec's, the sequence dim is -1 (bounded by the profiles), and every instance lists every profile
+    0..num_profiles-1 (default: the contract's one per length bucket). Each instance must list them all: Triton's
+    dynamic batcher hands a batch to any free instance, whatever its shape, and an instance without the profile of
+    that shape fails it. The client pads each sequence to its bucket, so Triton batches same shapes.
     """
+    from guardrt.runtime.bucket_profiles import derive_profiles
+
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    n = (len(spec.length_buckets) or 1) if num_profiles is None else int(num_profiles)
+    if precision not in TRT_PLAN_PRECISIONS:
+        from guardrt.runtime.ort_providers import refuse_for_tensorrt
+
+        refuse_for_tensorrt(precision)
+        raise InputError(f"TensorRT precision {precision!r} not supported; choose from {', '.join(TRT_PLAN_PRECISIONS)}")
+    n = len(derive_profiles(spec)) if num_profiles is None else int(num_profiles)
     if n < 1:
         raise InputError(f"num_profiles must be >= 1, got {n}")
+    if instance_count < 1:
+        raise InputError(f"instance count must be >= 1, got {instance_count}")
     profiles = ", ".join(_q(i) for i in range(n))
     return (
         _header(spec, name, 'platform: "tensorrt_plan"')
@@ -244,6 +285,18 @@ def _onnx_files(onnx_path: Path) -> list[Path]:
     return files
 
 
+def _built_profile_count(plan: Path) -> int | None:
+    """How many optimization profiles the engine has, from the build.json `guardrt export --target tensorrt` writes
+    next to it (an engine fitted to a GPU memory budget may have fewer than one per bucket); None without one."""
+    from guardrt.runtime.errors import read_json_file
+
+    record_file = plan.with_name("build.json")
+    if not record_file.is_file():
+        return None
+    profiles = read_json_file(record_file).get("profiles")
+    return len(profiles) if profiles else None
+
+
 def write_model(
     repo: str | Path,
     *,
@@ -261,8 +314,9 @@ def write_model(
     """Write `repo/<name>/config.pbtxt` and `repo/<name>/1/...` for one model; other models in `repo` are kept.
 
     The ONNX file comes from `export_dir` (its guardrt.json, at `precision`) or `onnx_path`; the `tensorrt` flavor
-    takes `plan_path` (or writes the config alone when the engine is built later, e.g. on a GPU host). Returns the
-    model directory. The model directory is replaced as a whole (a rename), so a reader never sees it half written.
+    takes `plan_path` (or writes the config alone when the engine is built later, e.g. on a GPU host), with the
+    profile count of its build.json when there is one. Returns the model directory. The model directory is replaced
+    as a whole (a rename), so a reader never sees it half written.
     """
     from guardrt.runtime.export_dir import load_export_dir
 
@@ -306,6 +360,7 @@ def write_model(
             if not plan.is_file():
                 raise ModelFilesError(f"TensorRT plan {plan} does not exist")
             files["model.plan"] = plan
+            options.setdefault("num_profiles", _built_profile_count(plan))
         text = config_text(spec, "tensorrt", name=name, precision=precision, instance_count=instance_count, **options)
 
     repo = Path(repo)

@@ -8,8 +8,9 @@ installed. Everything it needs comes from config.pbtxt `parameters`, written by 
   padding_side         "left" (Qwen3: the last real token ends the row) or "right" (RoBERTa)
   max_length           longest sequence accepted
   execution_providers  "cpu" | "cuda" | "tensorrt" (CUDA / TensorRT execution providers on a GPU host)
+  ort_providers        the providers with their options, as JSON (GPU providers; see `_providers`)
   intra_op_threads     ONNX Runtime intra-op threads per instance (0: ORT default)
-  trt_fp16 / trt_int8  TensorRT EP precision flags; trt_cache_dir: engine cache directory
+  trt_fp16 / trt_int8  TensorRT EP precision flags; trt_cache_dir: engine cache directory (also in ort_providers)
 
 Inputs are declared `allow_ragged_batch: true`, so Triton hands `execute` requests of different lengths together.
 Each request carries `input_ids` / `attention_mask` [b, L]; the real tokens of each row (mask == 1, one contiguous
@@ -28,23 +29,34 @@ _MAX_PAD_RATIO = 2.0
 
 
 def _providers(kind, device_id, params):
+    """ONNX Runtime providers for this instance. guardrt writes the list with its options into the `ort_providers`
+    parameter (JSON: [name | [name, options]], built by guardrt.runtime.ort_providers.python_backend_providers:
+    the spec's TensorRT profile, precision flags, engine cache path); only the device id is this instance's. The
+    TensorRT provider needs libnvinfer.so.10, which pip's tensorrt-cu12-libs does not put on the loader path: its
+    `tensorrt_libs` package loads it by full path, and without it this fails here instead of falling back."""
+    import ctypes
+    import importlib
+
     kind = (kind or "cpu").lower()
-    if kind == "cpu":
-        return ["CPUExecutionProvider"]
-    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
-    if kind == "cuda":
-        return [cuda, "CPUExecutionProvider"]
+    if kind not in ("cpu", "cuda", "tensorrt"):
+        raise ValueError(f"unknown execution_providers {kind!r} (cpu, cuda, tensorrt)")
+    listed = json.loads(params.get("ort_providers") or "null")
+    if listed is None:  # a config written without the parameter: the providers with their defaults
+        listed = {"cpu": [], "cuda": [["CUDAExecutionProvider", {}]],
+                  "tensorrt": [["TensorrtExecutionProvider", {}], ["CUDAExecutionProvider", {}]]}[kind]
+        listed.append("CPUExecutionProvider")
     if kind == "tensorrt":
-        trt = {
-            "device_id": device_id,
-            "trt_fp16_enable": params.get("trt_fp16", "0") == "1",
-            "trt_int8_enable": params.get("trt_int8", "0") == "1",
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": params.get("trt_cache_dir") or "/tmp/guardrt-trt-cache",
-            "trt_timing_cache_enable": True,
-        }
-        return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
-    raise ValueError(f"unknown execution_providers {kind!r} (cpu, cuda, tensorrt)")
+        try:
+            ctypes.CDLL("libnvinfer.so.10")
+        except OSError:
+            try:
+                importlib.import_module("tensorrt_libs")
+                ctypes.CDLL("libnvinfer.so.10")
+            except (ImportError, OSError) as exc:
+                raise RuntimeError(f"the TensorRT provider needs TensorRT 10 (libnvinfer.so.10), not found ({exc}): "
+                                   "pip install tensorrt-cu12 (guardrt[gpu]) or put its lib directory on "
+                                   "LD_LIBRARY_PATH") from None
+    return [(p[0], dict(p[1], device_id=device_id)) if isinstance(p, list) else p for p in listed]
 
 
 class TritonPythonModel:

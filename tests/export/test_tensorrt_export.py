@@ -222,7 +222,10 @@ def test_tiny_engine_builds_matches_onnx_runtime_and_lands_in_the_repo(precision
     assert build["profiles"] == [{"index": p.index, "bucket": p.bucket, "batch": list(p.batch), "seq": list(p.seq)}
                                  for p in derive_profiles(TINY_SPEC)]
     if precision == "fp16":
-        assert build["fp32_layers"] >= 2  # at least the LayerNormalization and the Softmax
+        assert build["fp32_layers"] >= 1  # the LayerNormalization (the default pins leave the softmax to TensorRT)
+    memory = build["device_memory"]  # read back from the engine, per profile, for the Triton deployment
+    assert len(memory["per_profile_bytes"]) == 2 and memory["context_bytes"] >= max(memory["per_profile_bytes"])
+    assert build["deployment"]["num_profiles"] == 2 and build["deployment"]["fits"] in (True, None)
     assert (repo / "rejection" / "1" / "model.plan").is_file()
     assert parse_config((repo / "rejection" / "config.pbtxt").read_text()).platform == "tensorrt_plan"
     assert (export_dir / "tensorrt" / "timing.cache").is_file()
@@ -245,7 +248,7 @@ def test_tiny_engine_builds_matches_onnx_runtime_and_lands_in_the_repo(precision
 def test_cli_glue_parses_engine_options_and_reports_the_missing_gpu(tmp_path, monkeypatch):
     """`add_tensorrt_arguments` / `run_tensorrt_target` as `guardrt export --target tensorrt` uses them."""
     pytest.importorskip("tritonclient.grpc")
-    import guardrt.export.tensorrt as et
+    import guardrt.export.tensorrt.pipeline as et
     from guardrt.cli import EnvArgumentParser
     from guardrt.export.tensorrt import add_tensorrt_arguments, run_tensorrt_target
 
@@ -275,7 +278,7 @@ def test_guardrt_export_target_tensorrt_without_gpu_one_line_nonzero(tmp_path, m
     writes the tiny export directory (the exporter has its own tests); everything after it is the real path."""
     pytest.importorskip("tritonclient.grpc")
     import guardrt.export.onnx_export as onnx_export
-    import guardrt.export.tensorrt as et
+    import guardrt.export.tensorrt.pipeline as et
     from guardrt.cli import main
     from guardrt.commands import COMMAND_MODULES
     from guardrt.runtime.export_dir import load_export_dir
@@ -311,7 +314,7 @@ def test_guardrt_export_target_tensorrt_without_gpu_one_line_nonzero(tmp_path, m
 
 # -- the GPU half of export_tensorrt, with build_engine / validate_engine replaced (the real ones need TensorRT) -----
 def _fake_gpu_half(monkeypatch, failing=()):
-    import guardrt.export.tensorrt as et
+    import guardrt.export.tensorrt.pipeline as et
 
     def fake_build_engine(onnx_path, plan_path, settings, profiles, **kw):
         Path(plan_path).parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +329,7 @@ def _fake_gpu_half(monkeypatch, failing=()):
 
     monkeypatch.setattr(et, "build_engine", fake_build_engine)
     monkeypatch.setattr(et, "validate_engine", fake_validate)
-    monkeypatch.setattr(et, "_gpu_facts", lambda probe: {"gpu": "stand-in", "compute_capability": "9.0"})
+    monkeypatch.setattr(et, "gpu_facts", lambda probe: {"gpu": "stand-in", "compute_capability": "9.0"})
     return dict(probe=lambda: GpuProbe(True, "GPU 0: stand-in", ("GPU 0: stand-in",)), find_missing=lambda: [])
 
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from guardrt.export.tensorrt import (
+    DEFAULT_FP32_PINS,
     EngineSettings,
     LayerInfo,
     apply_fp32_constraints,
@@ -139,8 +140,46 @@ ROBERTA_LAYERS = [
 
 
 def test_fp32_islands_pick_norms_softmax_and_reductions_only():
-    assert fp32_layer_indices(QWEN_LAYERS) == [2, 3, 4, 5, 6, 9, 10, 16, 20, 21, 22, 23]
-    assert fp32_layer_indices(ROBERTA_LAYERS) == [0, 1, 3]
+    # the "broad" policy: what guardrt pinned before the narrower default (issue 15)
+    assert fp32_layer_indices(QWEN_LAYERS, "broad") == [2, 3, 4, 5, 6, 9, 10, 16, 20, 21, 22, 23]
+    assert fp32_layer_indices(ROBERTA_LAYERS, "broad") == [0, 1, 3]
+
+
+def test_default_fp32_pins_leave_softmax_to_tensorrt():
+    """The narrow default pins the RMS/layer-norm chains (variance reduction included) and the rotary angles, not the
+    attention softmax: a pinned SOFTMAX may stop TensorRT from fusing attention."""
+    assert DEFAULT_FP32_PINS == "norm"
+    narrow = fp32_layer_indices(QWEN_LAYERS)
+    assert narrow == fp32_layer_indices(QWEN_LAYERS, "norm") == [2, 3, 4, 5, 6, 9, 16, 20, 21, 22, 23]
+    assert 10 not in narrow and 3 in narrow  # softmax free, the variance ReduceMean pinned
+    assert fp32_layer_indices(ROBERTA_LAYERS) == [0, 3]
+    assert fp32_layer_indices(QWEN_LAYERS, "none") == []
+    # a reduction outside a norm scope (e.g. mean pooling) is only pinned by "broad"
+    pool = [LayerInfo("/pool/ReduceSum", "REDUCE", (H,))]
+    assert fp32_layer_indices(pool) == [] and fp32_layer_indices(pool, "broad") == [0]
+    with pytest.raises(InputError, match="fp32 pins"):
+        fp32_layer_indices(QWEN_LAYERS, "softmax")
+
+
+def test_fp32_pin_policy_reaches_the_settings_and_the_network():
+    s = engine_settings("fp16", ALL, fp32_pins="broad")
+    assert s.fp32_islands and s.fp32_pins == "broad" and s.precision_constraints == "prefer"
+    unpinned = engine_settings("fp16", ALL, fp32_pins="none")
+    assert unpinned.fp16 and not unpinned.fp32_islands and unpinned.precision_constraints is None
+    assert not engine_settings("int8", ALL, int8_fp16=True, fp32_pins="none").fp32_islands
+    with pytest.raises(InputError, match="fp32 pins"):
+        engine_settings("fp16", ALL, fp32_pins="all")
+    trt = _fake_trt()
+    assert apply_fp32_constraints(_Network(QWEN_LAYERS), trt, "broad") == [
+        QWEN_LAYERS[i].name for i in fp32_layer_indices(QWEN_LAYERS, "broad")]
+    assert apply_fp32_constraints(_Network(QWEN_LAYERS), trt, "none") == []
+
+
+def test_int8_dynamic_is_refused_for_tensorrt_with_the_reason():
+    with pytest.raises(InputError, match="MatMulInteger / DynamicQuantizeLinear.*--precision int8"):
+        engine_settings("int8-dynamic", ALL)
+    with pytest.raises(InputError, match="MatMulInteger"):
+        parse_trt_precisions("fp16,int8-dynamic")
 
 
 @pytest.mark.parametrize(
@@ -248,7 +287,7 @@ class _FakeEngine:
 def _fake_polygraphy(monkeypatch, engine_profiles, fail=None):
     import polygraphy.backend.trt as pg
 
-    import guardrt.export.tensorrt as et
+    import guardrt.export.tensorrt.build as et
 
     seen = {}
     trt = SimpleNamespace(__version__="10.5.0-fake", float32=_Enum(name="FLOAT"),
@@ -365,3 +404,28 @@ def test_build_engine_refuses_an_engine_with_other_profiles_or_a_failed_build(tm
     with pytest.raises(ModelFilesError, match=r"could not build the fp32 engine .*: Network validation failed\. \("):
         build_engine(tmp_path / "m.onnx", plan, engine_settings("fp32", ALL), profiles)
     assert not plan.exists()
+
+
+def test_the_rule_that_sets_the_default_fp32_pins():
+    """recommend_fp32_pins: built and gated first, then the fastest within 5%, then the least device memory, then
+    the current default and fewer pins."""
+    from guardrt.export.tensorrt import recommend_fp32_pins
+
+    rows = [
+        {"variant": "norm", "passed": True, "p50_ms": 10.0, "context_bytes": 300},
+        {"variant": "broad", "error": "out of memory"},
+        {"variant": "none", "passed": False, "p50_ms": 8.0, "context_bytes": 200},  # fast but misses the gate
+        {"variant": "strongly-typed", "passed": True, "p50_ms": 10.3, "context_bytes": 250},
+    ]
+    pick = recommend_fp32_pins(rows)
+    assert pick["recommended"] == "strongly-typed" and pick["change"]  # within 5% of norm, less memory
+    rows[3]["p50_ms"] = 11.0  # now 10% slower: norm stays
+    assert recommend_fp32_pins(rows) == {**recommend_fp32_pins(rows), "recommended": "norm", "change": False}
+    rows[2]["passed"] = True  # unpinned passes and is fastest
+    assert recommend_fp32_pins(rows)["recommended"] == "none"
+    tie = [{"variant": v, "passed": True, "p50_ms": 10.0, "context_bytes": 100} for v in ("broad", "none", "norm")]
+    assert recommend_fp32_pins(tie)["recommended"] == "norm"  # a tie keeps the current default
+    assert recommend_fp32_pins(tie, current="broad")["recommended"] == "broad"
+    none_ok = recommend_fp32_pins([{"variant": "norm", "error": "x"}, {"variant": "none", "passed": False,
+                                                                      "p50_ms": 1.0}])
+    assert none_ok["recommended"] == "norm" and not none_ok["change"] and "investigate" in none_ok["reason"]

@@ -333,3 +333,28 @@ def test_plan_path_finds_the_engine_of_a_precision(tmp_path):
     assert plan_path(tmp_path, "int8") == tmp_path / "tensorrt" / "int8" / "model.plan"
     with pytest.raises(ModelFilesError, match="engines there: int8"):
         TensorRTRunner.from_export_dir(tmp_path, "fp16")
+
+
+def test_a_refused_profile_switch_is_one_line_whether_tensorrt_raises_or_returns_false(tmp_path, monkeypatch):
+    """TensorRT 10.5's `set_optimization_profile_async` raises on failure (older bindings returned False)."""
+    import guardrt.runtime.tensorrt as rt
+
+    monkeypatch.setattr(rt, "_require_gpu_stack", _fake_stack)
+    monkeypatch.setattr(rt, "probe_gpu", lambda: GpuProbe(True, "GPU 0: fake"))
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"fake")
+    long_feeds = {"input_ids": np.ones((1, 12), np.int64), "attention_mask": np.ones((1, 12), np.int64)}
+
+    def raises(index, stream):
+        raise RuntimeError("IExecutionContext::setOptimizationProfileAsync: Error Code 3: API Usage Error\nmore")
+
+    with TensorRTRunner(plan) as runner:
+        runner.context.set_optimization_profile_async = raises
+        with pytest.raises(ModelFilesError) as err:
+            runner.infer(long_feeds)
+        assert str(err.value) == (f"TensorRT refused optimization profile 1 of {plan}: IExecutionContext::"
+                                  "setOptimizationProfileAsync: Error Code 3: API Usage Error")
+        assert runner._profile == 0  # still on the profile it had
+        runner.context.set_optimization_profile_async = lambda index, stream: False
+        with pytest.raises(ModelFilesError, match="refused optimization profile 1"):
+            runner.infer(long_feeds)
