@@ -223,6 +223,24 @@ def test_binary_missing_names_the_serve_extra(monkeypatch):
         server.find_triton_install()
 
 
+def test_triton_tests_fail_under_ci_when_the_binary_is_missing(monkeypatch):
+    """tests/triton skip without tritonserver on a developer machine, but CI=true turns that into a failure."""
+    from guardrt.runtime import server
+    from tests.triton.binary import triton_install_or_skip
+
+    def missing():
+        raise MissingExtraError("the Triton server binary is not installed (nvidia-pytriton missing)")
+
+    monkeypatch.setattr(server, "find_triton_install", missing)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        triton_install_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="^CI=true but the Triton tests cannot run: .*not installed") as err:
+        triton_install_or_skip()
+    assert "\n" not in str(err.value) and not err.value.pytrace
+
+
 def test_port_in_use_is_refused_before_starting(tmp_path):
     import socket
 
