@@ -11,8 +11,9 @@
 * Requests are sized to the deadline: one request carries at most `max_request_tokens` tokens (default: the spec's
   max_length, so no request holds more work than one full-length row) and at most max_batch_size rows. A call that
   needs several requests keeps at most `max_in_flight` of them (default 16) and `max_in_flight_tokens` tokens
-  (default 2 x max_length) in flight, so a request never queues behind more than about two full-length rows of its
-  own call. Long inputs therefore finish under the same deadline as short ones, however many there are.
+  (default: max_length) in flight, so a request waits behind less than one full-length row of its own call. Each
+  request then needs at most about two full-length rows of server time, so long inputs finish under the same
+  deadline as short ones, however many there are (a full-length row alone is the unit a deadline must cover).
 * `timeout_s` (default 30 s) is the end-to-end deadline of one request: every attempt, the backoff between them and
   the time queued in Triton (sent as the request's queue timeout, which the generated configs allow) fit in it.
   UNAVAILABLE (server starting, queue full) and RESOURCE_EXHAUSTED are retried `retries` times with exponential
@@ -133,7 +134,7 @@ class _ClassifierBase:
             raise InputError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight = int(max_in_flight)
         self.max_request_tokens = int(max_request_tokens or self.spec.max_length)
-        self.max_in_flight_tokens = int(max_in_flight_tokens or 2 * self.spec.max_length)
+        self.max_in_flight_tokens = int(max_in_flight_tokens or self.spec.max_length)
         self.flavor = flavor  # None: read from the served model's config on first use
         self.threshold = threshold  # None: the card's (threshold specs)
         self._input_dtypes: dict[str, str] = {}  # from the model config; INT64 (the graph contract) by default

@@ -61,8 +61,9 @@ def _io_block(spec: ModelSpec, input_type: str, ragged: bool) -> str:
 
 # -- overload and deadlines -----------------------------------------------------------------------------------------
 # The default end-to-end deadline of one guardrt client request (retries included; triton_client uses it). A request
-# carries at most max_length tokens of work and waits behind at most 2 x max_length tokens of its caller's other
-# requests (the client's in-flight bounds), so one default fits every spec whose max-length row runs in seconds.
+# carries at most max_length tokens and waits behind less than max_length tokens of its caller's other requests (the
+# client's in-flight bounds): about two full-length rows of work at most, so one default fits every spec whose
+# full-length row runs in a few seconds (the tiny demos: ~1.5 s at 4,088 tokens; a bigger model needs more).
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 # A full queue holds this many full batches: enough to keep an instance fed while the next batch forms, few enough
 # that a request at the back waits a few executions, not minutes. Past it Triton refuses at once (UNAVAILABLE,

@@ -38,8 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--model-name", help="--url: Triton model name (default: the spec name)")
     p.add_argument("--timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                    help="--url: deadline of each request in seconds, end to end, retries included (default: "
-                        f"{DEFAULT_REQUEST_TIMEOUT_S:g}). Requests hold at most max_length tokens each and at most "
-                        "two requests' worth of tokens are in flight, so long inputs need no longer deadline")
+                        f"{DEFAULT_REQUEST_TIMEOUT_S:g}). Requests hold at most max_length tokens each and less than "
+                        "max_length tokens more are in flight, so long inputs need no longer deadline")
     p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
                    help=f"--url: requests in flight at once (default: {DEFAULT_MAX_IN_FLIGHT})")
 

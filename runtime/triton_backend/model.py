@@ -251,20 +251,24 @@ def one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def run_isolated(run_group, rows, owner):
+def run_isolated(run_group, rows, owner, log=None):
     """Logits for every row, isolating failures by request.
 
     `run_group(list of rows) -> logits [n, C]` runs one padded group. All rows run grouped by length; when a group
-    fails, each request that had a row in it is re-run alone. Returns ({request: logits [b, C]}, {request: error}):
-    only a request that also fails on its own gets an error."""
+    fails, each request that had a row in it is re-run alone (and `log` is told). Returns ({request: logits [b, C]},
+    {request: error}): only a request that also fails on its own gets an error."""
     lengths = [len(r) for r in rows]
     out = [None] * len(rows)
     suspects = set()
     for group in group_by_length(lengths):
         try:
             logits = run_group([rows[i] for i in group])
-        except Exception:  # noqa: BLE001 - which request caused it is found below
-            suspects.update(owner[i] for i in group)
+        except Exception as exc:  # noqa: BLE001 - which request caused it is found below
+            requests = {owner[i] for i in group}
+            suspects.update(requests)
+            if log is not None:
+                log(f"onnxruntime failed on a group of {len(group)} rows from {len(requests)} requests "
+                    f"({one_line(exc)[:300]}); re-running those requests one at a time")
             continue
         for k, i in enumerate(group):
             out[i] = logits[k]
@@ -381,7 +385,8 @@ class TritonPythonModel:
             rows.extend(got)
             owner.extend([i] * len(got))
         try:
-            results, errors = run_isolated(self._run_group, rows, owner) if rows else ({}, {})
+            log = lambda msg: pb_utils.Logger.log_warn(f"guardrt {self.name}: {msg}")  # noqa: E731
+            results, errors = run_isolated(self._run_group, rows, owner, log) if rows else ({}, {})
         except Exception as exc:  # noqa: BLE001 - defensive: run_isolated handles ORT failures itself
             results, errors = {}, {i: f"batch failed: {one_line(exc)}" for i in set(owner)}
         for i, logits in results.items():

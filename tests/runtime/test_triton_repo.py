@@ -298,7 +298,7 @@ def test_client_sizes_requests_by_tokens():
 
     spec = get_spec("intent-safety")
     client = TritonClassifier("127.0.0.1:1", spec, flavor="python")
-    assert client.max_request_tokens == spec.max_length and client.max_in_flight_tokens == 2 * spec.max_length
+    assert client.max_request_tokens == spec.max_length and client.max_in_flight_tokens == spec.max_length
     seqs = [[7] * n for n in (4088, 4088, 100, 2000, 1900, 10, 4096)]
     chunks = client._chunks(seqs)
     assert [c.rows for c in chunks] == [[0], [1], [2, 3, 4, 5], [6]]
