@@ -51,6 +51,25 @@ def test_every_flavor_config_parses_with_tritons_protobuf(spec_name, flavor):
         assert cfg.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[flavor]
 
 
+def test_queue_policy_is_derived_from_the_spec():
+    """Every generated config bounds its queue and rejects requests queued past a timeout that requests may override
+    (guardrt's client sends what is left of its deadline)."""
+    from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S, QUEUED_BATCHES, queue_policy
+
+    for spec_name in spec_names():
+        spec = get_spec(spec_name)
+        assert queue_policy(spec)["max_queue_size"] == QUEUED_BATCHES * spec.max_batch_size
+        for flavor in FLAVORS:
+            policy = parse_config(config_text(spec_name, flavor)).dynamic_batching.default_queue_policy
+            assert policy.max_queue_size == QUEUED_BATCHES * spec.max_batch_size
+            assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
+            assert policy.default_timeout_microseconds == int(DEFAULT_REQUEST_TIMEOUT_S * 1e6)
+    custom = parse_config(config_text("rejection", "python", max_queue_size=1, queue_timeout_us=5000))
+    assert custom.dynamic_batching.default_queue_policy.max_queue_size == 1
+    assert custom.dynamic_batching.default_queue_policy.default_timeout_microseconds == 5000
+    assert not parse_config(config_text("rejection", "python", dynamic_batching=False)).HasField("dynamic_batching")
+
+
 def test_invalid_config_text_is_a_clear_error():
     with pytest.raises(ModelFilesError, match="invalid Triton model config"):
         parse_config('name: "x"\nmax_batch_size: "sixteen"\n')
