@@ -8,12 +8,11 @@
 * Padding follows the served flavor, read from the model config (`guardrt_flavor`): the python flavor takes each
   row unpadded-to-its-own-length (the model re-pads ragged batches), native onnxruntime / tensorrt flavors get each
   sequence padded to the spec's length bucket so Triton can batch same shapes.
-* Requests are sized to the deadline: one request carries at most `max_request_tokens` tokens (default: the spec's
-  max_length, so no request holds more work than one full-length row) and at most max_batch_size rows. A call that
-  needs several requests keeps at most `max_in_flight` of them (default 16) and `max_in_flight_tokens` tokens
-  (default: max_length) in flight, so a request waits behind less than one full-length row of its own call. Each
-  request then needs at most about two full-length rows of server time, so long inputs finish under the same
-  deadline as short ones, however many there are (a full-length row alone is the unit a deadline must cover).
+* Requests are sized to the deadline (`request_flow`): one request carries at most `max_request_tokens` tokens
+  (default: the spec's max_length, so no request holds more work than one full-length row) and at most
+  max_batch_size rows; a call that needs several requests keeps at most `max_in_flight` of them (default 16) and
+  `max_in_flight_tokens` tokens (default: max_length) in flight. A request then needs at most about two full-length
+  rows of server time, so long inputs finish under the same deadline as short ones, however many there are.
 * `timeout_s` (default 30 s) is the end-to-end deadline of one request: every attempt, the backoff between them and
   the time queued in Triton (sent as the request's queue timeout, which the generated configs allow) fit in it.
   UNAVAILABLE (server starting, queue full) and RESOURCE_EXHAUSTED are retried `retries` times with exponential
@@ -27,7 +26,6 @@ Imports neither torch nor transformers; tritonclient comes from the `client` ext
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -38,19 +36,24 @@ import numpy as np
 
 from guardrt.runtime.errors import GuardrtError, InputError, ServerError, require
 from guardrt.runtime.postprocess import postprocess
-from guardrt.runtime.preprocess import build_preprocessor, pad_batch
+from guardrt.runtime.preprocess import build_preprocessor
+from guardrt.runtime.request_flow import (
+    DEFAULT_MAX_IN_FLIGHT,
+    QUEUE_FULL,
+    QUEUE_TIMEOUT,
+    InFlightLimit,
+    Request,
+    RetryPolicy,
+    one_row_requests,
+    plan_requests,
+)
 from guardrt.runtime.specs import ModelSpec, get_spec
 from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S
 
 __all__ = ["TritonClassifier", "AsyncTritonClassifier", "DEFAULT_URL", "DEFAULT_MAX_IN_FLIGHT"]
 
 DEFAULT_URL = "127.0.0.1:8001"
-DEFAULT_MAX_IN_FLIGHT = 16  # requests of one call in flight: enough to fill the dynamic batcher's preferred sizes
 RAGGED_FLAVORS = ("python",)
-_RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
-# Triton's messages (UNAVAILABLE) for a full queue and for a request whose queue timeout expired.
-_QUEUE_FULL = "exceeds maximum queue size"
-_QUEUE_TIMEOUT = "request timeout expired"
 # Errors about the request itself (not the server's state): another request in the same call may still succeed.
 _REQUEST_ERRORS = ("StatusCode.INVALID_ARGUMENT", "StatusCode.INTERNAL")
 
@@ -64,38 +67,6 @@ def _message(exc: Exception) -> str:
     msg = getattr(exc, "message", None)
     text = msg() if callable(msg) else str(exc)
     return " ".join(str(text).split())
-
-
-class _InFlight:
-    """Admission of the requests of one call: at most `max_requests` and `max_tokens` tokens in flight at once (a
-    request larger than `max_tokens` still goes, alone)."""
-
-    def __init__(self, max_requests: int, max_tokens: int):
-        self.max_requests, self.max_tokens = max(1, int(max_requests)), max(1, int(max_tokens))
-        self.requests = self.tokens = 0
-        self.peak_requests = self.peak_tokens = 0  # diagnostics (tests)
-
-    def admits(self, tokens: int) -> bool:
-        return self.requests == 0 or (self.requests < self.max_requests and self.tokens + tokens <= self.max_tokens)
-
-    def take(self, tokens: int) -> None:
-        self.requests += 1
-        self.tokens += tokens
-        self.peak_requests = max(self.peak_requests, self.requests)
-        self.peak_tokens = max(self.peak_tokens, self.tokens)
-
-    def give(self, tokens: int) -> None:
-        self.requests -= 1
-        self.tokens -= tokens
-
-
-class _Chunk:
-    """One request of a call: the rows (indices into the call's sequences) it carries, padded, and its token cost."""
-
-    __slots__ = ("rows", "ids", "mask", "tokens")
-
-    def __init__(self, rows: list[int], ids: np.ndarray, mask: np.ndarray, tokens: int):
-        self.rows, self.ids, self.mask, self.tokens = rows, ids, mask, tokens
 
 
 class _ClassifierBase:
@@ -127,9 +98,7 @@ class _ClassifierBase:
         if not timeout_s or timeout_s <= 0:
             raise InputError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s = float(timeout_s)
-        self.retries = max(0, int(retries))
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s, seed)
         if max_in_flight < 1:
             raise InputError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight = int(max_in_flight)
@@ -138,9 +107,8 @@ class _ClassifierBase:
         self.flavor = flavor  # None: read from the served model's config on first use
         self.threshold = threshold  # None: the card's (threshold specs)
         self._input_dtypes: dict[str, str] = {}  # from the model config; INT64 (the graph contract) by default
-        self._rng = random.Random(seed)
         self.retried = 0  # retries so far (diagnostics)
-        self.last_in_flight: _InFlight | None = None  # the admission state of the last multi-request call (tests)
+        self.last_in_flight: InFlightLimit | None = None  # admission state of the last multi-request call (tests)
         if preprocessor is None and tokenizer_dir is not None:
             preprocessor = build_preprocessor(self.spec, tokenizer_dir, task_description)
         self.preprocessor = preprocessor
@@ -157,9 +125,9 @@ class _ClassifierBase:
     def _server_error(self, exc: Exception, what: str, attempts: int = 1) -> ServerError:
         status, msg = _status(exc), _message(exc)
         tried = f" (after {attempts} attempts)" if attempts > 1 else ""
-        if status == "StatusCode.DEADLINE_EXCEEDED" or _QUEUE_TIMEOUT in msg.lower():
+        if status == "StatusCode.DEADLINE_EXCEEDED" or QUEUE_TIMEOUT in msg.lower():
             return self._deadline_error(what)
-        if _QUEUE_FULL in msg.lower() or status == "StatusCode.RESOURCE_EXHAUSTED":
+        if QUEUE_FULL in msg.lower() or status == "StatusCode.RESOURCE_EXHAUSTED":
             err = ServerError(f"{what} on {self.url}: server overloaded, request refused: {msg}{tried}")
         elif status == "StatusCode.UNAVAILABLE":
             err = ServerError(f"Triton server at {self.url} is not reachable ({what}: {msg}){tried}; "
@@ -170,29 +138,6 @@ class _ClassifierBase:
             err = ServerError(f"{what} on {self.url} failed: {msg}")
         err.status = status
         return err
-
-    def _retry_delay(self, attempt: int) -> float:
-        """Exponential backoff with jitter: a wait drawn from [d/2, d], d = backoff_s x 2^attempt <= max_backoff_s."""
-        full = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
-        return full / 2 + self._rng.uniform(0.0, full / 2)
-
-    def _next_attempt(self, exc: Exception, attempt: int, end: float) -> float | None:
-        """Seconds to wait before retrying `exc`, or None when it must not be retried (not retryable, out of
-        retries, or the wait would cross the deadline)."""
-        if _status(exc) not in _RETRYABLE or _QUEUE_TIMEOUT in _message(exc).lower() or attempt >= self.retries:
-            return None
-        delay = self._retry_delay(attempt)
-        return delay if time.monotonic() + delay < end else None
-
-    def _attempt_kwargs(self, end: float, queue_timeout: bool) -> dict | None:
-        """client_timeout (and Triton's per-request queue timeout) for an attempt; None when the deadline passed."""
-        left = end - time.monotonic()
-        if left <= 0:
-            return None
-        kwargs: dict[str, Any] = {"client_timeout": left}
-        if queue_timeout:
-            kwargs["timeout"] = max(1, int(left * 1_000_000))
-        return kwargs
 
     # -- request building ---------------------------------------------------------------------------------------------
     def _flavor_from_config(self, config) -> str:
@@ -227,36 +172,9 @@ class _ClassifierBase:
             if problem:
                 raise InputError(f"item {i}: {problem}")
 
-    def _chunks(self, sequences: Sequence[Sequence[int]]) -> list[_Chunk]:
-        """The requests covering `sequences`, in order: at most max_batch_size rows and `max_request_tokens` tokens
-        each (a single longer row goes alone). Native flavors count and pad each row to its length bucket, one
-        bucket per request."""
-        cap, budget = self.spec.max_batch_size, self.max_request_tokens
-        if self.flavor in RAGGED_FLAVORS:
-            runs = [(None, list(range(len(sequences))))]
-        else:  # native backends: one request per length bucket, every row padded to the bucket
-            by_bucket: dict[int, list[int]] = {}
-            for i, seq in enumerate(sequences):
-                by_bucket.setdefault(self.spec.bucket_for(len(seq)), []).append(i)
-            runs = sorted(by_bucket.items())
-        out: list[_Chunk] = []
-        for width, rows in runs:
-            current: list[int] = []
-            tokens = 0
-            for i in rows:
-                cost = width or len(sequences[i])
-                if current and (len(current) == cap or tokens + cost > budget):
-                    out.append(self._chunk(sequences, current, width, tokens))
-                    current, tokens = [], 0
-                current.append(i)
-                tokens += cost
-            if current:
-                out.append(self._chunk(sequences, current, width, tokens))
-        return out
-
-    def _chunk(self, sequences, rows: list[int], width: int | None, tokens: int) -> _Chunk:
-        ids, mask = pad_batch([sequences[i] for i in rows], self.spec.pad_token_id, self.spec.padding_side, width)
-        return _Chunk(rows, ids, mask, tokens)
+    def _chunks(self, sequences: Sequence[Sequence[int]]) -> list[Request]:
+        """The requests covering `sequences` (request_flow.plan_requests for the served flavor)."""
+        return plan_requests(sequences, self.spec, self.flavor in RAGGED_FLAVORS, self.max_request_tokens)
 
     def _inputs(self, ids: np.ndarray, mask: np.ndarray) -> list:
         inputs = []
@@ -312,16 +230,11 @@ class _ClassifierBase:
                 ids[i], errors[i] = None, f"item {i}: {problem}"
         return ids, errors, [i for i in range(len(ids)) if not errors[i]]
 
-    def _one_row_chunks(self, sequences: Sequence[Sequence[int]], rows) -> list[_Chunk]:
-        """One request per row in `rows` (indices into `sequences`)."""
-        out = []
-        for i in rows:
-            width = None if self.flavor in RAGGED_FLAVORS else self.spec.bucket_for(len(sequences[i]))
-            out.append(self._chunk(sequences, [i], width, width or len(sequences[i])))
-        return out
+    def _one_row_chunks(self, sequences: Sequence[Sequence[int]], rows) -> list[Request]:
+        return one_row_requests(sequences, rows, self.spec, self.flavor in RAGGED_FLAVORS)
 
     @staticmethod
-    def _collect(good: list[int], chunks: list[_Chunk], outcomes: list, split: bool = True):
+    def _collect(good: list[int], chunks: list[Request], outcomes: list, split: bool = True):
         """({item: logits}, {item: error}, [rows to re-send alone]) from the outcomes of a classify_batch call's
         requests. With `split`, a request of several items refused for its content (not for the server's state)
         is not failed but listed for re-sending one by one."""
@@ -356,25 +269,25 @@ class TritonClassifier(_ClassifierBase):
         end = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
-            limits = self._attempt_kwargs(end, queue_timeout)
+            limits = self.retry.attempt_limits(end, queue_timeout)
             if limits is None:
                 raise self._deadline_error(what)
             try:
                 return fn(*args, **limits, **kwargs)
             except self._utils.InferenceServerException as exc:
-                delay = self._next_attempt(exc, attempt, end)
+                delay = self.retry.next_delay(_status(exc), _message(exc), attempt, end)
                 if delay is None:
                     raise self._server_error(exc, what, attempt + 1) from None
                 attempt += 1
                 self.retried += 1
                 time.sleep(delay)
 
-    def _bounded(self, chunks: list[_Chunk], run: Callable[[_Chunk], Any], stop_on_error: bool = False) -> list:
+    def _bounded(self, chunks: list[Request], run: Callable[[Request], Any], stop_on_error: bool = False) -> list:
         """[(result, None) | (None, GuardrtError) | None] per chunk: run(chunk) for each, within the in-flight
         bounds. With `stop_on_error` no chunk starts after a failure (those stay None)."""
         if len(chunks) == 1:
             return [_outcome(run, chunks[0])]
-        flight = self.last_in_flight = _InFlight(self.max_in_flight, self.max_in_flight_tokens)
+        flight = self.last_in_flight = InFlightLimit(self.max_in_flight, self.max_in_flight_tokens)
         outcomes: list = [None] * len(chunks)
         with ThreadPoolExecutor(max_workers=min(self.max_in_flight, len(chunks))) as pool:
             running: dict = {}
@@ -425,7 +338,7 @@ class TritonClassifier(_ClassifierBase):
                             queue_timeout=True)
         return {name: result.as_numpy(name) for name in self.spec.output_names}
 
-    def _infer_chunk(self, chunk: _Chunk) -> np.ndarray:
+    def _infer_chunk(self, chunk: Request) -> np.ndarray:
         return self.infer({"input_ids": chunk.ids, "attention_mask": chunk.mask})[self.spec.output_names[0]]
 
     def logits_for_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
@@ -512,24 +425,24 @@ class AsyncTritonClassifier(_ClassifierBase):
         end = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
-            limits = self._attempt_kwargs(end, queue_timeout)
+            limits = self.retry.attempt_limits(end, queue_timeout)
             if limits is None:
                 raise self._deadline_error(what)
             try:
                 return await fn(*args, **limits, **kwargs)
             except self._utils.InferenceServerException as exc:
-                delay = self._next_attempt(exc, attempt, end)
+                delay = self.retry.next_delay(_status(exc), _message(exc), attempt, end)
                 if delay is None:
                     raise self._server_error(exc, what, attempt + 1) from None
                 attempt += 1
                 self.retried += 1
                 await asyncio.sleep(delay)
 
-    async def _bounded(self, chunks: list[_Chunk], run, stop_on_error: bool = False) -> list:
+    async def _bounded(self, chunks: list[Request], run, stop_on_error: bool = False) -> list:
         """As TritonClassifier._bounded, with tasks in this event loop."""
         if len(chunks) == 1:
             return [await _outcome_async(run, chunks[0])]
-        flight = self.last_in_flight = _InFlight(self.max_in_flight, self.max_in_flight_tokens)
+        flight = self.last_in_flight = InFlightLimit(self.max_in_flight, self.max_in_flight_tokens)
         outcomes: list = [None] * len(chunks)
         running: dict = {}
         nxt, failed = 0, False
@@ -573,7 +486,7 @@ class AsyncTritonClassifier(_ClassifierBase):
                                   queue_timeout=True)
         return {name: result.as_numpy(name) for name in self.spec.output_names}
 
-    async def _infer_chunk(self, chunk: _Chunk) -> np.ndarray:
+    async def _infer_chunk(self, chunk: Request) -> np.ndarray:
         return (await self.infer({"input_ids": chunk.ids, "attention_mask": chunk.mask}))[self.spec.output_names[0]]
 
     async def logits_for_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:

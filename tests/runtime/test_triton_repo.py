@@ -330,9 +330,9 @@ def test_client_sizes_requests_by_tokens():
 
 
 def test_in_flight_admission_bounds_requests_and_tokens():
-    from guardrt.runtime.triton_client import _InFlight
+    from guardrt.runtime.request_flow import InFlightLimit
 
-    flight = _InFlight(max_requests=3, max_tokens=100)
+    flight = InFlightLimit(max_requests=3, max_tokens=100)
     assert flight.admits(500)  # nothing in flight: an oversized request still goes, alone
     flight.take(500)
     assert not flight.admits(1)
@@ -352,11 +352,11 @@ def test_client_backoff_is_exponential_jittered_and_capped():
     a = TritonClassifier("127.0.0.1:1", "rejection", backoff_s=0.1, max_backoff_s=0.5, seed=1)
     b = TritonClassifier("127.0.0.1:1", "rejection", backoff_s=0.1, max_backoff_s=0.5, seed=2)
     for attempt, full in enumerate([0.1, 0.2, 0.4, 0.5, 0.5]):
-        got = [a._retry_delay(attempt) for _ in range(200)]
+        got = [a.retry.delay(attempt) for _ in range(200)]
         assert all(full / 2 <= d <= full for d in got), (attempt, min(got), max(got))
         assert max(got) - min(got) > full / 4  # spread, not a fixed delay
     # Two clients refused at the same moment do not retry in lockstep.
-    assert [round(a._retry_delay(2), 6) for _ in range(5)] != [round(b._retry_delay(2), 6) for _ in range(5)]
+    assert [round(a.retry.delay(2), 6) for _ in range(5)] != [round(b.retry.delay(2), 6) for _ in range(5)]
     with pytest.raises(InputError, match="max_in_flight"):
         TritonClassifier("127.0.0.1:1", "rejection", max_in_flight=0)
     a.close()
