@@ -310,59 +310,6 @@ def test_client_pads_to_buckets_for_native_flavors_and_ragged_for_python():
     client.close()
 
 
-def test_client_sizes_requests_by_tokens():
-    """No request carries more than max_request_tokens (default: max_length) tokens, so none holds more work than
-    one full-length row; a row that long goes alone."""
-    from guardrt.runtime.triton_client import TritonClassifier
-
-    spec = get_spec("intent-safety")
-    client = TritonClassifier("127.0.0.1:1", spec, flavor="python")
-    assert client.max_request_tokens == spec.max_length and client.max_in_flight_tokens == spec.max_length
-    seqs = [[7] * n for n in (4088, 4088, 100, 2000, 1900, 10, 4096)]
-    chunks = client._chunks(seqs)
-    assert [c.rows for c in chunks] == [[0], [1], [2, 3, 4, 5], [6]]
-    assert all(c.tokens <= spec.max_length for c in chunks)
-    client.flavor = "onnxruntime"  # native: padded (bucket) tokens count
-    chunks = client._chunks([[7] * 1000] * 5 + [[7] * 100] * 40)
-    assert [len(c.rows) for c in chunks] == [16, 16, 8, 4, 1]  # bucket 128: 16-row cap; bucket 1024: 4 x 1024
-    assert all(c.tokens <= spec.max_length for c in chunks)
-    client.close()
-
-
-def test_in_flight_admission_bounds_requests_and_tokens():
-    from guardrt.runtime.request_flow import InFlightLimit
-
-    flight = InFlightLimit(max_requests=3, max_tokens=100)
-    assert flight.admits(500)  # nothing in flight: an oversized request still goes, alone
-    flight.take(500)
-    assert not flight.admits(1)
-    flight.give(500)
-    for _ in range(3):
-        assert flight.admits(10)
-        flight.take(10)
-    assert not flight.admits(10)  # request bound
-    flight.give(10)
-    assert flight.admits(70) and not flight.admits(81)  # token bound: 20 in flight
-    assert flight.peak_requests == 3 and flight.peak_tokens == 500
-
-
-def test_client_backoff_is_exponential_jittered_and_capped():
-    from guardrt.runtime.triton_client import TritonClassifier
-
-    a = TritonClassifier("127.0.0.1:1", "rejection", backoff_s=0.1, max_backoff_s=0.5, seed=1)
-    b = TritonClassifier("127.0.0.1:1", "rejection", backoff_s=0.1, max_backoff_s=0.5, seed=2)
-    for attempt, full in enumerate([0.1, 0.2, 0.4, 0.5, 0.5]):
-        got = [a.retry.delay(attempt) for _ in range(200)]
-        assert all(full / 2 <= d <= full for d in got), (attempt, min(got), max(got))
-        assert max(got) - min(got) > full / 4  # spread, not a fixed delay
-    # Two clients refused at the same moment do not retry in lockstep.
-    assert [round(a.retry.delay(2), 6) for _ in range(5)] != [round(b.retry.delay(2), 6) for _ in range(5)]
-    with pytest.raises(InputError, match="max_in_flight"):
-        TritonClassifier("127.0.0.1:1", "rejection", max_in_flight=0)
-    a.close()
-    b.close()
-
-
 def test_client_reports_a_down_server_in_one_line():
     from guardrt.runtime.server import free_port
     from guardrt.runtime.triton_client import TritonClassifier
