@@ -10,6 +10,9 @@ Flavors:
   backends (in NVIDIA's Triton container). They batch only same-shape requests, so the client pads each sequence to
   the spec's length bucket (`ModelSpec.bucket_for`).
 
+Every flavor's dynamic batcher carries a queue policy derived from the spec (`queue_policy`): a bounded queue, a
+default queue timeout that rejects, and per-request timeout overrides (the guardrt client sends its deadline).
+
 Every generated config is checked by parsing it with Triton's own ModelConfig protobuf (shipped in tritonclient).
 The config `parameters` carry `guardrt_spec` and `guardrt_flavor`, which the client reads to pick its padding.
 """
