@@ -241,7 +241,12 @@ def summarize(run: dict, window_s: float = 5.0) -> dict:
         "windows": [],
         "server_rss_mib": {"after_warmup": run["rss_start_mib"], "end": run["rss_end_mib"],
                            "growth": run["rss_end_mib"] - run["rss_start_mib"],
-                           "max_sampled": max((r for _, r in run["rss_samples"]), default=float("nan"))},
+                           "max_sampled": max((r for _, r in run["rss_samples"]), default=float("nan")),
+                           # ONNX Runtime's arenas grow to the largest batch shapes within seconds; a leak keeps
+                           # growing after that, so the growth from 10 s on is the number to watch.
+                           "at_10s": next((r for t, r in run["rss_samples"] if t >= 10.0), float("nan")),
+                           "growth_after_10s": run["rss_end_mib"] - next((r for t, r in run["rss_samples"]
+                                                                        if t >= 10.0), float("nan"))},
         "triton_stats": run["triton_stats"],
     }
     for b in bad:
@@ -310,8 +315,9 @@ def print_report(result: dict) -> None:
         print(f"  {name}: {p['good_requests']} good, p50 {pl.get('p50_ms', float('nan')):.1f} ms, p99 "
               f"{pl.get('p99_ms', float('nan')):.1f} ms, max |Δlogit| vs in-process {p['max_abs_diff_vs_inprocess']}")
     r = s["server_rss_mib"]
-    print(f"  server RSS (tritonserver + stubs): {r['after_warmup']:.0f} MiB after warm-up, {r['end']:.0f} MiB at "
-          f"the end ({r['growth']:+.0f} MiB), max sampled {r['max_sampled']:.0f} MiB")
+    print(f"  server RSS (tritonserver + stubs): {r['after_warmup']:.0f} MiB after warm-up, {r['at_10s']:.0f} MiB "
+          f"at 10 s, {r['end']:.0f} MiB at the end ({r['growth']:+.0f} MiB; {r['growth_after_10s']:+.1f} MiB after "
+          f"10 s), max sampled {r['max_sampled']:.0f} MiB")
     for kind, row in s["bad_by_kind"].items():
         print(f"  malformed '{kind}': {row['clear']}/{row['sent']} clear, e.g. {row['example']}")
 
