@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -68,12 +67,8 @@ def write_repo(repo: Path, spec, model_path: Path, precision: str, threads: int)
 
     names = {"on": spec.name, "off": f"{spec.name}-nobatch"}
     for mode, name in names.items():
-        d = write_model(repo, spec=spec, flavor="python", precision=precision, onnx_path=model_path, name=name,
-                        intra_op_threads=threads)
-        if mode == "off":
-            cfg = d / "config.pbtxt"
-            text = re.sub(r"dynamic_batching \{[^}]*\}\n", "", cfg.read_text())
-            cfg.write_text(text)
+        write_model(repo, spec=spec, flavor="python", precision=precision, onnx_path=model_path, name=name,
+                    intra_op_threads=threads, dynamic_batching=mode == "on")
     return names
 
 

@@ -4,7 +4,13 @@
 Python, copied out of the wheel; site-packages is never modified), starts the binary with every endpoint bound to
 `host`, waits until the server and all its models are ready, and raises `ServerError` with Triton's own reason when
 a model fails to load, a port is taken, or the binary is missing (`MissingExtraError` naming the `serve` extra).
-`stop()` sends SIGTERM (Triton drains in-flight requests) and SIGKILLs after a timeout. Usable as a context manager.
+`stop()` sends SIGTERM (Triton drains in-flight requests), SIGKILLs after a timeout, and removes any python-backend
+stub left in Triton's process group. Usable as a context manager.
+
+Triton never outlives the process that started it (`runtime/process_guard.py`): the kernel sends it SIGTERM when
+that process dies (PR_SET_PDEATHSIG, when started from the main thread), and a watchdog process kills its whole
+process group - stubs included - when that process dies, even by SIGKILL. `start(cancel=event)` gives up waiting
+for readiness as soon as `event` is set (a signal during startup) and stops Triton at once.
 """
 from __future__ import annotations
 
@@ -17,13 +23,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from guardrt.runtime.errors import MissingExtraError, ServerError
+from guardrt.runtime.process_guard import GroupWatchdog, kill_group, parent_death_signal
 
 __all__ = [
+    "StartupCancelled",
     "TritonInstall",
     "TritonServer",
     "assemble_backend_dir",
@@ -36,6 +45,13 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
+# Seconds Triton gets to exit after SIGTERM when its startup is cancelled (it exits at once while loading models;
+# the bound only matters for a server that hangs), and for a watchdog-triggered shutdown before SIGKILL.
+CANCEL_GRACE_S = 5.0
+
+
+class StartupCancelled(ServerError):
+    """`TritonServer.start(cancel=...)` was cancelled before the server was ready; Triton has been stopped."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +206,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self._log_file = None
         self._own_log = False  # a temp log we created: removed after a clean stop, kept when anything failed
+        self._watchdog: GroupWatchdog | None = None
         self.start_seconds: float | None = None
 
     # -- command line -------------------------------------------------------------------------------------------
@@ -258,7 +275,9 @@ class TritonServer:
         ):
             raise ServerError("gRPC, HTTP and metrics ports must differ")
 
-    def start(self) -> "TritonServer":
+    def start(self, cancel: threading.Event | None = None) -> "TritonServer":
+        """Start Triton and wait until it and its models are ready. Setting `cancel` (e.g. from a signal handler)
+        stops the wait at once: Triton is stopped and StartupCancelled raised."""
         if self.process is not None and self.process.poll() is None:
             return self
         if not self.repo.is_dir():
@@ -271,6 +290,8 @@ class TritonServer:
             os.close(fd)
             self.log_path = path
             self._own_log = True
+        if cancel is not None and cancel.is_set():
+            raise StartupCancelled("startup cancelled before tritonserver was started")
         self._log_file = open(self.log_path, "wb")
         t0 = time.perf_counter()
         self.process = subprocess.Popen(
@@ -279,10 +300,16 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.environment(install),
-            start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop Triton ourselves, gracefully
+            # Its own process group (with its stubs): a terminal's Ctrl-C reaches us, and we stop Triton gracefully.
+            start_new_session=True,
+            preexec_fn=parent_death_signal(signal.SIGTERM),
         )
+        self._watchdog = GroupWatchdog(self.process.pid, grace_s=CANCEL_GRACE_S)
         try:
-            self._wait_ready()
+            self._wait_ready(cancel)
+        except StartupCancelled:
+            self.stop(timeout_s=CANCEL_GRACE_S)
+            raise
         except BaseException:
             self.stop()
             raise
@@ -305,7 +332,7 @@ class TritonServer:
         tail = errors[-1] if errors else (log.strip().splitlines()[-1] if log.strip() else "no output")
         return f"{prefix}: {tail} (full log: {self.log_path})"
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, cancel: threading.Event | None = None) -> None:
         from guardrt.runtime.errors import require
 
         grpcclient = require("tritonclient.grpc", "client")
@@ -326,7 +353,10 @@ class TritonServer:
                 if time.monotonic() > deadline:
                     raise ServerError(self._failure_message(
                         f"tritonserver not ready after {self.startup_timeout_s:.0f}s"))
-                time.sleep(0.2)
+                if cancel is not None and cancel.wait(0.2):
+                    raise StartupCancelled("startup cancelled before tritonserver was ready")
+                if cancel is None:
+                    time.sleep(0.2)
         finally:
             if client is not None:
                 client.close()
@@ -335,7 +365,8 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM, wait up to `timeout_s` for Triton to drain and exit, then SIGKILL. Returns the exit code."""
+        """SIGTERM, wait up to `timeout_s` for Triton to drain and exit, then SIGKILL; then remove whatever is left
+        of its process group (python-backend stubs). Returns Triton's exit code."""
         proc, self.process = self.process, None
         code = None
         if proc is not None:
@@ -344,14 +375,14 @@ class TritonServer:
                     proc.send_signal(signal.SIGTERM)
                     code = proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
-                    # The python backend's stubs are in Triton's process group: kill the whole group.
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    kill_group(proc.pid)
                     code = proc.wait()
             else:
                 code = proc.returncode
+            kill_group(proc.pid)  # the stubs are in Triton's group; none may outlive it
+        if self._watchdog is not None:
+            self._watchdog.dismiss()
+            self._watchdog = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

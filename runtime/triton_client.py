@@ -8,8 +8,17 @@
 * Padding follows the served flavor, read from the model config (`guardrt_flavor`): the python flavor takes each
   row unpadded-to-its-own-length (the model re-pads ragged batches), native onnxruntime / tensorrt flavors get each
   sequence padded to the spec's length bucket so Triton can batch same shapes.
-* Every call has a deadline (`timeout_s`); UNAVAILABLE is retried with exponential backoff (`retries`,
-  `backoff_s`); errors are `ServerError` with one clear line (server down naming the URL, model not ready, deadline
+* Requests are sized to the deadline (`request_flow`): one request carries at most `max_request_tokens` tokens
+  (default: the spec's max_length, so no request holds more work than one full-length row) and at most
+  max_batch_size rows; a call that needs several requests keeps at most `max_in_flight` of them (default 16) and
+  `max_in_flight_tokens` tokens (default: max_length) in flight. A request then needs at most about two full-length
+  rows of server time, so long inputs finish under the same deadline as short ones, however many there are.
+* `timeout_s` (default 30 s) is the end-to-end deadline of one request: every attempt, the backoff between them and
+  the time queued in Triton (sent as the request's queue timeout, which the generated configs allow) fit in it.
+  UNAVAILABLE (server starting, queue full) and RESOURCE_EXHAUSTED are retried `retries` times with exponential
+  backoff (`backoff_s`, doubled per attempt up to `max_backoff_s`, jittered: each wait is drawn from [d/2, d] so
+  clients refused together do not come back together).
+* Errors are `ServerError` with one clear line (server down naming the URL, overloaded, model not ready, deadline
   exceeded, Triton's reason for a refused request) or `InputError` (input too large, empty batch, bad payload).
 
 Imports neither torch nor transformers; tritonclient comes from the `client` extra.
@@ -18,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +36,27 @@ import numpy as np
 
 from guardrt.runtime.errors import GuardrtError, InputError, ServerError, require
 from guardrt.runtime.postprocess import postprocess
-from guardrt.runtime.preprocess import build_preprocessor, pad_batch
+from guardrt.runtime.preprocess import build_preprocessor
+from guardrt.runtime.request_flow import (
+    DEFAULT_MAX_IN_FLIGHT,
+    QUEUE_FULL,
+    QUEUE_TIMEOUT,
+    InFlightLimit,
+    Request,
+    RetryPolicy,
+    one_row_requests,
+    plan_requests,
+)
 from guardrt.runtime.runner import BaseRunner
 from guardrt.runtime.specs import ModelSpec, get_spec
+from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S
 
-__all__ = ["TritonClassifier", "AsyncTritonClassifier", "DEFAULT_URL"]
+__all__ = ["TritonClassifier", "AsyncTritonClassifier", "DEFAULT_URL", "DEFAULT_MAX_IN_FLIGHT"]
 
 DEFAULT_URL = "127.0.0.1:8001"
 RAGGED_FLAVORS = ("python",)
-_RETRYABLE = ("StatusCode.UNAVAILABLE",)
+# Errors about the request itself (not the server's state): another request in the same call may still succeed.
+_REQUEST_ERRORS = ("StatusCode.INVALID_ARGUMENT", "StatusCode.INTERNAL")
 
 
 def _status(exc: Exception) -> str:
@@ -49,7 +71,7 @@ def _message(exc: Exception) -> str:
 
 
 class _ClassifierBase:
-    """Request building and result handling shared by the sync and asyncio clients (no I/O here)."""
+    """Request building, retry policy and result handling shared by the sync and asyncio clients (no I/O here)."""
 
     def __init__(
         self,
@@ -60,41 +82,63 @@ class _ClassifierBase:
         task_description: str | None = None,
         preprocessor=None,
         model_name: str | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         retries: int = 3,
         backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_request_tokens: int | None = None,
+        max_in_flight_tokens: int | None = None,
         flavor: str | None = None,
         threshold: float | None = None,
+        seed: int | None = None,
     ):
         self.spec = get_spec(spec) if isinstance(spec, str) else spec
         self.url = url
         self.model_name = model_name or self.spec.name
-        self.timeout_s = timeout_s
-        self.retries = max(0, int(retries))
-        self.backoff_s = backoff_s
+        if not timeout_s or timeout_s <= 0:
+            raise InputError(f"timeout_s must be > 0, got {timeout_s}")
+        self.timeout_s = float(timeout_s)
+        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s, seed)
+        if max_in_flight < 1:
+            raise InputError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.max_in_flight = int(max_in_flight)
+        self.max_request_tokens = int(max_request_tokens or self.spec.max_length)
+        self.max_in_flight_tokens = int(max_in_flight_tokens or self.spec.max_length)
         self.flavor = flavor  # None: read from the served model's config on first use
         self.threshold = threshold  # None: the card's (threshold specs)
         self._input_dtypes: dict[str, str] = {}  # from the model config; INT64 (the graph contract) by default
-        self.retried = 0  # UNAVAILABLE retries so far (diagnostics)
+        self.retried = 0  # retries so far (diagnostics)
+        self.last_in_flight: InFlightLimit | None = None  # admission state of the last multi-request call (tests)
         if preprocessor is None and tokenizer_dir is not None:
             preprocessor = build_preprocessor(self.spec, tokenizer_dir, task_description)
         self.preprocessor = preprocessor
         self._grpc = require("tritonclient.grpc", "client")
         self._utils = require("tritonclient.utils", "client")
 
-    # -- errors -----------------------------------------------------------------------------------------------------
-    def _server_error(self, exc: Exception, what: str) -> ServerError:
-        status, msg = _status(exc), _message(exc)
-        if status in _RETRYABLE:
-            return ServerError(f"Triton server at {self.url} is not reachable ({what}: {msg}); is `guardrt serve` running?")
-        if status == "StatusCode.DEADLINE_EXCEEDED":
-            return ServerError(f"{what} on {self.url} exceeded its {self.timeout_s:g}s deadline")
-        if "unknown model" in msg.lower() or "not found" in msg.lower():
-            return ServerError(f"model '{self.model_name}' is not served at {self.url}: {msg}")
-        return ServerError(f"{what} on {self.url} failed: {msg}")
+    # -- retries and errors -----------------------------------------------------------------------------------------
+    def _deadline_error(self, what: str) -> ServerError:
+        err = ServerError(f"{what} on {self.url} exceeded its {self.timeout_s:g}s deadline (end to end, retries "
+                          "included; a slow model or host needs a longer timeout_s / --timeout)")
+        err.status = "StatusCode.DEADLINE_EXCEEDED"
+        return err
 
-    def _retry_delay(self, attempt: int) -> float:
-        return self.backoff_s * (2 ** attempt)
+    def _server_error(self, exc: Exception, what: str, attempts: int = 1) -> ServerError:
+        status, msg = _status(exc), _message(exc)
+        tried = f" (after {attempts} attempts)" if attempts > 1 else ""
+        if status == "StatusCode.DEADLINE_EXCEEDED" or QUEUE_TIMEOUT in msg.lower():
+            return self._deadline_error(what)
+        if QUEUE_FULL in msg.lower() or status == "StatusCode.RESOURCE_EXHAUSTED":
+            err = ServerError(f"{what} on {self.url}: server overloaded, request refused: {msg}{tried}")
+        elif status == "StatusCode.UNAVAILABLE":
+            err = ServerError(f"Triton server at {self.url} is not reachable ({what}: {msg}){tried}; "
+                              "is `guardrt serve` running?")
+        elif "unknown model" in msg.lower() or "not found" in msg.lower():
+            err = ServerError(f"model '{self.model_name}' is not served at {self.url}: {msg}")
+        else:
+            err = ServerError(f"{what} on {self.url} failed: {msg}")
+        err.status = status
+        return err
 
     # -- request building ---------------------------------------------------------------------------------------------
     def _flavor_from_config(self, config) -> str:
@@ -114,37 +158,24 @@ class _ClassifierBase:
         ragged = all(i.allow_ragged_batch for i in config.input)
         return "python" if ragged else config.platform or config.backend
 
+    def _item_problem(self, seq: Sequence[int]) -> str | None:
+        if len(seq) == 0:
+            return "empty token sequence"
+        if len(seq) > self.spec.max_length:
+            return f"input too large: {len(seq)} tokens exceed {self.spec.name} max_length {self.spec.max_length}"
+        return None
+
     def _check_ids(self, sequences: Sequence[Sequence[int]]) -> None:
         if len(sequences) == 0:
             raise InputError("empty batch: at least one sequence is needed")
         for i, seq in enumerate(sequences):
-            if len(seq) == 0:
-                raise InputError(f"item {i}: empty token sequence")
-            if len(seq) > self.spec.max_length:
-                raise InputError(
-                    f"item {i}: input too large: {len(seq)} tokens exceed {self.spec.name} max_length {self.spec.max_length}"
-                )
+            problem = self._item_problem(seq)
+            if problem:
+                raise InputError(f"item {i}: {problem}")
 
-    def _chunks(self, sequences: Sequence[Sequence[int]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
-        """[(row indices, input_ids, attention_mask)] requests covering `sequences` (max_batch_size rows each)."""
-        cap = self.spec.max_batch_size
-        if self.flavor in RAGGED_FLAVORS:
-            groups = [list(range(i, min(i + cap, len(sequences)))) for i in range(0, len(sequences), cap)]
-            widths = [None] * len(groups)
-        else:  # native backends: one request per length bucket, every row padded to the bucket
-            by_bucket: dict[int, list[int]] = {}
-            for i, seq in enumerate(sequences):
-                by_bucket.setdefault(self.spec.bucket_for(len(seq)), []).append(i)
-            groups, widths = [], []
-            for bucket, rows in sorted(by_bucket.items()):
-                for j in range(0, len(rows), cap):
-                    groups.append(rows[j:j + cap])
-                    widths.append(bucket)
-        out = []
-        for rows, width in zip(groups, widths):
-            ids, mask = pad_batch([sequences[i] for i in rows], self.spec.pad_token_id, self.spec.padding_side, width)
-            out.append((rows, ids, mask))
-        return out
+    def _chunks(self, sequences: Sequence[Sequence[int]]) -> list[Request]:
+        """The requests covering `sequences` (request_flow.plan_requests for the served flavor)."""
+        return plan_requests(sequences, self.spec, self.flavor in RAGGED_FLAVORS, self.max_request_tokens)
 
     def _inputs(self, ids: np.ndarray, mask: np.ndarray) -> list:
         inputs = []
@@ -189,9 +220,43 @@ class _ClassifierBase:
                 out.append(postprocess(self.spec, logits_by_item[i][None, :], self.threshold)[0])
         return out
 
+    def _batch_items(self, payloads: Sequence[Any]) -> tuple[list, list, list[int]]:
+        """(token ids or None, error or None, indices of the good items) of a classify_batch call."""
+        if len(payloads) == 0:
+            raise InputError("empty batch: at least one item is needed")
+        ids, errors = self._encode_items(payloads)
+        for i, seq in enumerate(ids):
+            problem = None if errors[i] else self._item_problem(seq)
+            if problem:
+                ids[i], errors[i] = None, f"item {i}: {problem}"
+        return ids, errors, [i for i in range(len(ids)) if not errors[i]]
+
+    def _one_row_chunks(self, sequences: Sequence[Sequence[int]], rows) -> list[Request]:
+        return one_row_requests(sequences, rows, self.spec, self.flavor in RAGGED_FLAVORS)
+
+    @staticmethod
+    def _collect(good: list[int], chunks: list[Request], outcomes: list, split: bool = True):
+        """({item: logits}, {item: error}, [rows to re-send alone]) from the outcomes of a classify_batch call's
+        requests. With `split`, a request of several items refused for its content (not for the server's state)
+        is not failed but listed for re-sending one by one."""
+        logits: dict[int, np.ndarray] = {}
+        failures: dict[int, str] = {}
+        alone: list[int] = []
+        for chunk, (got, err) in zip(chunks, outcomes):
+            if err is None:
+                logits.update({good[r]: got[k] for k, r in enumerate(chunk.rows)})
+            elif split and len(chunk.rows) > 1 and getattr(err, "status", "") in _REQUEST_ERRORS:
+                alone.extend(chunk.rows)
+            else:
+                failures.update({good[r]: str(err) for r in chunk.rows})
+        return logits, failures, alone
+
 
 class TritonClassifier(_ClassifierBase, BaseRunner):
-    """Synchronous client (see module docstring). A context manager; `close()` releases the channel."""
+    """Synchronous client (see module docstring). A context manager; `close()` releases the channel.
+
+    A call that needs several requests sends them from a small thread pool (the gRPC client is thread-safe), within
+    the in-flight bounds."""
 
     def __init__(self, url: str = DEFAULT_URL, spec: ModelSpec | str = "rejection", tokenizer_dir=None, **kwargs):
         super().__init__(url, spec, tokenizer_dir, **kwargs)
@@ -200,16 +265,46 @@ class TritonClassifier(_ClassifierBase, BaseRunner):
         except Exception as exc:
             raise ServerError(f"cannot connect to {url}: {exc}") from None
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        for attempt in range(self.retries + 1):
+    def _call(self, what: str, fn, *args, queue_timeout: bool = False, **kwargs):
+        """fn(*args, **kwargs) within one end-to-end deadline of `timeout_s`, retrying what is retryable."""
+        end = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            limits = self.retry.attempt_limits(end, queue_timeout)
+            if limits is None:
+                raise self._deadline_error(what)
             try:
-                return fn(*args, client_timeout=self.timeout_s, **kwargs)
+                return fn(*args, **limits, **kwargs)
             except self._utils.InferenceServerException as exc:
-                if _status(exc) in _RETRYABLE and attempt < self.retries:
-                    self.retried += 1
-                    time.sleep(self._retry_delay(attempt))
-                    continue
-                raise self._server_error(exc, what) from None
+                delay = self.retry.next_delay(_status(exc), _message(exc), attempt, end)
+                if delay is None:
+                    raise self._server_error(exc, what, attempt + 1) from None
+                attempt += 1
+                self.retried += 1
+                time.sleep(delay)
+
+    def _bounded(self, chunks: list[Request], run: Callable[[Request], Any], stop_on_error: bool = False) -> list:
+        """[(result, None) | (None, GuardrtError) | None] per chunk: run(chunk) for each, within the in-flight
+        bounds. With `stop_on_error` no chunk starts after a failure (those stay None)."""
+        if len(chunks) == 1:
+            return [_outcome(run, chunks[0])]
+        flight = self.last_in_flight = InFlightLimit(self.max_in_flight, self.max_in_flight_tokens)
+        outcomes: list = [None] * len(chunks)
+        with ThreadPoolExecutor(max_workers=min(self.max_in_flight, len(chunks))) as pool:
+            running: dict = {}
+            nxt, failed = 0, False
+            while running or (nxt < len(chunks) and not failed):
+                while nxt < len(chunks) and not failed and flight.admits(chunks[nxt].tokens):
+                    flight.take(chunks[nxt].tokens)
+                    running[pool.submit(_outcome, run, chunks[nxt])] = nxt
+                    nxt += 1
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    k = running.pop(fut)
+                    flight.give(chunks[k].tokens)
+                    outcomes[k] = fut.result()
+                    failed = failed or (stop_on_error and outcomes[k][1] is not None)
+        return outcomes
 
     # -- readiness ----------------------------------------------------------------------------------------------------
     def check_ready(self) -> None:
@@ -238,19 +333,27 @@ class TritonClassifier(_ClassifierBase, BaseRunner):
 
     # -- inference ----------------------------------------------------------------------------------------------------
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Send the feeds as they are (input_ids, attention_mask [B, L]); {"logits": [B, num_labels]}."""
+        """Send the feeds as they are (input_ids, attention_mask [B, L]) as one request; {"logits": [B, C]}."""
         ids, mask = (np.asarray(feeds[n]) for n in self.spec.input_names)
-        result = self._call("inference", self.client.infer, self.model_name, self._inputs(ids, mask))
+        result = self._call("inference", self.client.infer, self.model_name, self._inputs(ids, mask),
+                            queue_timeout=True)
         return {name: result.as_numpy(name) for name in self.spec.output_names}
 
+    def _infer_chunk(self, chunk: Request) -> np.ndarray:
+        return self.infer({"input_ids": chunk.ids, "attention_mask": chunk.mask})[self.spec.output_names[0]]
+
     def logits_for_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-        """Logits [N, num_labels] for token-id sequences, in order; InputError for an empty or too large input."""
+        """Logits [N, num_labels] for token-id sequences, in order; InputError for an empty or too large input,
+        ServerError (the first failure) when a request fails."""
         self._check_ids(sequences)
         if self.flavor is None:
             self.check_ready()
+        chunks = self._chunks(sequences)
+        outcomes = self._bounded(chunks, self._infer_chunk, stop_on_error=True)
+        _raise_first(outcomes)
         out = np.empty((len(sequences), len(self.spec.labels)), dtype=np.float32)
-        for rows, ids, mask in self._chunks(sequences):
-            out[rows] = self.infer({"input_ids": ids, "attention_mask": mask})[self.spec.output_names[0]]
+        for chunk, (logits, _) in zip(chunks, outcomes):
+            out[chunk.rows] = logits
         return out
 
     def classify_ids(self, sequences: Sequence[Sequence[int]]) -> list[dict]:
@@ -265,24 +368,20 @@ class TritonClassifier(_ClassifierBase, BaseRunner):
         return self.classify_ids([self._encode_one(text)])[0]
 
     def classify_batch(self, payloads: Sequence[Any]) -> list[dict]:
-        """One result per payload, in order; a bad payload (or a failed request) gives {"error": "item i: ..."}."""
-        if len(payloads) == 0:
-            raise InputError("empty batch: at least one item is needed")
-        ids, errors = self._encode_items(payloads)
-        good = [i for i in range(len(ids)) if not errors[i]]
-        logits: dict[int, np.ndarray] = {}
-        failures: dict[int, str] = {}
-        if good:
-            if self.flavor is None:
-                self.check_ready()
-            for rows, batch_ids, mask in self._chunks([ids[i] for i in good]):
-                items = [good[r] for r in rows]
-                try:
-                    got = self.infer({"input_ids": batch_ids, "attention_mask": mask})[self.spec.output_names[0]]
-                except ServerError as exc:
-                    failures.update({i: str(exc) for i in items})
-                    continue
-                logits.update({i: got[k] for k, i in enumerate(items)})
+        """One result per payload, in order; a bad payload (or a failed request) gives {"error": "item i: ..."}.
+        When a request of several items is refused for its content, its items are re-sent one by one, so only
+        the item at fault gets the error."""
+        ids, errors, good = self._batch_items(payloads)
+        if good and self.flavor is None:
+            self.check_ready()
+        seqs = [ids[i] for i in good]
+        chunks = self._chunks(seqs)
+        logits, failures, alone = self._collect(good, chunks, self._bounded(chunks, self._infer_chunk))
+        if alone:
+            singles = self._one_row_chunks(seqs, alone)
+            more, failures2, _ = self._collect(good, singles, self._bounded(singles, self._infer_chunk), split=False)
+            logits.update(more)
+            failures.update(failures2)
         return self._results(ids, errors, logits, failures)
 
     def statistics(self) -> dict:
@@ -323,16 +422,43 @@ class AsyncTritonClassifier(_ClassifierBase):
             self._ready_lock = None
         return self._client
 
-    async def _call(self, what: str, fn, *args, **kwargs):
-        for attempt in range(self.retries + 1):
+    async def _call(self, what: str, fn, *args, queue_timeout: bool = False, **kwargs):
+        end = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            limits = self.retry.attempt_limits(end, queue_timeout)
+            if limits is None:
+                raise self._deadline_error(what)
             try:
-                return await fn(*args, client_timeout=self.timeout_s, **kwargs)
+                return await fn(*args, **limits, **kwargs)
             except self._utils.InferenceServerException as exc:
-                if _status(exc) in _RETRYABLE and attempt < self.retries:
-                    self.retried += 1
-                    await asyncio.sleep(self._retry_delay(attempt))
-                    continue
-                raise self._server_error(exc, what) from None
+                delay = self.retry.next_delay(_status(exc), _message(exc), attempt, end)
+                if delay is None:
+                    raise self._server_error(exc, what, attempt + 1) from None
+                attempt += 1
+                self.retried += 1
+                await asyncio.sleep(delay)
+
+    async def _bounded(self, chunks: list[Request], run, stop_on_error: bool = False) -> list:
+        """As TritonClassifier._bounded, with tasks in this event loop."""
+        if len(chunks) == 1:
+            return [await _outcome_async(run, chunks[0])]
+        flight = self.last_in_flight = InFlightLimit(self.max_in_flight, self.max_in_flight_tokens)
+        outcomes: list = [None] * len(chunks)
+        running: dict = {}
+        nxt, failed = 0, False
+        while running or (nxt < len(chunks) and not failed):
+            while nxt < len(chunks) and not failed and flight.admits(chunks[nxt].tokens):
+                flight.take(chunks[nxt].tokens)
+                running[asyncio.ensure_future(_outcome_async(run, chunks[nxt]))] = nxt
+                nxt += 1
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                k = running.pop(task)
+                flight.give(chunks[k].tokens)
+                outcomes[k] = task.result()
+                failed = failed or (stop_on_error and outcomes[k][1] is not None)
+        return outcomes
 
     async def check_ready(self) -> None:
         if not await self._call("health check", self.client.is_server_live):
@@ -357,17 +483,22 @@ class AsyncTritonClassifier(_ClassifierBase):
 
     async def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, mask = (np.asarray(feeds[n]) for n in self.spec.input_names)
-        result = await self._call("inference", self.client.infer, self.model_name, self._inputs(ids, mask))
+        result = await self._call("inference", self.client.infer, self.model_name, self._inputs(ids, mask),
+                                  queue_timeout=True)
         return {name: result.as_numpy(name) for name in self.spec.output_names}
+
+    async def _infer_chunk(self, chunk: Request) -> np.ndarray:
+        return (await self.infer({"input_ids": chunk.ids, "attention_mask": chunk.mask}))[self.spec.output_names[0]]
 
     async def logits_for_ids(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         self._check_ids(sequences)
         await self._ensure_flavor()
         chunks = self._chunks(sequences)
-        got = await asyncio.gather(*(self.infer({"input_ids": i, "attention_mask": m}) for _, i, m in chunks))
+        outcomes = await self._bounded(chunks, self._infer_chunk, stop_on_error=True)
+        _raise_first(outcomes)
         out = np.empty((len(sequences), len(self.spec.labels)), dtype=np.float32)
-        for (rows, _, _), res in zip(chunks, got):
-            out[rows] = res[self.spec.output_names[0]]
+        for chunk, (logits, _) in zip(chunks, outcomes):
+            out[chunk.rows] = logits
         return out
 
     async def classify_ids(self, sequences: Sequence[Sequence[int]]) -> list[dict]:
@@ -380,26 +511,14 @@ class AsyncTritonClassifier(_ClassifierBase):
         return (await self.classify_ids([self._encode_one(text)]))[0]
 
     async def classify_batch(self, payloads: Sequence[Any]) -> list[dict]:
-        """Each good payload is its own request, sent concurrently (Triton's dynamic batcher gathers them)."""
-        if len(payloads) == 0:
-            raise InputError("empty batch: at least one item is needed")
-        ids, errors = self._encode_items(payloads)
-        good = [i for i in range(len(ids)) if not errors[i]]
+        """Each good payload is its own request (Triton's dynamic batcher gathers them), at most `max_in_flight`
+        requests and `max_in_flight_tokens` tokens in flight; a failed request fails only its own item."""
+        ids, errors, good = self._batch_items(payloads)
         if good:
             await self._ensure_flavor()
-
-        async def one(i: int):
-            try:
-                return i, (await self.logits_for_ids([ids[i]]))[0], None
-            except GuardrtError as exc:
-                return i, None, str(exc)
-
-        logits, failures = {}, {}
-        for i, row, err in await asyncio.gather(*(one(i) for i in good)):
-            if err is None:
-                logits[i] = row
-            else:
-                failures[i] = err
+        seqs = [ids[i] for i in good]
+        chunks = self._one_row_chunks(seqs, range(len(good)))
+        logits, failures, _ = self._collect(good, chunks, await self._bounded(chunks, self._infer_chunk), split=False)
         return self._results(ids, errors, logits, failures)
 
     async def statistics(self) -> dict:
@@ -416,3 +535,23 @@ class AsyncTritonClassifier(_ClassifierBase):
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+def _outcome(run, chunk):
+    try:
+        return run(chunk), None
+    except GuardrtError as exc:
+        return None, exc
+
+
+async def _outcome_async(run, chunk):
+    try:
+        return await run(chunk), None
+    except GuardrtError as exc:
+        return None, exc
+
+
+def _raise_first(outcomes: list) -> None:
+    for outcome in outcomes:
+        if outcome is not None and outcome[1] is not None:
+            raise outcome[1]

@@ -10,6 +10,9 @@ Flavors:
   backends (in NVIDIA's Triton container). They batch only same-shape requests, so the client pads each sequence to
   the spec's length bucket (`ModelSpec.bucket_for`).
 
+Every flavor's dynamic batcher carries a queue policy derived from the spec (`queue_policy`): a bounded queue, a
+default queue timeout that rejects, and per-request timeout overrides (the guardrt client sends its deadline).
+
 Every generated config is checked by parsing it with Triton's own ModelConfig protobuf (shipped in tritonclient).
 The config `parameters` carry `guardrt_spec` and `guardrt_flavor`, which the client reads to pick its padding.
 """
@@ -32,6 +35,7 @@ __all__ = [
     "onnxruntime_config",
     "parse_config",
     "python_config",
+    "queue_policy",
     "tensorrt_config",
     "write_default_configs",
     "write_model",
@@ -58,13 +62,52 @@ def _io_block(spec: ModelSpec, input_type: str, ragged: bool) -> str:
     return f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
 
 
-def _batching_block(spec: ModelSpec, max_queue_delay_us: int | None) -> str:
+# -- overload and deadlines -----------------------------------------------------------------------------------------
+# The default end-to-end deadline of one guardrt client request (retries included; triton_client uses it). A request
+# carries at most max_length tokens and waits behind less than max_length tokens of its caller's other requests (the
+# client's in-flight bounds): about two full-length rows of work at most, so one default fits every spec whose
+# full-length row runs in a few seconds (the tiny demos: ~1.5 s at 4,088 tokens; a bigger model needs more).
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# A full queue holds this many full batches: enough to keep an instance fed while the next batch forms, few enough
+# that a request at the back waits a few executions, not minutes. Past it Triton refuses at once (UNAVAILABLE,
+# "Exceeds maximum queue size") and the guardrt client backs off (jittered) and retries.
+QUEUED_BATCHES = 4
+
+
+def queue_policy(spec: ModelSpec) -> dict[str, object]:
+    """Triton's `default_queue_policy` for a spec's dynamic batcher, derived from the spec.
+
+    * `max_queue_size` = QUEUED_BATCHES x max_batch_size requests: bounded memory and wait under overload.
+    * `default_timeout_microseconds` = DEFAULT_REQUEST_TIMEOUT_S: a request still queued after the guardrt client's
+      default deadline has been given up by its caller, so it is rejected (`timeout_action: REJECT`) instead of
+      computed. `allow_timeout_override: true` lets every request carry its own timeout: guardrt's client sends
+      the time left of its end-to-end deadline, so the server drops exactly the requests nobody waits for.
+    """
+    return {
+        "max_queue_size": QUEUED_BATCHES * spec.max_batch_size,
+        "timeout_action": "REJECT",
+        "default_timeout_microseconds": int(DEFAULT_REQUEST_TIMEOUT_S * 1_000_000),
+        "allow_timeout_override": True,
+    }
+
+
+def _batching_block(spec: ModelSpec, max_queue_delay_us: int | None, *, max_queue_size: int | None = None,
+                    queue_timeout_us: int | None = None) -> str:
+    """`dynamic_batching` with the spec's preferred sizes and queue delay and its queue policy (`queue_policy`);
+    `max_queue_size` / `queue_timeout_us` override the derived values."""
     sizes = [s for s in spec.preferred_batch_sizes if s <= spec.max_batch_size]
     delay = spec.max_queue_delay_us if max_queue_delay_us is None else max_queue_delay_us
+    policy = queue_policy(spec)
+    if max_queue_size is not None:
+        policy["max_queue_size"] = int(max_queue_size)
+    if queue_timeout_us is not None:
+        policy["default_timeout_microseconds"] = int(queue_timeout_us)
+    fields = "".join(f"    {k}: {str(v).lower() if isinstance(v, bool) else v}\n" for k, v in policy.items())
     return (
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(str(s) for s in sizes)} ]\n"
         f"  max_queue_delay_microseconds: {int(delay)}\n"
+        f"  default_queue_policy {{\n{fields}  }}\n"
         "}\n"
     )
 
@@ -93,12 +136,17 @@ def python_config(
     max_queue_delay_us: int | None = None,
     onnx_file: str = "model.onnx",
     trt_cache_dir: str | None = None,
+    dynamic_batching: bool = True,
+    max_queue_size: int | None = None,
+    queue_timeout_us: int | None = None,
 ) -> str:
     """config.pbtxt for the python backend running ONNX Runtime (ragged dynamic batching, padding in the model).
 
     GPU providers: the provider list with its options (`ort_providers.python_backend_providers`: the spec's
     TensorRT profile, precision flags, engine cache in `trt_cache_dir`, default /tmp/guardrt-trt-cache/<name>) goes
-    into the `ort_providers` parameter. int8-dynamic with the TensorRT provider is refused."""
+    into the `ort_providers` parameter. int8-dynamic with the TensorRT provider is refused.
+    `dynamic_batching=False` leaves the batcher out (one request = one execution, no queue policy: a baseline for
+    benchmarks); `max_queue_size` / `queue_timeout_us` override the spec-derived queue policy (`queue_policy`)."""
     from guardrt.runtime.ort_providers import python_backend_providers
 
     spec = get_spec(spec) if isinstance(spec, str) else spec
@@ -124,7 +172,8 @@ def python_config(
     return (
         _header(spec, name, 'backend: "python"')
         + _io_block(spec, "TYPE_INT64", ragged=True)
-        + _batching_block(spec, max_queue_delay_us)
+        + (_batching_block(spec, max_queue_delay_us, max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us)
+           if dynamic_batching else "")
         + f"instance_group [\n  {{ count: {int(instance_count)} kind: {kind} }}\n]\n"
         + _parameters_block(params)
     )

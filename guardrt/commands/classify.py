@@ -20,6 +20,8 @@ HELP = ("classify JSON lines of dialogues or texts with an exported model (in-pr
 
 def add_arguments(p) -> None:
     from guardrt.runtime.specs import spec_names
+    from guardrt.runtime.triton_client import DEFAULT_MAX_IN_FLIGHT  # tritonclient itself is imported on use
+    from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S
 
     p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names())})")
     p.add_argument("--model", help="export directory written by `guardrt export` (in-process classification)")
@@ -34,7 +36,12 @@ def add_arguments(p) -> None:
     p.add_argument("--url", help="Triton gRPC address (e.g. 127.0.0.1:8001): classify over gRPC instead of "
                                  "in-process; the tokenizer comes from --tokenizer (or --model)")
     p.add_argument("--model-name", help="--url: Triton model name (default: the spec name)")
-    p.add_argument("--timeout", type=float, default=30.0, help="--url: deadline per request in seconds (default: 30)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                   help="--url: deadline of each request in seconds, end to end, retries included (default: "
+                        f"{DEFAULT_REQUEST_TIMEOUT_S:g}). Requests hold at most max_length tokens each and less than "
+                        "max_length tokens more are in flight, so long inputs need no longer deadline")
+    p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                   help=f"--url: requests in flight at once (default: {DEFAULT_MAX_IN_FLIGHT})")
 
 
 def _classifier_in_process(args, spec, task_description):
@@ -56,7 +63,8 @@ def _classifier_triton(args, spec, task_description):
     if not tokenizer:
         raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
     client = TritonClassifier(args.url, spec, tokenizer, task_description=task_description,
-                              model_name=args.model_name, timeout_s=args.timeout, threshold=args.threshold)
+                              model_name=args.model_name, timeout_s=args.timeout, threshold=args.threshold,
+                              max_in_flight=args.max_in_flight)
     try:
         client.check_ready()  # server down / model not ready: one line before reading any input
     except GuardrtError:

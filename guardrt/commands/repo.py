@@ -25,6 +25,10 @@ def add_arguments(p) -> None:
                    help="execution providers: python flavor ORT providers; for onnxruntime, cpu means KIND_CPU")
     p.add_argument("--intra-op-threads", type=int, default=0, help="python flavor: ORT intra-op threads (0: default)")
     p.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay (default: the spec's)")
+    p.add_argument("--max-queue-size", type=int,
+                   help="python flavor: queued requests before Triton refuses more (default: 4 x max_batch_size)")
+    p.add_argument("--queue-timeout-us", type=int,
+                   help="python flavor: queue timeout of a request that sets none (default: 30 s)")
     p.add_argument("--plan", help="tensorrt flavor: the engine file (model.plan) to place in the repository")
 
 
@@ -41,6 +45,10 @@ def run(args) -> int:
         options["max_queue_delay_us"] = args.max_queue_delay_us
     if args.flavor == "python":
         options["intra_op_threads"] = args.intra_op_threads
+        options["max_queue_size"] = args.max_queue_size
+        options["queue_timeout_us"] = args.queue_timeout_us
+    elif args.max_queue_size is not None or args.queue_timeout_us is not None:
+        raise InputError("--max-queue-size / --queue-timeout-us apply to the python flavor")
     path = write_model(
         args.out,
         spec=args.spec,

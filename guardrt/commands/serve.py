@@ -1,7 +1,8 @@
 """`guardrt serve`: run the real tritonserver (from the nvidia-pytriton wheel) on a guardrt model repository.
 
 Binds 127.0.0.1 unless --host says otherwise, waits until every model is ready, prints the endpoints, and stops
-Triton cleanly on SIGINT / SIGTERM.
+Triton cleanly on SIGINT / SIGTERM - during startup too, at once (no wait for readiness). Triton and its python
+stubs never outlive this process, even when it is killed (see guardrt.runtime.process_guard).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def run(args) -> int:
     import sys
     import threading
 
-    from guardrt.runtime.server import TritonServer
+    from guardrt.runtime.server import StartupCancelled, TritonServer
 
     server = TritonServer(
         args.repo,
@@ -48,7 +49,12 @@ def run(args) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
+        try:
+            server.start(cancel=stop)
+        except StartupCancelled:
+            print(f"guardrt serve: {signal.Signals(received[0]).name} received during startup, Triton stopped",
+                  flush=True)
+            return 0
         http = f", HTTP {args.host}:{args.http_port}" if args.http_port else ""
         metrics = f", metrics {args.host}:{args.metrics_port}" if args.metrics_port else ""
         print(f"guardrt serve: ready in {server.start_seconds:.1f}s: gRPC {server.grpc_url}{http}{metrics} "

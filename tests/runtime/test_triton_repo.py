@@ -51,6 +51,25 @@ def test_every_flavor_config_parses_with_tritons_protobuf(spec_name, flavor):
         assert cfg.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[flavor]
 
 
+def test_queue_policy_is_derived_from_the_spec():
+    """Every generated config bounds its queue and rejects requests queued past a timeout that requests may override
+    (guardrt's client sends what is left of its deadline)."""
+    from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S, QUEUED_BATCHES, queue_policy
+
+    for spec_name in spec_names():
+        spec = get_spec(spec_name)
+        assert queue_policy(spec)["max_queue_size"] == QUEUED_BATCHES * spec.max_batch_size
+        for flavor in FLAVORS:
+            policy = parse_config(config_text(spec_name, flavor)).dynamic_batching.default_queue_policy
+            assert policy.max_queue_size == QUEUED_BATCHES * spec.max_batch_size
+            assert policy.timeout_action == policy.REJECT and policy.allow_timeout_override
+            assert policy.default_timeout_microseconds == int(DEFAULT_REQUEST_TIMEOUT_S * 1e6)
+    custom = parse_config(config_text("rejection", "python", max_queue_size=1, queue_timeout_us=5000))
+    assert custom.dynamic_batching.default_queue_policy.max_queue_size == 1
+    assert custom.dynamic_batching.default_queue_policy.default_timeout_microseconds == 5000
+    assert not parse_config(config_text("rejection", "python", dynamic_batching=False)).HasField("dynamic_batching")
+
+
 def test_invalid_config_text_is_a_clear_error():
     with pytest.raises(ModelFilesError, match="invalid Triton model config"):
         parse_config('name: "x"\nmax_batch_size: "sixteen"\n')
@@ -223,6 +242,24 @@ def test_binary_missing_names_the_serve_extra(monkeypatch):
         server.find_triton_install()
 
 
+def test_triton_tests_fail_under_ci_when_the_binary_is_missing(monkeypatch):
+    """tests/triton skip without tritonserver on a developer machine, but CI=true turns that into a failure."""
+    from guardrt.runtime import server
+    from tests.triton.binary import triton_install_or_skip
+
+    def missing():
+        raise MissingExtraError("the Triton server binary is not installed (nvidia-pytriton missing)")
+
+    monkeypatch.setattr(server, "find_triton_install", missing)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        triton_install_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="^CI=true but the Triton tests cannot run: .*not installed") as err:
+        triton_install_or_skip()
+    assert "\n" not in str(err.value) and not err.value.pytrace
+
+
 def test_port_in_use_is_refused_before_starting(tmp_path):
     import socket
 
@@ -256,20 +293,20 @@ def test_client_pads_to_buckets_for_native_flavors_and_ragged_for_python():
     client = TritonClassifier("127.0.0.1:1", "rejection", flavor="onnxruntime")
     seqs = [[0] + [5] * n + [2] for n in (3, 40, 3, 100)]
     chunks = client._chunks(seqs)
-    assert [ids.shape[1] for _, ids, _ in chunks] == [32, 64, 128]
-    assert sorted(i for rows, _, _ in chunks for i in rows) == [0, 1, 2, 3]
-    rows, ids, mask = chunks[0]
-    assert rows == [0, 2] and (ids[0, :5] == seqs[0]).all() and (ids[0, 5:] == spec.pad_token_id).all()
-    assert mask.sum() == 10
+    assert [c.ids.shape[1] for c in chunks] == [32, 64, 128]
+    assert sorted(i for c in chunks for i in c.rows) == [0, 1, 2, 3]
+    first = chunks[0]
+    assert first.rows == [0, 2] and (first.ids[0, :5] == seqs[0]).all()
+    assert (first.ids[0, 5:] == spec.pad_token_id).all() and first.mask.sum() == 10 and first.tokens == 64
     client.flavor = "python"
-    (rows, ids, mask), = client._chunks(seqs)
-    assert rows == [0, 1, 2, 3] and ids.shape == (4, 102)
+    (one,) = client._chunks(seqs)
+    assert one.rows == [0, 1, 2, 3] and one.ids.shape == (4, 102) and one.tokens == 5 + 42 + 5 + 102
     with pytest.raises(InputError, match="input too large"):
         client._check_ids([[1] * (spec.max_length + 1)])
     with pytest.raises(InputError, match="empty batch"):
         client._check_ids([])
     many = [[0, 5, 2]] * (spec.max_batch_size + 1)
-    assert [ids.shape[0] for _, ids, _ in client._chunks(many)] == [spec.max_batch_size, 1]
+    assert [c.ids.shape[0] for c in client._chunks(many)] == [spec.max_batch_size, 1]
     client.close()
 
 

@@ -9,14 +9,10 @@ SPECS = ("intent-safety", "rejection")
 
 @pytest.fixture(autouse=True, scope="session")
 def _triton_binary():
-    """Skip (with the reason) where the server binary is not installed; it is in the dev/serve extras."""
-    from guardrt.runtime.errors import MissingExtraError
-    from guardrt.runtime.server import find_triton_install
+    """The server binary (dev/serve extras): skip with the reason where it is missing, fail under CI=true."""
+    from .binary import triton_install_or_skip
 
-    try:
-        return find_triton_install()
-    except MissingExtraError as exc:
-        pytest.skip(str(exc))
+    return triton_install_or_skip()
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,61 @@ def test_classify_url_errors_are_one_line(triton_server, demo_exports):
                      '{"text": "fine"}\n{"text": 5}\n')
     assert proc.returncode == 2 and "line 2" in proc.stderr
     assert len(proc.stdout.splitlines()) == 1 and "label" in json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_long_inputs_finish_under_a_deadline_that_one_big_request_misses(triton_server, demo_exports):
+    """The issue's failure (40 dialogues of ~4,088 tokens: `classify --url` exceeded its 30 s deadline because 16
+    long rows went in one request) at a smaller scale, with the deadline scaled to this machine's speed: D = 3 x the
+    time of one long row. One request of all 6 rows (the old sizing) misses D; `guardrt classify --url --timeout D`
+    sizes requests to the deadline (<= max_length tokens each, < max_length more in flight) and completes."""
+    import time
+
+    import numpy as np
+
+    from guardrt.export.synthetic import long_payload
+    from guardrt.runtime.errors import ServerError
+    from guardrt.runtime.export_dir import load_export_dir
+    from guardrt.runtime.onnxrt import OnnxRunner
+    from guardrt.runtime.postprocess import postprocess
+    from guardrt.runtime.specs import get_spec
+    from guardrt.runtime.triton_client import TritonClassifier
+
+    spec = get_spec("intent-safety")
+    export = str(demo_exports[spec.name])
+    payloads = [long_payload(spec.name, seed=s) for s in range(6)]
+    url = triton_server.grpc_url
+    with TritonClassifier(url, spec, export) as client:
+        ids = [client.preprocessor.encode(p) for p in payloads]
+        assert min(len(s) for s in ids) >= spec.max_length - 16
+        times = []
+        for s in ids[:3]:  # the first one warms up
+            t = time.perf_counter()
+            client.logits_for_ids([s])
+            times.append(time.perf_counter() - t)
+        deadline = 3 * min(times[1:])
+    print(f"\none {len(ids[0])}-token row over gRPC: {min(times[1:]):.2f}s -> deadline {deadline:.2f}s")
+
+    lines = "".join(json.dumps({"turns": p}) + "\n" for p in payloads)
+    t = time.perf_counter()
+    proc = _classify(["--spec", spec.name, "--url", url, "--tokenizer", export, "--timeout", f"{deadline:.3f}"], lines)
+    print(f"guardrt classify --url --timeout {deadline:.2f}: exit {proc.returncode} in {time.perf_counter() - t:.1f}s")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(rows) == len(payloads)
+    with OnnxRunner(load_export_dir(export).model_path("fp32")) as runner:
+        ref = postprocess(spec, runner.infer({"input_ids": np.array([ids[-1]]),
+                                              "attention_mask": np.ones((1, len(ids[-1])), np.int64)})["logits"])
+    assert rows[-1]["label"] == ref[0]["label"] and abs(rows[-1]["prob_unsafe"] - ref[0]["prob_unsafe"]) < 1e-4
+
+    # The old sizing: up to max_batch_size rows per request, so all 6 long rows in one request.
+    with TritonClassifier(url, spec, timeout_s=deadline, retries=0, flavor="python",
+                          max_request_tokens=spec.max_batch_size * spec.max_length) as big:
+        before = int(big.statistics()["model_stats"][0].get("inference_count", 0))
+        with pytest.raises(ServerError, match="exceeded its .*s deadline"):
+            big.logits_for_ids(ids)
+        # The server still finishes the abandoned request; wait for it so later tests find the server idle.
+        for _ in range(600):
+            if int(big.statistics()["model_stats"][0].get("inference_count", 0)) - before >= len(ids):
+                break
+            time.sleep(0.2)

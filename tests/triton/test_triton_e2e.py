@@ -179,6 +179,12 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(triton_serve
                         "INT64", "byte size mismatch|batch"),
         "mismatched shapes": (dict(input_ids=ok, attention_mask=np.ones((1, 4), np.int64)), "INT64",
                               "attention_mask"),
+        # ONNX Runtime would fail the whole batch on this one...
+        "id past the vocabulary": (dict(input_ids=np.array([[0, 2000, 2]]), attention_mask=np.ones((1, 3), np.int64)),
+                                   "INT64", r"token id 2000 at position 1 is outside the vocabulary \[0, 2000\)"),
+        # ...and silently read this one as the last embedding row.
+        "negative id": (dict(input_ids=np.array([[0, -1, 2]]), attention_mask=np.ones((1, 3), np.int64)), "INT64",
+                        "token id -1 at position 1 is outside the vocabulary"),
     }
     for what, (arrays, dtype, pattern) in cases.items():
         with pytest.raises(InferenceServerException, match=pattern):

@@ -1,10 +1,12 @@
-"""The server launcher against the real binary: load failures show Triton's reason; `guardrt serve` stops cleanly."""
+"""The server launcher against the real binary: load failures show Triton's reason; `guardrt serve` stops cleanly,
+stops at once when signalled during startup, and never leaves Triton or its python stubs behind when it is killed."""
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,132 @@ def test_native_flavor_without_its_backend_names_the_missing_backend(tmp_path, d
         server.start()
     print("\n" + str(err.value))
     assert "\n" not in str(err.value)
+
+
+# -- shutdown: real processes, watched with psutil -------------------------------------------------------------------
+SLOW_MODEL = """
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(600)  # a model that takes minutes to load (a big checkpoint): the server is never ready
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def _slow_repo(root: Path) -> Path:
+    model = root / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'name: "slow"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "x" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+        'instance_group [ { count: 1 kind: KIND_CPU } ]\n')
+    (model / "1" / "model.py").write_text(SLOW_MODEL)
+    return root
+
+
+def _serve(repo: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    from guardrt.runtime.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardrt", "serve", "--repo", str(repo), "--grpc-port", str(port), "--http-port", "0",
+         "--metrics-port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port
+
+
+def _triton_tree(serve_pid: int, want_stubs: int, timeout_s: float = 120.0) -> list:
+    """[tritonserver, its stubs...] (psutil) once `guardrt serve` runs Triton and Triton runs `want_stubs` stubs."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        triton = [c for c in psutil.Process(serve_pid).children() if c.name() == "tritonserver"]
+        if triton:
+            stubs = [c for c in triton[0].children(recursive=True) if "stub" in c.name()]
+            if len(stubs) >= want_stubs:
+                return [triton[0], *stubs]
+        time.sleep(0.1)
+    raise AssertionError(f"guardrt serve did not start tritonserver with {want_stubs} stub(s) in {timeout_s:.0f}s")
+
+
+def _gone_within(procs: list, timeout_s: float) -> float:
+    """Seconds until every process in `procs` has exited (a zombie counts as exited); AssertionError otherwise."""
+    import psutil
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"still running {timeout_s:.0f}s later: {[(p.pid, p.name()) for p in alive]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_startup_stops_triton_at_once(tmp_path, sig):
+    """Triton is loading a model that would take 10 minutes: Ctrl-C / SIGTERM stops it now, not when ready."""
+    from guardrt.runtime.server import port_is_free
+
+    proc, port = _serve(_slow_repo(tmp_path / "repo"), "--startup-timeout", "900")
+    try:
+        tree = _triton_tree(proc.pid, want_stubs=1)
+        time.sleep(0.5)  # inside the model's initialize
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        serve_s = time.monotonic() - t0
+        gone_s = _gone_within(tree, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\n{sig.name} during startup: guardrt serve exited in {serve_s:.2f}s, Triton + stub gone in {gone_s:.2f}s")
+    assert proc.returncode == 0, out
+    assert f"{sig.name} received during startup, Triton stopped" in out
+    assert serve_s < 10
+    assert port_is_free(port)
+
+
+@pytest.mark.parametrize("phase", ["ready", "starting"])
+def test_killed_serve_never_leaves_triton_or_its_stubs(tmp_path, triton_repo, phase):
+    """SIGKILL of `guardrt serve` (no handler runs): Triton and every python stub still go down, within seconds
+    (the kernel's parent-death signal and the watchdog on the process group)."""
+    import psutil
+
+    from guardrt.runtime.server import port_is_free
+
+    if phase == "ready":
+        proc, port = _serve(triton_repo, "--models", "rejection")
+        tree = _triton_tree(proc.pid, want_stubs=1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "ready in" not in (proc.stdout.readline() or "ready in"):
+            pass
+    else:
+        proc, port = _serve(_slow_repo(tmp_path / "repo"), "--startup-timeout", "900")
+        tree = _triton_tree(proc.pid, want_stubs=1)
+    watchdogs = [c for c in psutil.Process(proc.pid).children() if c.name() != "tritonserver"]
+    assert watchdogs, "no watchdog process next to tritonserver"
+    try:
+        proc.kill()
+        proc.wait(timeout=10)
+        gone_s = _gone_within(tree + watchdogs, 20)
+    finally:
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    print(f"\nguardrt serve SIGKILLed ({phase}): tritonserver, {len(tree) - 1} stub(s) and the watchdog gone in "
+          f"{gone_s:.2f}s")
+    assert port_is_free(port)

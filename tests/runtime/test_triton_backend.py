@@ -1,0 +1,208 @@
+"""The Triton python backend's pieces in-process (no server): the vocabulary read from the graph, request validation,
+failure isolation, and `execute` with every request's failure kept to itself. `triton_python_backend_utils` exists
+only inside Triton's stub, so a small stand-in provides the few names the backend uses; the real server runs the
+same code in tests/triton."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BACKEND = Path(__file__).resolve().parents[2] / "runtime" / "triton_backend" / "model.py"
+
+
+class _Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        if isinstance(self.array, Exception):
+            raise self.array
+        return self.array
+
+
+class _TritonError:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message, code=None):
+        self.message, self.code = message, code
+
+
+class _Response:
+    def __init__(self, output_tensors=(), error=None):
+        self.output_tensors, self.error = list(output_tensors), error
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """The backend module, imported with a stand-in for triton_python_backend_utils."""
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.Tensor, fake.TritonError, fake.InferenceResponse = _Tensor, _TritonError, _Response
+    fake.get_input_tensor_by_name = lambda request, name: request.get(name)
+    fake.Logger = types.SimpleNamespace(log_info=lambda m: None, log_warn=lambda m: fake.warnings.append(m))
+    fake.warnings = []
+    saved = sys.modules.get("triton_python_backend_utils")
+    sys.modules["triton_python_backend_utils"] = fake
+    try:
+        spec = importlib.util.spec_from_file_location("guardrt_triton_backend_under_test", BACKEND)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            sys.modules.pop("triton_python_backend_utils", None)
+        else:
+            sys.modules["triton_python_backend_utils"] = saved
+    module.fake_pb_utils = fake
+    return module
+
+
+# -- the vocabulary, from the graph ---------------------------------------------------------------------------------
+def _save(model, path: Path, external: bool = False) -> Path:
+    import onnx
+
+    onnx.save(model, path, save_as_external_data=external, all_tensors_to_one_file=True, location=path.name + ".data",
+              size_threshold=0)
+    return path
+
+
+def _model(nodes, inits, inputs=("input_ids",)):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.INT64, [1, "L"]) for n in inputs],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_vocabulary_is_read_from_the_embedding_gather(backend, tmp_path):
+    from onnx import helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((1234, 8), np.float32), "embed.weight")
+    plain = _model([helper.make_node("Gather", ["embed.weight", "input_ids"], ["out"])], [table])
+    assert backend.embedding_rows(_save(plain, tmp_path / "plain.onnx")) == 1234
+    # Weights stored outside model.onnx are never opened: the dims live in the graph.
+    assert backend.embedding_rows(_save(plain, tmp_path / "external.onnx", external=True)) == 1234
+    # ids through a Cast, table through DequantizeLinear (a quantized embedding)
+    q = numpy_helper.from_array(np.zeros((777, 8), np.int8), "embed.q")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "embed.scale")
+    quantized = _model([
+        helper.make_node("Cast", ["input_ids"], ["ids32"], to=6),
+        helper.make_node("DequantizeLinear", ["embed.q", "embed.scale"], ["embed.fp"]),
+        helper.make_node("Gather", ["embed.fp", "ids32"], ["out"]),
+    ], [q, scale])
+    assert backend.embedding_rows(_save(quantized, tmp_path / "q.onnx")) == 777
+    # A Gather along another axis, or of something that is not a stored table, says nothing about the vocabulary.
+    other = _model([helper.make_node("Gather", ["embed.weight", "input_ids"], ["out"], axis=1)], [table])
+    assert backend.embedding_rows(_save(other, tmp_path / "axis1.onnx")) is None
+    none = _model([helper.make_node("Identity", ["input_ids"], ["out"])], [])
+    assert backend.embedding_rows(_save(none, tmp_path / "none.onnx")) is None
+
+
+@pytest.mark.parametrize("spec_name", ["rejection", "intent-safety"])
+def test_vocabulary_of_the_demo_exports_matches_onnx(backend, demo_export, spec_name):
+    import onnx
+
+    from guardrt.runtime.export_dir import load_export_dir
+
+    path = load_export_dir(demo_export(spec_name, ("fp32",))).model_path("fp32")
+    model = onnx.load(path, load_external_data=False)
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids")
+    assert backend.embedding_rows(path) == inits[gather.input[0]][0]
+
+
+# -- validation -----------------------------------------------------------------------------------------------------
+def test_validation_names_every_problem(backend):
+    v = backend.validate_rows
+    ok = np.array([[0, 5, 2]])
+    rows = v(np.array([[9, 0, 5, 2], [0, 5, 2, 9]]), np.array([[0, 1, 1, 1], [1, 1, 1, 0]]), 8, 10)
+    assert [r.tolist() for r in rows] == [[0, 5, 2], [0, 5, 2]]  # pad positions are dropped, whatever they hold
+    cases = [
+        ((ok.astype(np.float32), np.ones((1, 3))), "input_ids must hold integers, got float32"),
+        ((ok, np.ones((1, 3), np.float64)), "attention_mask must hold integers"),
+        ((ok[0], np.ones(3, np.int64)), r"must both be \[batch, seq\]"),
+        ((ok, np.ones((1, 4), np.int64)), r"input_ids \[1, 3\] and attention_mask \[1, 4\]"),
+        ((np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64)), "empty batch"),
+        ((np.zeros((1, 0), np.int64), np.zeros((1, 0), np.int64)), "empty sequence"),
+        ((np.ones((1, 9), np.int64), np.ones((1, 9), np.int64)), "sequence length 9 exceeds the model maximum 8"),
+        ((ok, np.array([[1, 2, 1]])), "only 0 and 1"),
+        ((np.vstack([ok, ok]), np.array([[1, 1, 1], [0, 0, 0]])), "row 1 has no tokens"),
+        ((ok, np.array([[1, 0, 1]])), "row 0: attention_mask must mark one contiguous run"),
+        ((np.array([[0, 10, 2]]), np.ones((1, 3), np.int64)), r"row 0: token id 10 at position 1 is outside the "
+                                                              r"vocabulary \[0, 10\)"),
+        ((np.array([[0, 3, -1]]), np.ones((1, 3), np.int64)), "token id -1 at position 2 is outside"),
+    ]
+    for (ids, mask), pattern in cases:
+        with pytest.raises(backend.RequestError, match=pattern):
+            v(ids, mask, 8, 10)
+    # Without a known vocabulary only negative ids are refused (ONNX Runtime would read them as row -1).
+    assert v(np.array([[0, 10, 2]]), np.ones((1, 3), np.int64), 8, None)[0].tolist() == [0, 10, 2]
+    with pytest.raises(backend.RequestError, match="token id -1"):
+        v(np.array([[0, -1, 2]]), np.ones((1, 3), np.int64), 8, None)
+
+
+# -- isolation ------------------------------------------------------------------------------------------------------
+def test_a_failing_group_is_re_run_request_by_request(backend):
+    calls = []
+
+    def run_group(rows):  # fails whenever the poisoned row (a 13) is in the group
+        calls.append(len(rows))
+        if any(13 in r for r in rows):
+            raise RuntimeError("Gather: indices element out of data bounds\nsecond line")
+        return np.stack([[float(r.sum()), float(len(r))] for r in rows])
+
+    rows = [np.array(r) for r in ([1, 2], [3, 4], [13, 1], [5, 6], [7, 7, 7])]
+    owner = [0, 0, 1, 2, 2]  # request 1 holds the poisoned row; requests 0 and 2 share its group
+    logs = []
+    results, errors = backend.run_isolated(run_group, rows, owner, logs.append)
+    assert set(results) == {0, 2} and set(errors) == {1}
+    assert errors[1] == "onnxruntime failed on this request: Gather: indices element out of data bounds second line"
+    assert results[0].tolist() == [[3.0, 2.0], [7.0, 2.0]] and results[2].tolist() == [[11.0, 2.0], [21.0, 3.0]]
+    assert len(logs) == 1 and "from 3 requests" in logs[0]
+
+
+def test_execute_keeps_every_failure_to_its_own_request(backend):
+    """A request whose tensor cannot even be read, one with a bad id, one that makes the session fail: each gets its
+    own one-line error; the good ones get the logits they would get alone."""
+    model = backend.TritonPythonModel()
+    model.name, model.pad_id, model.side, model.max_length, model.vocab_size = "m", 1, "right", 16, 50
+    model.input_names, model.output_name = ["input_ids", "attention_mask"], "logits"
+
+    class Session:
+        def run(self, _, feeds):
+            ids = feeds["input_ids"]
+            if (ids == 49).any():
+                raise RuntimeError("kernel failed")
+            return [np.stack([ids.sum(axis=1), feeds["attention_mask"].sum(axis=1)], axis=1).astype(np.float32)]
+
+    model.session = Session()
+
+    def request(ids, mask=None):
+        ids = np.asarray(ids)
+        return {"input_ids": _Tensor("input_ids", ids),
+                "attention_mask": _Tensor("attention_mask", np.ones_like(ids) if mask is None else mask)}
+
+    requests = [
+        request([[0, 5, 2]]),
+        {"input_ids": _Tensor("input_ids", OSError("shared memory gone")), "attention_mask": _Tensor("m", None)},
+        request([[0, 50, 2]]),
+        request([[0, 6, 2], [0, 7, 2]]),
+        request([[0, 49, 2]]),
+        {"input_ids": _Tensor("input_ids", np.array([[0, 5, 2]]))},
+    ]
+    responses = model.execute(requests)
+    assert len(responses) == len(requests)
+    assert responses[0].error is None and responses[0].output_tensors[0].array.tolist() == [[7.0, 3.0]]
+    assert responses[1].error.code == "INTERNAL" and "cannot read this request: shared memory gone" in \
+        responses[1].error.message
+    assert responses[2].error.code == "INVALID_ARG"
+    assert responses[2].error.message == "m: row 0: token id 50 at position 1 is outside the vocabulary [0, 50)"
+    assert responses[3].error is None and responses[3].output_tensors[0].array.tolist() == [[8.0, 3.0], [9.0, 3.0]]
+    assert responses[4].error.code == "INTERNAL"
+    assert responses[4].error.message == "m: onnxruntime failed on this request: kernel failed"
+    assert "missing: attention_mask" in responses[5].error.message
+    assert all("\n" not in r.error.message for r in responses if r.error is not None)
