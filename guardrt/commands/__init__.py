@@ -7,6 +7,7 @@ COMMAND_MODULES = [
     "demo_models",
     "export",
     "classify",
+    "score",
     "repo",
     "serve",
     "demo",

@@ -1,0 +1,398 @@
+"""Batch scoring: a file of rows -> the same rows plus the card's output fields, resumable (`guardrt score`).
+
+* `EngineConfig` says how to build a scoring engine: in-process ONNX Runtime (`model`), or Triton endpoints
+  (`urls`). It is picklable: each Ray actor builds its own engine from it.
+* Engines: `score(payloads) -> list[dict]`, one result per payload: the card's output fields, or
+  `{"error": reason}` for a payload the preprocessing refuses (the row is kept and marked). Failures that are not
+  the row's fault (a model that cannot run, a server that is down) raise: the chunk stays unfinished and a re-run
+  retries it, rather than marking every row of an outage as bad.
+* `score_chunk` reads one chunk, scores it and writes its part file (runtime/score_io.py has the file layout and
+  what "finished" means). The same function runs in this process and in the Ray actors (runtime/ray_scoring.py),
+  so both give the same rows.
+* `run_score_job`: plan or resume, score the unfinished chunks here or on Ray, join the parts into the output.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from guardrt.runtime.errors import GuardrtError, InputError, ModelFilesError
+from guardrt.runtime.score_io import Chunk, JobLayout, assemble_output, prepare_job, read_chunk, write_part
+from guardrt.runtime.specs import ModelSpec, get_spec
+
+__all__ = [
+    "ChunkSummary",
+    "EngineConfig",
+    "InProcessEngine",
+    "ProgressBar",
+    "ScoreSummary",
+    "TritonEngine",
+    "card_output_fields",
+    "run_score_job",
+    "score_chunk",
+]
+
+
+def card_output_fields(spec: ModelSpec) -> list[str]:
+    """The names of the card's output fields, in the order the classifier returns them."""
+    from guardrt.runtime.postprocess import postprocess
+
+    return list(postprocess(spec, np.zeros((1, len(spec.labels)), dtype=np.float32))[0])
+
+
+def encode_each(preprocessor, payloads: Sequence[Any]) -> tuple[list[list[int] | None], list[str | None]]:
+    """Token ids per payload, or the reason it cannot be encoded (the other payloads are unaffected)."""
+    ids: list[list[int] | None] = []
+    errors: list[str | None] = []
+    for payload in payloads:
+        try:
+            ids.append(preprocessor.encode(payload))
+            errors.append(None)
+        except InputError as exc:
+            ids.append(None)
+            errors.append(str(exc))
+        except Exception as exc:  # e.g. lone surrogates the Rust tokenizer cannot take
+            ids.append(None)
+            errors.append(f"cannot tokenize ({exc})")
+    return ids, errors
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to build a scoring engine. `urls` set: Triton endpoints; otherwise in-process ONNX Runtime on `model`."""
+
+    spec: str
+    model: str | None = None  # export directory (in-process; also the default tokenizer for Triton)
+    precision: str = "fp32"
+    tokenizer: str | None = None
+    task_description: str | None = None  # the text, not a path (actors may run on other machines)
+    threshold: float | None = None
+    providers: str = "cpu"  # in-process ORT execution providers
+    threads: int | None = None  # in-process ORT intra-op threads (None: ORT's default)
+    batch_size: int | None = None
+    urls: tuple[str, ...] = ()
+    model_name: str | None = None
+    timeout_s: float = 30.0
+
+    @property
+    def kind(self) -> str:
+        return "triton" if self.urls else "onnx"
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.kind == "onnx" and self.providers != "cpu"
+
+    def check(self) -> None:
+        """Fail early, with one line, on what would fail in every worker (missing model files, no tokenizer, a
+        server down)."""
+        if self.kind == "onnx":
+            if not self.model:
+                raise InputError("--model EXPORT_DIR (in-process) or --url (Triton) is required")
+            from guardrt.runtime.export_dir import load_export_dir
+
+            load_export_dir(self.model, spec=self.spec).model_path(self.precision)
+        elif not (self.tokenizer or self.model):
+            raise InputError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
+        else:  # every server up and serving the model, before any file is written
+            from guardrt.runtime.triton_client import TritonClassifier
+
+            for url in self.urls:
+                with TritonClassifier(url, self.spec, model_name=self.model_name, timeout_s=self.timeout_s) as client:
+                    client.check_ready()
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the results: a resumed job must have the same (threads, batch size, URLs do not)."""
+        out: dict[str, Any] = {"spec": self.spec, "engine": self.kind, "threshold": self.threshold}
+        if self.kind == "onnx":
+            out.update(model=str(Path(self.model).resolve()), precision=self.precision)
+        else:
+            out["model_name"] = self.model_name or self.spec
+        tokenizer = self.tokenizer or (self.model if self.kind == "triton" else None)
+        out["tokenizer"] = str(Path(tokenizer).resolve()) if tokenizer else None
+        if self.task_description is not None:
+            out["task_description_sha256"] = hashlib.sha256(self.task_description.encode()).hexdigest()
+        return out
+
+    def build(self):
+        return TritonEngine(self) if self.kind == "triton" else InProcessEngine(self)
+
+
+class InProcessEngine:
+    """ONNX Runtime in this process (`InProcessClassifier`: length-sorted batches, the spec's padding)."""
+
+    def __init__(self, config: EngineConfig):
+        from guardrt.runtime.onnxrt import InProcessClassifier
+
+        self.classifier = InProcessClassifier.from_export_dir(
+            config.model, precision=config.precision, tokenizer_dir=config.tokenizer,
+            task_description=config.task_description, spec=config.spec, providers=config.providers,
+            intra_op_threads=config.threads, max_batch_size=config.batch_size, threshold=config.threshold)
+        self.spec = self.classifier.spec
+
+    def score(self, payloads: Sequence[Any]) -> list[dict]:
+        ids, errors = encode_each(self.classifier.preprocessor, payloads)
+        results: list[dict] = [{"error": e} if e else {} for e in errors]
+        good = [i for i, e in enumerate(errors) if e is None]
+        if good:
+            for i, result in zip(good, self.classifier.classify_ids([ids[i] for i in good])):
+                results[i] = result
+        return results
+
+    def close(self) -> None:
+        self.classifier.close()
+
+
+class TritonEngine:
+    """Triton endpoints: one `TritonClassifier` per URL, each chunk's rows cut into one contiguous slice per URL and
+    sent concurrently. Tokenization happens here, once, with one preprocessor.
+
+    Issue 14 item 3 (one client over several URLs: health checks, least-outstanding-requests balancing, failover)
+    replaces `self.clients` with that one client; `score` then sends all rows to it.
+    """
+
+    def __init__(self, config: EngineConfig):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from guardrt.runtime.preprocess import build_preprocessor
+        from guardrt.runtime.triton_client import TritonClassifier
+
+        self.spec = get_spec(config.spec)
+        self.preprocessor = build_preprocessor(self.spec, config.tokenizer or config.model, config.task_description)
+        self.clients = []
+        try:
+            for url in config.urls:
+                client = TritonClassifier(url, self.spec, preprocessor=self.preprocessor,
+                                          model_name=config.model_name, timeout_s=config.timeout_s,
+                                          threshold=config.threshold)
+                self.clients.append(client)
+                client.check_ready()  # server down / model not ready: one line before any row is read
+        except GuardrtError:
+            self.close()
+            raise
+        self.pool = ThreadPoolExecutor(max_workers=len(self.clients), thread_name_prefix="guardrt-triton")
+
+    def score(self, payloads: Sequence[Any]) -> list[dict]:
+        from guardrt.runtime.postprocess import postprocess
+
+        ids, errors = encode_each(self.preprocessor, payloads)
+        results: list[dict] = [{"error": e} if e else {} for e in errors]
+        good = [i for i, e in enumerate(errors) if e is None]
+        if not good:
+            return results
+        n = len(self.clients)
+        slices = [good[k * len(good) // n:(k + 1) * len(good) // n] for k in range(n)]
+        jobs = [(client, rows) for client, rows in zip(self.clients, slices) if rows]
+        futures = [self.pool.submit(client.logits_for_ids, [ids[i] for i in rows]) for client, rows in jobs]
+        for (client, rows), fut in zip(jobs, futures):
+            for i, result in zip(rows, postprocess(self.spec, fut.result(), client.threshold)):
+                results[i] = result
+        return results
+
+    def close(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.shutdown(wait=True)
+        for client in self.clients:
+            client.close()
+
+
+# -- one chunk --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkSummary:
+    index: int
+    rows: int
+    errors: int
+    seconds: float
+
+
+def _bad_row_reason(record: dict | None, key: str, reserved: Sequence[str]) -> str | None:
+    if key not in record:
+        return f'no "{key}" field'
+    clash = [name for name in reserved if name in record]
+    if clash:
+        return (f"has field(s) {', '.join(clash)} that the output would overwrite "
+                "(rename them, or pass --field-prefix)")
+    return None
+
+
+def score_chunk(layout: JobLayout, chunk: Chunk, engine, field_prefix: str = "") -> ChunkSummary:
+    """Read, score and write one chunk (its part file appears only once it is complete)."""
+    from guardrt.runtime.preprocess import payload_field
+
+    t0 = time.perf_counter()
+    rows = read_chunk(layout, chunk)
+    key = payload_field(engine.spec)
+    fields = [field_prefix + name for name in card_output_fields(engine.spec)]
+    results: list[dict | None] = [None] * len(rows.records)
+    payloads, slots = [], []
+    for i, (record, error, where) in enumerate(zip(rows.records, rows.errors, rows.where)):
+        reason = error or _bad_row_reason(record, key, [*fields, "error"])
+        if reason:
+            results[i] = {"error": reason if error else f"{where}: {reason}"}
+        else:
+            payloads.append(record[key])
+            slots.append(i)
+    for i, result in zip(slots, engine.score(payloads) if payloads else []):
+        if "error" in result:
+            results[i] = {"error": f"{rows.where[i]}: {result['error']}"}
+        else:
+            results[i] = {field_prefix + k: v for k, v in result.items()}
+    write_part(layout, chunk, rows, results, fields)
+    bad = sum(1 for r in results if "error" in r)
+    return ChunkSummary(chunk.index, len(results), bad, time.perf_counter() - t0)
+
+
+# -- progress ---------------------------------------------------------------------------------------------------------
+class ProgressBar:
+    """Rows done / total with rate and ETA on stderr: redrawn in place on a terminal, else a line every 10%
+    (or 30 s)."""
+
+    def __init__(self, total: int, done: int = 0, title: str = "scoring", stream=None, enabled: bool = True):
+        self.total, self.done, self.title = total, done, title
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start_done, self.t0 = done, time.monotonic()
+        self._last_line = (done, self.t0)
+        if enabled:
+            self._draw(force=True)
+
+    def update(self, rows: int) -> None:
+        self.done += rows
+        if self.enabled:
+            self._draw()
+
+    def _text(self) -> str:
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        return f"[guardrt] {self.title} [{bar}] {self.done}/{self.total} rows ({100 * frac:.0f}%) {rate:.1f} rows/s ETA {eta_text}"
+
+    def _draw(self, force: bool = False) -> None:
+        if self.tty:
+            print("\r" + self._text(), end="", file=self.stream, flush=True)
+            return
+        done0, t_last = self._last_line
+        now = time.monotonic()
+        if force or self.done >= self.total or self.done - done0 >= max(1, self.total // 10) or now - t_last >= 30:
+            print(self._text(), file=self.stream, flush=True)
+            self._last_line = (self.done, now)
+
+    def close(self) -> None:
+        if self.tty and self.enabled:
+            print(file=self.stream, flush=True)
+        self.enabled = False
+
+
+# -- the job ----------------------------------------------------------------------------------------------------------
+@dataclass
+class ScoreSummary:
+    output: str
+    state: str  # "done" (nothing to do), "new", "resume"
+    total_rows: int = 0
+    rows_scored: int = 0  # in this run
+    bad_rows: int = 0  # in this run
+    chunks_scored: int = 0
+    chunks_kept: int = 0  # finished by an earlier run
+    seconds: float = 0.0
+    workers: Any = None  # the Ray worker plan, when on Ray
+    chunk_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_scored / self.seconds if self.seconds else 0.0
+
+
+def _check_parquet_columns(layout: JobLayout, key: str, reserved: Sequence[str]) -> None:
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(layout.input).names
+    if key not in names:
+        raise InputError(f'{layout.input} has no "{key}" column (columns: {", ".join(names)})')
+    clash = [n for n in reserved if n in names]
+    if clash:
+        raise InputError(f"{layout.input} has column(s) {', '.join(clash)} that the output would overwrite "
+                         "(rename them, or pass --field-prefix)")
+
+
+def run_score_job(
+    input_path: str | Path,
+    output_path: str | Path,
+    engine: EngineConfig,
+    *,
+    input_format: str | None = None,
+    output_format: str | None = None,
+    chunk_rows: int = 1024,
+    field_prefix: str = "",
+    overwrite: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ScoreSummary:
+    """Score `input_path` into `output_path` (see the module docstring); `ray_address` ("local" starts and stops a
+    local Ray instance) runs the chunks on Ray actors instead of in this process."""
+    from guardrt.runtime.preprocess import payload_field
+
+    log = log or (lambda msg: print(f"[guardrt] {msg}", file=sys.stderr, flush=True))
+    spec = get_spec(engine.spec)
+    engine.check()
+    settings = {**engine.settings(), "field_prefix": field_prefix}
+    layout, state = prepare_job(input_path, output_path, input_format=input_format, output_format=output_format,
+                                chunk_rows=chunk_rows, settings=settings, overwrite=overwrite)
+    summary = ScoreSummary(str(layout.output), state)
+    if state == "done":
+        log(f"{layout.output} exists and no unfinished parts are left: nothing to do (--overwrite scores again)")
+        return summary
+    key = payload_field(spec)
+    if layout.input_format == "parquet":
+        _check_parquet_columns(layout, key, [field_prefix + n for n in card_output_fields(spec)] + ["error"])
+    finished = layout.finished()
+    pending = [c for c in layout.chunks if c.index not in finished]
+    summary.total_rows = sum(c.rows for c in layout.chunks)
+    summary.chunks_kept = len(finished)
+    if finished:
+        log(f"resuming: {len(finished)} of {len(layout.chunks)} chunks already finished in {layout.work_dir}")
+    bar = ProgressBar(summary.total_rows, summary.total_rows - sum(c.rows for c in pending), enabled=progress)
+
+    def done(s: ChunkSummary) -> None:
+        summary.rows_scored += s.rows
+        summary.bad_rows += s.errors
+        summary.chunks_scored += 1
+        summary.chunk_seconds.append(s.seconds)
+        bar.update(s.rows)
+
+    t0 = time.perf_counter()
+    try:
+        if pending and ray_address:
+            from guardrt.runtime.ray_scoring import run_chunks_on_ray
+
+            summary.workers = run_chunks_on_ray(layout, pending, engine, field_prefix=field_prefix,
+                                                address=ray_address, workers=workers, on_done=done)
+        elif pending:
+            scorer = engine.build()
+            try:
+                for chunk in pending:
+                    done(score_chunk(layout, chunk, scorer, field_prefix))
+            finally:
+                scorer.close()
+        summary.seconds = time.perf_counter() - t0
+    except KeyboardInterrupt:
+        bar.close()
+        log(f"interrupted: {len(layout.finished())} of {len(layout.chunks)} chunks are finished in "
+            f"{layout.work_dir}; run the same command again to resume")
+        raise
+    finally:
+        bar.close()
+    rows = assemble_output(layout)
+    if rows != summary.total_rows:
+        raise ModelFilesError(f"{layout.output}: wrote {rows} rows, planned {summary.total_rows}")
+    return summary
