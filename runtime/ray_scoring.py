@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
@@ -140,6 +141,11 @@ def run_chunks_on_ray(
 ) -> WorkerPlan:
     """Score `pending` on Ray (connecting to `address`, or a local instance started and stopped here for
     "local"); `on_done` is called in this process as each chunk finishes. Returns the worker plan used."""
+    if address == LOCAL:
+        # Read by ray when it is imported: node IP = loopback, so the local instance's servers bind 127.0.0.1 only
+        # (otherwise Ray resolves 127.0.0.1 to the machine's address and listens there); no usage reporting.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = require("ray", "scale")
     require("ray.data", "scale")
     connected_here = not ray.is_initialized()

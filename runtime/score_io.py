@@ -344,13 +344,18 @@ def write_part(layout: JobLayout, chunk: Chunk, rows: ChunkRows, results: list[d
 def _table_from_records(rows: ChunkRows, results: list[dict], pa):
     """JSON rows as an Arrow table. When their values do not fit one type per column (e.g. a bad row with a number
     where the others have text), the bad rows keep only their `error` (JSONL output keeps every field)."""
+    def table(records):  # every field of every row (from_pylist would take the first row's fields only)
+        names = list(dict.fromkeys(k for r in records for k in r))
+        if not names:  # no fields at all: a table of len(records) rows and no columns
+            return pa.table({"_": pa.nulls(len(records))}).drop_columns(["_"])
+        return pa.table({k: [r.get(k) for r in records] for k in names})
+
     try:
-        return pa.Table.from_pylist([r or {} for r in rows.records])
+        return table([r or {} for r in rows.records])
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
-    records = [{} if "error" in res else (rec or {}) for rec, res in zip(rows.records, results)]
     try:
-        return pa.Table.from_pylist(records)
+        return table([{} if "error" in res else (rec or {}) for rec, res in zip(rows.records, results)])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise GuardrtError(f"cannot write {rows.where[0]}..{rows.where[-1]} as Parquet ({exc}); "
                            "write JSONL instead") from None

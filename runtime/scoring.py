@@ -304,11 +304,21 @@ class ScoreSummary:
     chunks_kept: int = 0  # finished by an earlier run
     seconds: float = 0.0
     workers: Any = None  # the Ray worker plan, when on Ray
-    chunk_seconds: list[float] = field(default_factory=list)
+    chunk_done_at: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, rows) per chunk
 
     @property
     def rows_per_s(self) -> float:
         return self.rows_scored / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_rows_per_s(self) -> float:
+        """Rows/s between the first and the last finished chunk: leaves out start-up (model load, Ray start and
+        actor creation), which `rows_per_s` includes."""
+        if len(self.chunk_done_at) < 2:
+            return self.rows_per_s
+        (t_first, _), (t_last, _) = self.chunk_done_at[0], self.chunk_done_at[-1]
+        rows = sum(n for _, n in self.chunk_done_at[1:])
+        return rows / (t_last - t_first) if t_last > t_first else 0.0
 
 
 def _check_parquet_columns(layout: JobLayout, key: str, reserved: Sequence[str]) -> None:
@@ -367,7 +377,7 @@ def run_score_job(
         summary.rows_scored += s.rows
         summary.bad_rows += s.errors
         summary.chunks_scored += 1
-        summary.chunk_seconds.append(s.seconds)
+        summary.chunk_done_at.append((time.perf_counter() - t0, s.rows))
         bar.update(s.rows)
 
     t0 = time.perf_counter()
