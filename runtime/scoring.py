@@ -150,7 +150,7 @@ class InProcessEngine:
 
 class TritonEngine:
     """Triton endpoints: one `TritonClassifier` per URL, each chunk's rows cut into one contiguous slice per URL and
-    sent concurrently. Tokenization happens here, once, with one preprocessor.
+    sent concurrently (the larger slices to the least used clients). Tokenization happens here, once, with one preprocessor.
 
     Issue 14 item 3 (one client over several URLs: health checks, least-outstanding-requests balancing, failover)
     replaces `self.clients` with that one client; `score` then sends all rows to it.
@@ -176,6 +176,7 @@ class TritonEngine:
             self.close()
             raise
         self.pool = ThreadPoolExecutor(max_workers=len(self.clients), thread_name_prefix="guardrt-triton")
+        self.rows_sent = [0] * len(self.clients)
 
     def score(self, payloads: Sequence[Any]) -> list[dict]:
         from guardrt.runtime.postprocess import postprocess
@@ -186,8 +187,12 @@ class TritonEngine:
         if not good:
             return results
         n = len(self.clients)
-        slices = [good[k * len(good) // n:(k + 1) * len(good) // n] for k in range(n)]
-        jobs = [(client, rows) for client, rows in zip(self.clients, slices) if rows]
+        slices = sorted((good[k * len(good) // n:(k + 1) * len(good) // n] for k in range(n)), key=len, reverse=True)
+        # The larger slices go to the clients that were sent the fewest rows so far: even over a whole job.
+        order = sorted(range(n), key=lambda k: self.rows_sent[k])
+        jobs = [(self.clients[k], rows) for k, rows in zip(order, slices) if rows]
+        for k, rows in zip(order, slices):
+            self.rows_sent[k] += len(rows)
         futures = [self.pool.submit(client.logits_for_ids, [ids[i] for i in rows]) for client, rows in jobs]
         for (client, rows), fut in zip(jobs, futures):
             for i, result in zip(rows, postprocess(self.spec, fut.result(), client.threshold)):
