@@ -10,5 +10,6 @@ COMMAND_MODULES = [
     "score",
     "repo",
     "serve",
+    "k8s",
     "demo",
 ]
