@@ -309,14 +309,22 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _json_line(obj: dict) -> bytes:
+    """One UTF-8 JSON line; a row holding a lone surrogate (valid in JSON text, not in UTF-8) keeps it as \\uXXXX."""
+    try:
+        return (json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(obj, ensure_ascii=True, default=_json_default) + "\n").encode("ascii")
+
+
 def write_part(layout: JobLayout, chunk: Chunk, rows: ChunkRows, results: list[dict], output_fields: list[str]) -> Path:
     """Write one chunk's output rows (input fields + results) as its part file, atomically."""
     path = layout.part_path(chunk.index)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     if layout.output_format == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "wb") as f:
             for record, result in zip(rows.records, results):
-                f.write(json.dumps({**(record or {}), **result}, ensure_ascii=False, default=_json_default) + "\n")
+                f.write(_json_line({**(record or {}), **result}))
             f.flush()
             os.fsync(f.fileno())
     else:
@@ -352,11 +360,11 @@ def _table_from_records(rows: ChunkRows, results: list[dict], pa):
 
     try:
         return table([r or {} for r in rows.records])
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):
         pass
     try:
         return table([{} if "error" in res else (rec or {}) for rec, res in zip(rows.records, results)])
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:
         raise GuardrtError(f"cannot write {rows.where[0]}..{rows.where[-1]} as Parquet ({exc}); "
                            "write JSONL instead") from None
 

@@ -63,7 +63,11 @@ def run(args) -> int:
     import sys
 
     from guardrt.commands.preprocess import read_task_description
+    from guardrt.runtime.errors import InputError
     from guardrt.runtime.scoring import EngineConfig, run_score_job
+
+    if args.workers is not None and not args.ray:
+        raise InputError("--workers sizes the Ray actor pool: it needs --ray")
 
     engine = EngineConfig(
         spec=args.spec, model=args.model, precision=args.precision, tokenizer=args.tokenizer,

@@ -24,6 +24,7 @@ BAD_LINES = [
     ("[1, 2]", "expected a JSON object, got list"),
     ('{"text": "fine", "label": 1}', "has field(s) label that the output would overwrite"),
     ('{"text": null}', "text must be a string"),
+    ('{"text": "lone surrogate \\ud800 here"}', "cannot tokenize"),
 ]
 
 
@@ -87,6 +88,15 @@ def test_jsonl_rows_are_input_fields_plus_card_fields(tmp_path, rejection_export
         assert error.startswith(f"line {lineno}: ") and reason in error
     clash = next(row for row in out if "label" in row and "error" in row)
     assert clash["label"] == 1 and clash["text"] == "fine"  # a bad row keeps its fields
+    assert any(row.get("text") == "lone surrogate \ud800 here" for row in out)  # kept as written (\\ud800)
+
+    import pyarrow.parquet as pq  # the same rows as Parquet: a bad row whose fields fit no column keeps its error
+
+    run_score_job(tmp_path / "in.jsonl", tmp_path / "out.parquet", _config(rejection_export), chunk_rows=7,
+                  progress=False)
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("error").to_pylist() == [row.get("error") for row in out]
+    assert table.column("id").to_pylist() == [row.get("id") for row in out]
 
 
 def test_parquet_in_and_out_keep_types_and_match_jsonl(tmp_path, rejection_export):
