@@ -77,3 +77,29 @@ def test_server_failure_leaves_the_chunk_unfinished(tmp_path, triton_server, dem
     assert summary.chunks_kept == 1 and summary.chunks_scored == 2
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 21 and [i for i, r in enumerate(rows) if "error" in r] == [3]  # only the really bad row
+
+
+@pytest.mark.slow
+def test_ray_actors_holding_triton_clients(tmp_path, triton_server, demo_exports):
+    """`--ray --url`: each actor holds Triton clients; the output equals the single-process `--url` run."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray", reason="ray comes with the scale extra")
+    _write(tmp_path / "in.jsonl", "rejection", 30)
+    common = ["--spec", "rejection", "--url", triton_server.grpc_url, "--tokenizer", str(demo_exports["rejection"]),
+              "--input", str(tmp_path / "in.jsonl"), "--chunk-rows", "8", "--no-progress"]
+    runs = {}
+    for name, extra in (("single", []), ("ray", ["--ray", "--workers", "2"])):
+        proc = subprocess.run([sys.executable, "-m", "guardrt", "score", *common, "--output",
+                               str(tmp_path / f"{name}.jsonl"), *extra], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = (tmp_path / f"{name}.jsonl").read_text()
+    assert "on Ray (2 actor(s) x (1 CPU))" in proc.stderr
+    single, ray = ([json.loads(x) for x in runs[k].splitlines()] for k in ("single", "ray"))
+    assert len(single) == len(ray) == 31
+    for a, b in zip(single, ray):  # the server may batch rows differently: floats within 1e-5
+        assert list(a) == list(b) and all(v == pytest.approx(b[k], abs=1e-5) if isinstance(v, float) else v == b[k]
+                                          for k, v in a.items())
