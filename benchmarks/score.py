@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     from guardrt.export.demo_models import cached_demo_export
     from guardrt.export.synthetic import synthetic_payloads
     from guardrt.runtime.preprocess import payload_field
-    from guardrt.runtime.scoring import EngineConfig, run_score_job
+    from guardrt.runtime.score_engines import EngineConfig
+    from guardrt.runtime.scoring import run_score_job
 
     export = cached_demo_export(args.spec, args.size, (args.precision,))
     work = Path(tempfile.mkdtemp(prefix="guardrt-bench-score-"))

@@ -24,7 +24,8 @@ from typing import Callable, Mapping, Sequence
 
 from guardrt.runtime.errors import GuardrtError, InputError, require
 from guardrt.runtime.score_io import Chunk, JobLayout
-from guardrt.runtime.scoring import ChunkSummary, EngineConfig, score_chunk
+from guardrt.runtime.score_engines import EngineConfig
+from guardrt.runtime.scoring import ChunkSummary, score_chunk
 
 __all__ = ["WorkerPlan", "plan_workers", "run_chunks_on_ray", "ChunkScorerActor"]
 

@@ -64,7 +64,8 @@ def run(args) -> int:
 
     from guardrt.commands.preprocess import read_task_description
     from guardrt.runtime.errors import InputError
-    from guardrt.runtime.scoring import EngineConfig, run_score_job
+    from guardrt.runtime.score_engines import EngineConfig
+    from guardrt.runtime.scoring import run_score_job
 
     if args.workers is not None and not args.ray:
         raise InputError("--workers sizes the Ray actor pool: it needs --ray")

@@ -109,7 +109,8 @@ def test_local_ray_instance_resumes_a_single_process_job(tmp_path, monkeypatch):
     """`--ray` with no address starts a local instance and stops it; parts are parts, whoever wrote them: a job
     interrupted in this process is finished on Ray, byte for byte the uninterrupted output."""
     from guardrt.export.demo_models import cached_demo_export
-    from guardrt.runtime.scoring import EngineConfig, InProcessEngine, run_score_job
+    from guardrt.runtime.score_engines import EngineConfig, InProcessEngine
+    from guardrt.runtime.scoring import run_score_job
 
     export = str(cached_demo_export("rejection", "tiny", ("fp32",)))
     src = _input(tmp_path)

@@ -11,7 +11,8 @@ import pytest
 
 from guardrt.runtime.errors import InputError
 from guardrt.runtime.ray_scoring import plan_workers
-from guardrt.runtime.scoring import EngineConfig, InProcessEngine, run_score_job
+from guardrt.runtime.score_engines import EngineConfig, InProcessEngine
+from guardrt.runtime.scoring import run_score_job
 
 CARD_FIELDS = {
     "intent-safety": ["label", "label_text", "prob_non_unsafe", "prob_unsafe", "threshold"],

@@ -23,7 +23,8 @@ def _write(path, spec_name, n):
 
 @pytest.mark.parametrize("spec_name", SPECS)
 def test_score_over_two_urls_matches_in_process(spec_name, tmp_path, triton_server, demo_exports, monkeypatch):
-    from guardrt.runtime.scoring import EngineConfig, run_score_job
+    from guardrt.runtime.score_engines import EngineConfig
+    from guardrt.runtime.scoring import run_score_job
     from guardrt.runtime.triton_client import TritonClassifier
 
     _write(tmp_path / "in.jsonl", spec_name, 24)
@@ -55,7 +56,8 @@ def test_score_over_two_urls_matches_in_process(spec_name, tmp_path, triton_serv
 
 def test_server_failure_leaves_the_chunk_unfinished(tmp_path, triton_server, demo_exports, monkeypatch):
     from guardrt.runtime.errors import ServerError
-    from guardrt.runtime.scoring import EngineConfig, run_score_job
+    from guardrt.runtime.score_engines import EngineConfig
+    from guardrt.runtime.scoring import run_score_job
     from guardrt.runtime.triton_client import TritonClassifier
 
     _write(tmp_path / "in.jsonl", "rejection", 20)
