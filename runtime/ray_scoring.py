@@ -130,6 +130,29 @@ def _quiet_ray_data(ray) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def connect(address: str = LOCAL):
+    """Connect this process to Ray at `address` ("local": start a local instance); returns the `ray` module, or
+    None when this process was connected already (then whoever connected it disconnects it: `ray.shutdown()`)."""
+    if address == LOCAL:
+        # Read by ray when it is imported: node IP = loopback, so the local instance's servers bind 127.0.0.1 only
+        # (otherwise Ray resolves 127.0.0.1 to the machine's address and listens there); no usage reporting.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = require("ray", "scale")
+    require("ray.data", "scale")
+    if ray.is_initialized():
+        return None
+    kwargs = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
+    if address == LOCAL:  # our own instance: loopback only, no dashboard, a small object store
+        kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1",
+                      object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise GuardrtError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+    return ray
+
+
 def run_chunks_on_ray(
     layout: JobLayout,
     pending: Sequence[Chunk],
@@ -142,23 +165,9 @@ def run_chunks_on_ray(
 ) -> WorkerPlan:
     """Score `pending` on Ray (connecting to `address`, or a local instance started and stopped here for
     "local"); `on_done` is called in this process as each chunk finishes. Returns the worker plan used."""
-    if address == LOCAL:
-        # Read by ray when it is imported: node IP = loopback, so the local instance's servers bind 127.0.0.1 only
-        # (otherwise Ray resolves 127.0.0.1 to the machine's address and listens there); no usage reporting.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray = require("ray", "scale")
-    require("ray.data", "scale")
-    connected_here = not ray.is_initialized()
-    if connected_here:
-        kwargs = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
-        if address == LOCAL:  # our own instance: loopback only, no dashboard, a small object store
-            kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1",
-                          object_store_memory=LOCAL_OBJECT_STORE_BYTES)
-        try:
-            ray.init(**kwargs)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise GuardrtError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+    ray = connect(address)
+    connected_here = ray is not None
+    ray = ray or require("ray", "scale")
     try:
         plan = plan_workers(ray.cluster_resources(), engine=engine.kind, uses_gpu=engine.uses_gpu,
                             pending_chunks=len(pending), urls=len(engine.urls), workers=workers,
