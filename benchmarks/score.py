@@ -151,7 +151,7 @@ def _plot(results, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
     names = [r["run"] for r in results]
     ax.barh(names, [r["rows_per_s_steady"] for r in results], label="steady (between first and last chunk)")
     ax.barh(names, [r["rows_per_s_wall"] for r in results], height=0.35, label="whole job (start-up included)")
@@ -161,7 +161,7 @@ def _plot(results, path: Path, title: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("rows/s")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
