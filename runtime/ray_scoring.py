@@ -11,8 +11,10 @@ positions and its writers no atomic, chunk-aligned files, which is what keeps th
 resumable. Reading a chunk is a seek (JSONL: byte offset from the plan) or a row-group read (Parquet), so the input
 must be reachable from every node at the same path (a shared filesystem), as it must for Ray's own readers.
 
-Sizing (`plan_workers`): one actor per GPU for a GPU engine; on CPUs, one single-threaded actor per CPU (measured:
-README "Batch scoring"); for Triton, client actors (one CPU each, up to 4 per URL). ray comes from the `scale` extra.
+Sizing (`plan_workers`): one actor per GPU for a GPU engine; on CPUs, one single-threaded actor per CPU (no ORT
+thread pool to synchronise, and the count follows the cluster's CPUs; on the 2-core development machine 2x1 and 1x2
+measured within noise of each other: README "Batch scoring"); for Triton, client actors (one CPU each, up to 4 per
+URL). ray comes from the `scale` extra.
 """
 from __future__ import annotations
 
