@@ -20,6 +20,15 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
+class _EnvAppendAction(argparse._AppendAction):
+    """`action="append"` whose command-line values replace (not extend) a default taken from the environment."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class EnvArgumentParser(argparse.ArgumentParser):
     """ArgumentParser whose long options default to their GUARDRT_* environment variable when it is set."""
 
@@ -32,6 +41,10 @@ class EnvArgumentParser(argparse.ArgumentParser):
                 raw = os.environ[var]
                 if kwargs.get("action") == "store_true":
                     kwargs["default"] = raw.strip().lower() in _TRUE
+                elif kwargs.get("action") == "append":  # a comma-separated list: GUARDRT_URL=host1:8001,host2:8001
+                    conv = kwargs.get("type") or str
+                    kwargs["default"] = [conv(v.strip()) for v in raw.split(",") if v.strip()]
+                    kwargs["action"] = _EnvAppendAction
                 else:
                     conv = kwargs.get("type") or str
                     kwargs["default"] = conv(raw)

@@ -44,6 +44,7 @@ __all__ = [
     "SingleTextPreprocessor",
     "build_preprocessor",
     "default_task_description",
+    "payload_field",
     "load_tokenizer",
     "pad_batch",
 ]
@@ -403,6 +404,20 @@ class SingleTextPreprocessor:
             if not isinstance(text, str):
                 raise InputError(f"text {i} must be a string, got {type(text).__name__}: {text!r:.60}")
         return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=True)]
+
+
+# The field of an input row (a JSON line, a Parquet column) that holds a spec's payload, by preprocessor kind. Every
+# reader of rows (`guardrt preprocess`, `classify`, `score`) asks `payload_field`; a new input kind adds its field here.
+PAYLOAD_FIELDS = {"dialogue_ctx": "turns", "single_text": "text", "chat_template": "messages"}
+
+
+def payload_field(spec: ModelSpec | str) -> str:
+    """The input-row field holding `spec`'s payload: "turns", "text" or "messages"."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    try:
+        return PAYLOAD_FIELDS[spec.preprocessor]
+    except KeyError:
+        raise ValueError(f"spec {spec.name}: no payload field for preprocessor kind {spec.preprocessor!r}") from None
 
 
 def build_preprocessor(spec: ModelSpec | str, tokenizer_dir: str | Path, task_description: str | None = None):

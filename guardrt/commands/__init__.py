@@ -7,7 +7,9 @@ COMMAND_MODULES = [
     "demo_models",
     "export",
     "classify",
+    "score",
     "repo",
     "serve",
+    "k8s",
     "demo",
 ]

@@ -39,8 +39,9 @@ def read_task_description(path: str | None) -> str | None:
 def iter_jsonl_inputs(stream, spec):
     """Yield (line_number, payload) where payload is the dialogue turns or the text; InputError on a bad line."""
     from guardrt.runtime.errors import InputError
+    from guardrt.runtime.preprocess import payload_field
 
-    key = "turns" if spec.preprocessor == "dialogue_ctx" else "text"
+    key = payload_field(spec)
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue

@@ -100,3 +100,15 @@ def test_preprocess_quick_writes_json_and_plot(tmp_path):
     assert {r["traffic"] for r in result["rows"]} == {"long-dialogues", "roleplay-growing", "short-chats"}
     assert all(r["identical_ids"] and r["guardrt_ms"] > 0 for r in result["rows"])
     assert (tmp_path / "preprocess_quick.png").stat().st_size > 0
+
+
+def test_score_quick_single_process_writes_json_and_plot(tmp_path):
+    """benchmarks/score.py end to end without Ray (the Ray runs are what tests/runtime/test_ray_scoring.py checks)."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "score.py"), "--quick", "--no-ray", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "score_quick.json").read_text())
+    assert [r["run"] for r in data["results"]] == ["single, ORT default threads", "single, 1 thread"]
+    for r in data["results"]:
+        assert r["rows"] == 300 and r["identical_non_float_fields"] and r["rows_per_s_steady"] > 0
+    assert (tmp_path / "score_quick.png").stat().st_size > 0
