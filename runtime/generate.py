@@ -1,0 +1,198 @@
+"""Greedy generation over a KV-cache ONNX graph: numpy + onnxruntime + tokenizers, no torch, no transformers.
+
+`GreedyGenerator(model_path, eos_token_ids, pad_token_id)` runs the `causal-lm-with-past` graph of an export
+(`guardrt.export.causal_lm_export`) and reproduces HF `generate(do_sample=False)`:
+
+* prefill: prompts left-padded with the pad id, `position_ids = cumsum(mask) - 1` with 1 at padding (HF's
+  `prepare_inputs_for_generation`), empty past;
+* each step: the argmax of the last position's logits (first maximum on ties, as torch), appended; the attention
+  mask grows by one 1 per step, the new position is the row's last position + 1;
+* a row stops after emitting one of the stop tokens (included in its output, as in HF's output ids) or after
+  `max_new_tokens` tokens. A finished row leaves the batch (its cache rows are dropped, and padding columns no
+  remaining row needs are trimmed): the other rows' results do not depend on it, so batched generation gives the
+  tokens of one-at-a-time generation (tested) while costing less than HF, which keeps computing finished rows.
+
+`GuardGenerator` adds the Qwen3Guard-Gen output: decoded text (special tokens skipped) parsed into the card's fields.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardrt.runtime.errors import InputError, ModelFilesError, read_json_file
+from guardrt.runtime.guard_output import QWEN3GUARD_GEN, parse_guard_output
+from guardrt.runtime.onnxrt import OnnxRunner
+
+__all__ = ["GenerationSettings", "GreedyGenerator", "GuardGenerator", "generation_settings", "moderation_kind_of_ids"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Stop tokens, pad id and length limits of greedy generation."""
+
+    eos_token_ids: tuple[int, ...] = QWEN3GUARD_GEN["eos_token_ids"]
+    pad_token_id: int = QWEN3GUARD_GEN["pad_token_id"]
+    max_new_tokens: int = QWEN3GUARD_GEN["max_new_tokens"]
+    max_length: int = QWEN3GUARD_GEN["max_length"]
+
+
+def generation_settings(model_dir: str | Path, max_new_tokens: int | None = None) -> GenerationSettings:
+    """Settings from `model_dir/generation_config.json` (eos_token_id: int or list; pad_token_id), as HF reads
+    them; the Qwen3Guard-Gen defaults where the file or a field is absent."""
+    file = Path(model_dir) / "generation_config.json"
+    cfg = read_json_file(file) if file.is_file() else {}
+    eos = cfg.get("eos_token_id", list(QWEN3GUARD_GEN["eos_token_ids"]))
+    eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+    pad = cfg.get("pad_token_id")
+    return GenerationSettings(
+        eos_token_ids=eos_ids,
+        pad_token_id=int(pad if pad is not None else eos_ids[0]),
+        max_new_tokens=int(max_new_tokens if max_new_tokens is not None else QWEN3GUARD_GEN["max_new_tokens"]),
+    )
+
+
+@dataclass
+class _Batch:
+    """The rows still generating: their original index, mask, last position, and the KV cache."""
+
+    rows: np.ndarray
+    mask: np.ndarray
+    last_pos: np.ndarray
+    past: dict[str, np.ndarray]
+    outputs: list[list[int]] = field(default_factory=list)
+
+
+class GreedyGenerator:
+    """Greedy decoding with the KV-cache graph at `model_path` (see module docstring).
+
+    `generate(prompts)` -> new token ids per prompt (stop token included). `stats` holds the last call's timings."""
+
+    def __init__(self, model_path: str | Path, settings: GenerationSettings | None = None,
+                 providers: Sequence[Any] | str | None = None, intra_op_threads: int | None = None):
+        self.settings = settings or GenerationSettings()
+        self.runner = OnnxRunner(model_path, providers=providers, intra_op_threads=intra_op_threads)
+        inputs = {i.name: i for i in self.runner.session.get_inputs()}
+        self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
+        if not self.past_names or "position_ids" not in inputs:
+            raise ModelFilesError(f"{model_path} is not a KV-cache causal LM graph (inputs: {', '.join(inputs)})")
+        shape = inputs[self.past_names[0]].shape  # [batch, kv_heads, past, head_dim]
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.past_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.stats: dict[str, float] = {}
+
+    def _check(self, prompts: Sequence[Sequence[int]]) -> None:
+        if not prompts:
+            raise InputError("empty batch: at least one prompt is needed")
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise InputError(f"item {i}: empty prompt (no token ids)")
+            if len(p) + self.settings.max_new_tokens > self.settings.max_length:
+                raise InputError(f"item {i}: {len(p)} prompt tokens + {self.settings.max_new_tokens} new tokens "
+                                 f"exceed the maximum length {self.settings.max_length}")
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        """New token ids per prompt (the prompts are generated together, as one batch)."""
+        from guardrt.runtime.preprocess import pad_batch
+
+        self._check(prompts)
+        limit = self.settings.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        stop = np.asarray(self.settings.eos_token_ids, dtype=np.int64)
+        ids, mask = pad_batch([list(p) for p in prompts], self.settings.pad_token_id, "left")
+        positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)
+        n = len(prompts)
+        past = {name: np.zeros((n, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+                for name in self.past_names}
+        rows = np.arange(n)
+        outputs: list[list[int]] = [[] for _ in range(n)]
+        t0 = time.perf_counter()
+        t_first = None
+        steps = 0
+        while True:
+            res = self.runner.session.run(["logits"] + self.present_names,
+                                          {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                                           **past})
+            steps += 1
+            if t_first is None:
+                t_first = time.perf_counter() - t0
+            next_ids = res[0][:, -1, :].argmax(axis=-1)
+            for r, tok in zip(rows, next_ids):
+                outputs[r].append(int(tok))
+            if steps >= limit:
+                break
+            alive = ~np.isin(next_ids, stop)
+            if not alive.any():
+                break
+            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
+            last = positions[:, -1] + 1
+            past = dict(zip(self.past_names, res[1:]))
+            if not alive.all():  # finished rows leave the batch; drop padding columns nobody needs any more
+                keep = np.flatnonzero(alive)
+                rows, mask, last, next_ids = rows[keep], mask[keep], last[keep], next_ids[keep]
+                first = int(np.argmax(mask.any(axis=0)))
+                mask = mask[:, first:]
+                past = {k: v[keep, :, first:] for k, v in past.items()}
+            ids = next_ids[:, None].astype(np.int64)
+            positions = last[:, None].astype(np.int64)
+        total = time.perf_counter() - t0
+        self.stats = {"prefill_seconds": t_first or 0.0, "total_seconds": total, "steps": steps,
+                      "new_tokens": sum(len(o) for o in outputs)}
+        return outputs
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "GreedyGenerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return int(parts[1]), parts[2]
+
+
+def moderation_kind_of_ids(tokenizer, prompt_ids: Sequence[int]) -> str:
+    """"response" when the template part of the prompt (before the first "<BEGIN CONVERSATION>", so never user
+    content) has the response-moderation REFUSAL POLICY, else "prompt"."""
+    head = tokenizer.decode(list(prompt_ids), skip_special_tokens=False).split("<BEGIN CONVERSATION>", 1)[0]
+    return "response" if "<BEGIN REFUSAL POLICY>" in head else "prompt"
+
+
+class GuardGenerator:
+    """Qwen3Guard-Gen generate mode: prompt ids -> {"safety", "categories", "refusal", "text", "token_ids"}."""
+
+    def __init__(self, export_dir: str | Path, precision: str = "fp32", providers: Sequence[Any] | str | None = None,
+                 intra_op_threads: int | None = None, max_new_tokens: int | None = None):
+        from tokenizers import Tokenizer
+
+        from guardrt.runtime.export_dir import load_export_dir
+
+        manifest = load_export_dir(export_dir)
+        graphs = manifest.raw.get("graphs", {}).get("causal-lm-with-past", {})
+        if precision not in graphs:
+            raise ModelFilesError(f"export {manifest.path} has no {precision!r} generation graph; it has: "
+                                  f"{', '.join(graphs) or 'none'}")
+        self.export_dir = manifest.path
+        self.tokenizer = Tokenizer.from_file(str(manifest.path / "tokenizer.json"))
+        self.generator = GreedyGenerator(manifest.path / graphs[precision],
+                                         generation_settings(manifest.path, max_new_tokens), providers,
+                                         intra_op_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], kinds: Sequence[str] | None = None
+                     ) -> list[dict[str, Any]]:
+        """One result per prompt; `kinds` ("prompt"/"response") chooses the category pattern (default: read from
+        each prompt's template)."""
+        new = self.generator.generate(prompts)
+        kinds = kinds or [moderation_kind_of_ids(self.tokenizer, p) for p in prompts]
+        return [{**parse_guard_output(self.decode(ids), kind), "token_ids": ids} for ids, kind in zip(new, kinds)]
