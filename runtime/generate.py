@@ -28,7 +28,8 @@ from guardrt.runtime.errors import InputError, ModelFilesError, read_json_file
 from guardrt.runtime.guard_output import QWEN3GUARD_GEN, parse_guard_output
 from guardrt.runtime.onnxrt import OnnxRunner
 
-__all__ = ["GenerationSettings", "GreedyGenerator", "GuardGenerator", "generation_settings", "moderation_kind_of_ids"]
+__all__ = ["GenerationSettings", "GreedyGenerator", "GuardGenerator", "PrefixCache", "generation_settings",
+           "moderation_kind_of_ids"]
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ class GreedyGenerator:
     `generate(prompts)` -> new token ids per prompt (stop token included). `stats` holds the last call's timings."""
 
     def __init__(self, model_path: str | Path, settings: GenerationSettings | None = None,
-                 providers: Sequence[Any] | str | None = None, intra_op_threads: int | None = None):
+                 providers: Sequence[Any] | str | None = None, intra_op_threads: int | None = None,
+                 prefix_cache: "PrefixCache | None | bool" = True):
         self.settings = settings or GenerationSettings()
+        self.prefix_cache = PrefixCache() if prefix_cache is True else (prefix_cache or None)
         self.runner = OnnxRunner(model_path, providers=providers, intra_op_threads=intra_op_threads)
         inputs = {i.name: i for i in self.runner.session.get_inputs()}
         self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
@@ -103,11 +106,25 @@ class GreedyGenerator:
         self._check(prompts)
         limit = self.settings.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         stop = np.asarray(self.settings.eos_token_ids, dtype=np.int64)
-        ids, mask = pad_batch([list(p) for p in prompts], self.settings.pad_token_id, "left")
-        positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)
         n = len(prompts)
-        past = {name: np.zeros((n, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+        # Prefix cache: row r reuses the keys/values of its first `cached[r]` tokens. The cached parts are
+        # right-aligned in a past of width max(cached) (zeros + mask 0 before them); the rest of each prompt is
+        # left-padded after it, so a row's real tokens are its mask's 1s, in order, whatever its neighbours.
+        hits = [self.prefix_cache.lookup(p) for p in prompts] if self.prefix_cache else [(0, None)] * n
+        width = max(h[0] for h in hits)
+        past = {name: np.zeros((n, self.kv_heads, width, self.head_dim), dtype=self.past_dtype)
                 for name in self.past_names}
+        past_mask = np.zeros((n, width), dtype=np.int64)
+        for r, (length, kv) in enumerate(hits):
+            if length:
+                past_mask[r, width - length:] = 1
+                for name in self.past_names:
+                    past[name][r, :, width - length:] = kv[name][:, :length]
+        ids, new_mask = pad_batch([list(p)[h[0]:] for p, h in zip(prompts, hits)], self.settings.pad_token_id,
+                                  "left")
+        cached = np.asarray([h[0] for h in hits], dtype=np.int64)[:, None]
+        positions = np.where(new_mask == 0, 1, cached + np.cumsum(new_mask, axis=1) - 1)
+        mask = np.concatenate([past_mask, new_mask], axis=1)
         rows = np.arange(n)
         outputs: list[list[int]] = [[] for _ in range(n)]
         t0 = time.perf_counter()
@@ -120,6 +137,8 @@ class GreedyGenerator:
             steps += 1
             if t_first is None:
                 t_first = time.perf_counter() - t0
+                if self.prefix_cache:
+                    self.prefix_cache.store(prompts, mask, dict(zip(self.past_names, res[1:])))
             next_ids = res[0][:, -1, :].argmax(axis=-1)
             for r, tok in zip(rows, next_ids):
                 outputs[r].append(int(tok))
@@ -141,7 +160,8 @@ class GreedyGenerator:
             positions = last[:, None].astype(np.int64)
         total = time.perf_counter() - t0
         self.stats = {"prefill_seconds": t_first or 0.0, "total_seconds": total, "steps": steps,
-                      "new_tokens": sum(len(o) for o in outputs)}
+                      "new_tokens": sum(len(o) for o in outputs), "cached_prompt_tokens": int(cached.sum()),
+                      "prompt_tokens": int(sum(len(p) for p in prompts))}
         return outputs
 
     def close(self) -> None:
@@ -152,6 +172,53 @@ class GreedyGenerator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PrefixCache:
+    """Keys/values of recent prompts, reused for the longest common token prefix of a new prompt (automatic prefix
+    caching). Qwen3Guard-Gen prompts share their long template head (~250 tokens of policy text before the
+    conversation), so a warm cache prefills only the conversation and the template tail.
+
+    Exact by construction: in a causal model the keys/values of a prefix do not depend on what follows it, so
+    reusing them computes the same function; what can differ is float rounding (a GEMM over other shapes), which is
+    why the generation tests and the exporter's validation run with the cache on and compare tokens with HF.
+    Bounded: `max_entries` prompts (least recently used dropped), prefixes shorter than `min_tokens` ignored.
+    """
+
+    def __init__(self, max_entries: int = 8, min_tokens: int = 32):
+        self.max_entries, self.min_tokens = int(max_entries), int(min_tokens)
+        self._entries: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # most recent last
+
+    def lookup(self, prompt: Sequence[int]) -> tuple[int, dict[str, np.ndarray] | None]:
+        """(reusable length, keys/values [kv_heads, >= length, head_dim] per past name) for `prompt`; at least one
+        prompt token is always left to compute (its logits are needed)."""
+        p = np.asarray(prompt, dtype=np.int64)
+        best, best_kv, best_i = 0, None, -1
+        for i, (ids, kv) in enumerate(self._entries):
+            m = min(len(ids), len(p) - 1)
+            diff = np.flatnonzero(ids[:m] != p[:m])
+            common = int(diff[0]) if diff.size else m
+            if common > best:
+                best, best_kv, best_i = common, kv, i
+        if best < self.min_tokens:
+            return 0, None
+        self._entries.append(self._entries.pop(best_i))
+        return best, best_kv
+
+    def store(self, prompts: Sequence[Sequence[int]], mask: np.ndarray, present: dict[str, np.ndarray]) -> None:
+        """Remember each prompt's keys/values from a prefill: its real columns are where `mask` is 1."""
+        for r, prompt in enumerate(prompts):
+            if len(prompt) < self.min_tokens:
+                continue
+            cols = np.flatnonzero(mask[r])[:len(prompt)]
+            p = np.asarray(prompt, dtype=np.int64)
+            self._entries = [e for e in self._entries if not np.array_equal(e[0], p)]
+            self._entries.append((p, {k: np.ascontiguousarray(v[r][:, cols]) for k, v in present.items()}))
+            if len(self._entries) > self.max_entries:
+                self._entries.pop(0)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def _layer_order(name: str) -> tuple[int, str]:
@@ -176,13 +243,11 @@ class GuardGenerator:
         from guardrt.runtime.export_dir import load_export_dir
 
         manifest = load_export_dir(export_dir)
-        graphs = manifest.raw.get("graphs", {}).get("causal-lm-with-past", {})
-        if precision not in graphs:
-            raise ModelFilesError(f"export {manifest.path} has no {precision!r} generation graph; it has: "
-                                  f"{', '.join(graphs) or 'none'}")
+        model_path = manifest.graph_path("causal-lm-with-past", precision)
         self.export_dir = manifest.path
+        self.precision = precision
         self.tokenizer = Tokenizer.from_file(str(manifest.path / "tokenizer.json"))
-        self.generator = GreedyGenerator(manifest.path / graphs[precision],
+        self.generator = GreedyGenerator(model_path,
                                          generation_settings(manifest.path, max_new_tokens), providers,
                                          intra_op_threads)
 

@@ -76,16 +76,13 @@ class VerdictRunner:
         from guardrt.runtime.generate import GuardGenerator
 
         manifest = load_export_dir(export_dir)
-        graphs = manifest.raw.get("graphs", {}).get("verdict", {})
-        if precision not in graphs:
-            raise ModelFilesError(f"export {manifest.path} has no {precision!r} verdict graph; it has: "
-                                  f"{', '.join(graphs) or 'none'}")
+        model_path = manifest.graph_path("verdict", precision)
         gen = None
-        if with_generator:
-            gen_graphs = manifest.raw["graphs"].get("causal-lm-with-past", {})
+        if with_generator:  # the same precision's generator when there is one, else the first
+            gen_graphs = manifest.graphs.get("causal-lm-with-past", {})
             gen_precision = precision if precision in gen_graphs else next(iter(gen_graphs), None)
             gen = GuardGenerator(manifest.path, gen_precision, **kwargs) if gen_precision else None
-        return cls(manifest.path / graphs[precision], generator=gen, **kwargs)
+        return cls(model_path, generator=gen, **kwargs)
 
     def rows(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         """The raw verdict rows [n, 7] for `prompts` (left-padded batches, longest first to limit padding)."""
