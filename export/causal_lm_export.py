@@ -38,6 +38,7 @@ __all__ = [
     "export_causal_lm",
     "keep_last_positions",
     "add_verdict_head",
+    "prepare_verdict_base",
     "check_causal_lm_checkpoint",
 ]
 
@@ -151,16 +152,22 @@ def _positions_from_mask(model):
     return model
 
 
+def prepare_verdict_base(model):
+    """A `text-generation` graph -> the verdict graph's body: positions computed from the mask (inputs `input_ids`,
+    `attention_mask` only) and the LM head on the last 3 positions (`logits` [batch, 3, vocab])."""
+    _positions_from_mask(model)
+    keep_last_positions(model, 3)
+    return model
+
+
 def add_verdict_head(model, label_ids: Sequence[int]):
-    """Turn a `text-generation` graph (logits [batch, seq, vocab]) into the verdict graph: LM head on the last 3
-    positions, softmax over the vocabulary at the last one, and output `verdict` [batch, 7] = probabilities of the
-    three label tokens, the mass outside them, and the greedy token id (as float32, exact below 2**24) at each of
-    the last three positions."""
+    """The verdict body (`prepare_verdict_base`) -> the verdict graph: softmax over the vocabulary at the last
+    position, and output `verdict` [batch, 7] = probabilities of the three label tokens, the mass outside them, and
+    the greedy token id (as float32, exact below 2**24) at each of the last three positions. Added after any
+    precision conversion, so it always runs in float32 (an fp16 cast would turn ids above 65,504 into inf)."""
     from onnx import TensorProto, helper, numpy_helper
     import numpy as np
 
-    _positions_from_mask(model)
-    keep_last_positions(model, 3)
     model.graph.output.remove([o for o in model.graph.output if o.name == "logits"][0])
     init = {
         "guardrt_label_ids": np.asarray(list(label_ids), dtype=np.int64),
@@ -204,9 +211,9 @@ def _optimum_export(model_dir: Path, work: Path, task: str):
     return _load(work / "model.onnx")
 
 
-def _derive(kind: str, precision: str, fp32_path: Path, fp32_model, path: Path, calibration, large: bool,
-            threshold: int) -> None:
-    from guardrt.export.onnx_export import _int8_excluded, _load, _quiet_libraries, save_onnx
+def _derive(kind: str, precision: str, fp32_path: Path, fp32_model, path: Path, calibration, large: bool):
+    """The `precision` graph derived from the fp32 one (fp16; int8 dynamic for the KV graph, QDQ for the verdict)."""
+    from guardrt.export.onnx_export import _int8_excluded, _load, _quiet_libraries
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_libraries():
@@ -231,7 +238,7 @@ def _derive(kind: str, precision: str, fp32_path: Path, fp32_model, path: Path, 
             raise GuardrtError(f"unknown precision {precision!r}")
     for f in list(path.parent.iterdir()):
         f.unlink()
-    save_onnx(model, path, threshold)
+    return model
 
 
 def export_causal_lm(
@@ -255,7 +262,7 @@ def export_causal_lm(
     from guardrt import __version__
     from guardrt.export.causal_lm_validate import (calibration_feeds, reference_generations, validate_generate,
                                                    validate_verdict)
-    from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, _dir_bytes, _weights_bytes, save_onnx
+    from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, _dir_bytes, _load, _weights_bytes, save_onnx
     from guardrt.export.progress import Progress
     from guardrt.runtime.export_dir import MANIFEST_NAME, VALIDATION_NAME
     from guardrt.runtime.guard_output import QWEN3GUARD_GEN
@@ -285,8 +292,9 @@ def export_causal_lm(
                 if kind == "causal-lm-with-past":
                     keep_last_positions(model, 1)
                 else:
-                    add_verdict_head(model, list(QWEN3GUARD_GEN["label_token_ids"].values()))
-                fp32_path = work / sub / "fp32" / "model.onnx"
+                    prepare_verdict_base(model)
+                # The graph every precision derives from (the verdict's head is added per precision, in fp32).
+                fp32_path = work / sub / "base" / "model.onnx"
                 save_onnx(model, fp32_path, threshold)
                 shutil.rmtree(work / f"optimum-{sub}", ignore_errors=True)
             large = _weights_bytes(model) > threshold
@@ -294,10 +302,16 @@ def export_causal_lm(
             for precision in precisions:
                 path = work / sub / precision / "model.onnx"
                 t0 = time.perf_counter()
-                if precision != "fp32":
-                    with Progress.step(f"qwen3guard-gen: {kind} {precision} conversion", log):
+                with Progress.step(f"qwen3guard-gen: {kind} {precision} graph", log):
+                    if precision == "fp32":
+                        derived = _load(fp32_path)
+                    else:
                         calibration = calibration_feeds(model_dir) if (precision == "int8" and kind == "verdict") else None
-                        _derive(kind, precision, fp32_path, model, path, calibration, large, threshold)
+                        derived = _derive(kind, precision, fp32_path, model, path, calibration, large)
+                    if kind == "verdict":
+                        add_verdict_head(derived, list(QWEN3GUARD_GEN["label_token_ids"].values()))
+                    save_onnx(derived, path, threshold)
+                    del derived
                 seconds = time.perf_counter() - t0
                 with Progress.step(f"qwen3guard-gen: validating {kind} {precision} against PyTorch", log):
                     gate = GATES[kind][precision]
@@ -314,10 +328,7 @@ def export_causal_lm(
                     dest = out / sub / precision
                     shutil.rmtree(dest, ignore_errors=True)
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    if precision == "fp32":
-                        shutil.copytree(path.parent, dest)
-                    else:
-                        shutil.move(str(path.parent), str(dest))
+                    shutil.move(str(path.parent), str(dest))
                     written.setdefault(kind, {})[precision] = f"{sub}/{precision}/model.onnx"
                 else:
                     failures.append(f"{kind} {precision}: {res['summary']}")

@@ -183,9 +183,14 @@ def validate_verdict(onnx_path: str | Path, reference: Reference, gate: dict[str
     }
 
 
-def calibration_feeds(model_dir: str | Path, n: int = 16) -> list[dict[str, np.ndarray]]:
-    """int8 QDQ calibration batches for the verdict graph: calibration-split prompts + `Safety:`, as the runtime
-    sends them (single rows and left-padded batches of 4)."""
+def calibration_feeds(model_dir: str | Path, n: int = 13) -> list[dict[str, np.ndarray]]:
+    """int8 QDQ calibration batches for the verdict graph: calibration-split prompts + `Safety:`, left-padded as the
+    runtime sends them: one row, then batches of 4 and 8 (13 prompts).
+
+    Three feeds, on purpose: with `CalibMaxIntermediateOutputs` (set by `guardrt.export.quantize`), ONNX Runtime
+    1.32's MinMax calibrater clears the collected outputs every that-many feeds without merging their ranges
+    (calibrate.py `collect_data`), so only the feeds after the last full group count (and a multiple of it fails with
+    "No data is collected"). Fewer feeds than the group size keeps every prompt in the calibration."""
     from transformers import AutoTokenizer
 
     from guardrt.export.demo_guard_models import render_prompt_ids
@@ -197,8 +202,7 @@ def calibration_feeds(model_dir: str | Path, n: int = 16) -> list[dict[str, np.n
     prefix, _ = _verdict_prefix()
     rows = [p + prefix for p in render_prompt_ids(tokenizer, guard_messages(n, seed=SPLIT_SEEDS["calibration"]))]
     feeds = []
-    for start in range(0, n, 4):
-        chunk = rows[start:start + 4] if start else rows[:1]
+    for chunk in (rows[:1], rows[1:5], rows[5:13]):
         ids, mask = pad_batch(chunk, 151643, "left")
         feeds.append({"input_ids": ids, "attention_mask": mask})
     return feeds

@@ -101,68 +101,26 @@ class GreedyGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         """New token ids per prompt (the prompts are generated together, as one batch)."""
-        from guardrt.runtime.preprocess import pad_batch
-
         self._check(prompts)
         limit = self.settings.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        stop = np.asarray(self.settings.eos_token_ids, dtype=np.int64)
-        n = len(prompts)
-        # Prefix cache: row r reuses the keys/values of its first `cached[r]` tokens. The cached parts are
-        # right-aligned in a past of width max(cached) (zeros + mask 0 before them); the rest of each prompt is
-        # left-padded after it, so a row's real tokens are its mask's 1s, in order, whatever its neighbours.
-        hits = [self.prefix_cache.lookup(p) for p in prompts] if self.prefix_cache else [(0, None)] * n
-        width = max(h[0] for h in hits)
-        past = {name: np.zeros((n, self.kv_heads, width, self.head_dim), dtype=self.past_dtype)
-                for name in self.past_names}
-        past_mask = np.zeros((n, width), dtype=np.int64)
-        for r, (length, kv) in enumerate(hits):
-            if length:
-                past_mask[r, width - length:] = 1
-                for name in self.past_names:
-                    past[name][r, :, width - length:] = kv[name][:, :length]
-        ids, new_mask = pad_batch([list(p)[h[0]:] for p, h in zip(prompts, hits)], self.settings.pad_token_id,
-                                  "left")
-        cached = np.asarray([h[0] for h in hits], dtype=np.int64)[:, None]
-        positions = np.where(new_mask == 0, 1, cached + np.cumsum(new_mask, axis=1) - 1)
-        mask = np.concatenate([past_mask, new_mask], axis=1)
-        rows = np.arange(n)
-        outputs: list[list[int]] = [[] for _ in range(n)]
         t0 = time.perf_counter()
-        t_first = None
-        steps = 0
-        while True:
-            res = self.runner.session.run(["logits"] + self.present_names,
-                                          {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-                                           **past})
+        batch = DecodeBatch(self)
+        done = dict(batch.add(prompts, list(range(len(prompts))), [limit] * len(prompts)))
+        t_first = time.perf_counter() - t0
+        steps = 1
+        while batch:
+            done.update(batch.step())
             steps += 1
-            if t_first is None:
-                t_first = time.perf_counter() - t0
-                if self.prefix_cache:
-                    self.prefix_cache.store(prompts, mask, dict(zip(self.past_names, res[1:])))
-            next_ids = res[0][:, -1, :].argmax(axis=-1)
-            for r, tok in zip(rows, next_ids):
-                outputs[r].append(int(tok))
-            if steps >= limit:
-                break
-            alive = ~np.isin(next_ids, stop)
-            if not alive.any():
-                break
-            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
-            last = positions[:, -1] + 1
-            past = dict(zip(self.past_names, res[1:]))
-            if not alive.all():  # finished rows leave the batch; drop padding columns nobody needs any more
-                keep = np.flatnonzero(alive)
-                rows, mask, last, next_ids = rows[keep], mask[keep], last[keep], next_ids[keep]
-                first = int(np.argmax(mask.any(axis=0)))
-                mask = mask[:, first:]
-                past = {k: v[keep, :, first:] for k, v in past.items()}
-            ids = next_ids[:, None].astype(np.int64)
-            positions = last[:, None].astype(np.int64)
-        total = time.perf_counter() - t0
-        self.stats = {"prefill_seconds": t_first or 0.0, "total_seconds": total, "steps": steps,
-                      "new_tokens": sum(len(o) for o in outputs), "cached_prompt_tokens": int(cached.sum()),
+        outputs = [done[i] for i in range(len(prompts))]
+        self.stats = {"prefill_seconds": t_first, "total_seconds": time.perf_counter() - t0, "steps": steps,
+                      "new_tokens": sum(len(o) for o in outputs), "cached_prompt_tokens": batch.cached_tokens,
                       "prompt_tokens": int(sum(len(p) for p in prompts))}
         return outputs
+
+    def _run(self, ids, mask, positions, past):
+        res = self.runner.session.run(["logits"] + self.present_names,
+                                      {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
+        return res[0][:, -1, :].argmax(axis=-1), dict(zip(self.past_names, res[1:]))
 
     def close(self) -> None:
         self.runner.close()
@@ -172,6 +130,121 @@ class GreedyGenerator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DecodeBatch:
+    """Rows decoding together over one KV cache (continuous batching): `add` prefills new prompts and merges them
+    into the running rows, `step` decodes one token for every row; a row leaves when it emits a stop token or
+    reaches its limit, and `add`/`step` return the finished rows as (key, new token ids).
+
+    Row layout: the keys/values and mask of each row are right-aligned ("left padding"), so rows of different
+    lengths, and rows that joined at different times, share one cache of the widest row's width; each row's real
+    tokens are its mask's 1s, in order, and its positions continue its own count. Padding columns no row needs are
+    dropped when rows leave. Rows never interact (attention is masked per row), which is why a row's tokens do not
+    depend on its neighbours (tested: batched == one at a time, and joining a running batch == generating alone).
+    """
+
+    def __init__(self, generator: "GreedyGenerator"):
+        self.gen = generator
+        self.keys: list[Any] = []
+        self.outputs: list[list[int]] = []
+        self.limits: list[int] = []
+        self.mask = np.zeros((0, 0), dtype=np.int64)
+        self.last_pos = np.zeros((0,), dtype=np.int64)
+        self.next_ids = np.zeros((0,), dtype=np.int64)
+        self.past: dict[str, np.ndarray] = {}
+        self.cached_tokens = 0
+        self._stop = np.asarray(generator.settings.eos_token_ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, prompts: Sequence[Sequence[int]], keys: Sequence[Any], limits: Sequence[int]
+            ) -> list[tuple[Any, list[int]]]:
+        """Prefill `prompts` (one batch, prefix cache used) and merge the rows that go on into the running rows."""
+        from guardrt.runtime.preprocess import pad_batch
+
+        gen = self.gen
+        n = len(prompts)
+        cache = gen.prefix_cache
+        # Prefix cache: row r reuses the keys/values of its first `cached[r]` tokens, right-aligned in a past of
+        # width max(cached) (zeros + mask 0 before them); the rest of each prompt is left-padded after it.
+        hits = [cache.lookup(p) for p in prompts] if cache else [(0, None)] * n
+        width = max(h[0] for h in hits)
+        past = {name: np.zeros((n, gen.kv_heads, width, gen.head_dim), dtype=gen.past_dtype)
+                for name in gen.past_names}
+        past_mask = np.zeros((n, width), dtype=np.int64)
+        for r, (length, kv) in enumerate(hits):
+            if length:
+                past_mask[r, width - length:] = 1
+                for name in gen.past_names:
+                    past[name][r, :, width - length:] = kv[name][:, :length]
+        ids, new_mask = pad_batch([list(p)[h[0]:] for p, h in zip(prompts, hits)], gen.settings.pad_token_id,
+                                  "left")
+        cached = np.asarray([h[0] for h in hits], dtype=np.int64)[:, None]
+        positions = np.where(new_mask == 0, 1, cached + np.cumsum(new_mask, axis=1) - 1)
+        mask = np.concatenate([past_mask, new_mask], axis=1)
+        next_ids, present = gen._run(ids, mask, positions, past)
+        self.cached_tokens += int(cached.sum())
+        if cache:
+            cache.store(prompts, mask, present)
+        outputs = [[int(t)] for t in next_ids]
+        alive = np.asarray([o[0] not in self._stop.tolist() and lim > 1 for o, lim in zip(outputs, limits)])
+        finished = [(k, o) for k, o, a in zip(keys, outputs, alive) if not a]
+        keep = np.flatnonzero(alive)
+        if keep.size:
+            self._merge([keys[i] for i in keep], [outputs[i] for i in keep], [limits[i] for i in keep],
+                        mask[keep], positions[keep, -1] + 1, next_ids[keep], {k: v[keep] for k, v in present.items()})
+        return finished
+
+    def _merge(self, keys, outputs, limits, mask, last_pos, next_ids, past) -> None:
+        if not self.keys:
+            self.mask, self.past = mask, past
+        else:
+            width = max(self.mask.shape[1], mask.shape[1])
+
+            def left_pad(a, axis):
+                pad = [(0, 0)] * a.ndim
+                pad[axis] = (width - a.shape[axis], 0)
+                return np.pad(a, pad) if pad[axis][0] else a
+
+            self.mask = np.concatenate([left_pad(self.mask, 1), left_pad(mask, 1)])
+            self.past = {k: np.concatenate([left_pad(self.past[k], 2), left_pad(past[k], 2)]) for k in self.past}
+        self.keys += list(keys)
+        self.outputs += list(outputs)
+        self.limits += list(limits)
+        self.last_pos = np.concatenate([self.last_pos, last_pos])
+        self.next_ids = np.concatenate([self.next_ids, next_ids])
+
+    def step(self) -> list[tuple[Any, list[int]]]:
+        """Decode one token for every row; returns the rows that finished."""
+        if not self.keys:
+            return []
+        self.mask = np.concatenate([self.mask, np.ones((len(self.keys), 1), dtype=np.int64)], axis=1)
+        next_ids, self.past = self.gen._run(self.next_ids[:, None].astype(np.int64), self.mask,
+                                            self.last_pos[:, None].astype(np.int64), self.past)
+        self.last_pos = self.last_pos + 1
+        self.next_ids = next_ids
+        finished, keep = [], []
+        for r, tok in enumerate(next_ids.tolist()):
+            self.outputs[r].append(tok)
+            if tok in self._stop.tolist() or len(self.outputs[r]) >= self.limits[r]:
+                finished.append((self.keys[r], self.outputs[r]))
+            else:
+                keep.append(r)
+        if finished:
+            self._keep(np.asarray(keep, dtype=np.int64))
+        return finished
+
+    def _keep(self, keep: np.ndarray) -> None:
+        """Keep only rows `keep`; drop padding columns no remaining row needs."""
+        self.keys = [self.keys[i] for i in keep]
+        self.outputs = [self.outputs[i] for i in keep]
+        self.limits = [self.limits[i] for i in keep]
+        self.mask, self.last_pos, self.next_ids = self.mask[keep], self.last_pos[keep], self.next_ids[keep]
+        first = int(np.argmax(self.mask.any(axis=0))) if keep.size else 0
+        self.mask = self.mask[:, first:]
+        self.past = {k: v[keep, :, first:] for k, v in self.past.items()}
 
 
 class PrefixCache:
