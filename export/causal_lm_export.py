@@ -5,9 +5,10 @@ Two graph kinds (recorded as `graph` in guardrt.json, see `guardrt.runtime.expor
 * `causal-lm-with-past` (`generate/<precision>/model.onnx`): optimum's `text-generation-with-past` export
   (inputs `input_ids`, `attention_mask`, `position_ids` [batch, seq] int64 and `past_key_values.<i>.key|value`
   [batch, kv_heads, past, head_dim] float32; outputs `logits` and `present.<i>.key|value`), then one edit: the LM head
-  is applied to the last position only (`logits` [batch, 1, vocab]). HF's `generate` does the same
-  (`logits_to_keep=1`); without it a 400-token prefill computes 400 x 151,936 logits and throws 399 rows away, which
-  costs more than all decoder layers of the realistic demo model together.
+  is applied to the last three positions only (`logits` [batch, min(3, seq), vocab]; generation reads the last, an
+  in-process verdict all three, see `guardrt.runtime.verdict`). HF's `generate` keeps one (`logits_to_keep=1`);
+  without the edit a 400-token prefill computes 400 x 151,936 logits and throws them away, which costs more than all
+  decoder layers of the realistic demo model together.
 * `verdict` (`verdict/<precision>/model.onnx`): `input_ids`, `attention_mask` [batch, seq] int64 -> `verdict`
   [batch, 7] float32 (columns: `guardrt.runtime.verdict.VERDICT_COLUMNS`). The input is the prompt followed by the
   greedy prefix `Safety`, `:`; the graph runs the decoder, applies the LM head at the last three positions only and
@@ -119,7 +120,7 @@ def keep_last_positions(model, count: int = 1):
         if out.name == "logits":
             dim = out.type.tensor_type.shape.dim[1]
             dim.Clear()
-            dim.dim_value = count
+            dim.dim_param = f"min_sequence_length_{count}"  # fewer when the input is shorter (a decode step)
     return model
 
 
@@ -290,7 +291,7 @@ def export_causal_lm(
             with Progress.step(f"qwen3guard-gen: {kind} fp32 ONNX (optimum {task}, opset {ONNX_OPSET})", log):
                 model = _optimum_export(model_dir, work / f"optimum-{sub}", task)
                 if kind == "causal-lm-with-past":
-                    keep_last_positions(model, 1)
+                    keep_last_positions(model, 3)  # generation reads the last; an in-process verdict all three
                 else:
                     prepare_verdict_base(model)
                 # The graph every precision derives from (the verdict's head is added per precision, in fp32).

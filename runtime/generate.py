@@ -88,6 +88,7 @@ class GreedyGenerator:
         self.past_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         self.stats: dict[str, float] = {}
+        self.stats_cached = 0
 
     def _check(self, prompts: Sequence[Sequence[int]]) -> None:
         if not prompts:
@@ -118,9 +119,41 @@ class GreedyGenerator:
         return outputs
 
     def _run(self, ids, mask, positions, past):
+        """One graph call -> (logits of the last positions [n, <=3, vocab], present keys/values by past name)."""
         res = self.runner.session.run(["logits"] + self.present_names,
                                       {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
-        return res[0][:, -1, :].argmax(axis=-1), dict(zip(self.past_names, res[1:]))
+        return res[0], dict(zip(self.past_names, res[1:]))
+
+    def prefill(self, prompts: Sequence[Sequence[int]]):
+        """Run `prompts` as one left-padded batch, reusing cached prefixes -> (logits of the last 3 positions
+        [n, 3, vocab], attention mask, position ids, present keys/values). The graph applies the LM head to the last
+        three positions only (`guardrt.export.causal_lm_export`): generation reads the last, a verdict all three."""
+        from guardrt.runtime.preprocess import pad_batch
+
+        n = len(prompts)
+        cache = self.prefix_cache
+        # Prefix cache: row r reuses the keys/values of its first `cached[r]` tokens, right-aligned in a past of
+        # width max(cached) (zeros + mask 0 before them); the rest of each prompt is left-padded after it.
+        hits = [cache.lookup(p) for p in prompts] if cache else [(0, None)] * n
+        width = max(h[0] for h in hits)
+        past = {name: np.zeros((n, self.kv_heads, width, self.head_dim), dtype=self.past_dtype)
+                for name in self.past_names}
+        past_mask = np.zeros((n, width), dtype=np.int64)
+        for r, (length, kv) in enumerate(hits):
+            if length:
+                past_mask[r, width - length:] = 1
+                for name in self.past_names:
+                    past[name][r, :, width - length:] = kv[name][:, :length]
+        ids, new_mask = pad_batch([list(p)[h[0]:] for p, h in zip(prompts, hits)], self.settings.pad_token_id,
+                                  "left")
+        cached = np.asarray([h[0] for h in hits], dtype=np.int64)[:, None]
+        positions = np.where(new_mask == 0, 1, cached + np.cumsum(new_mask, axis=1) - 1)
+        mask = np.concatenate([past_mask, new_mask], axis=1)
+        logits, present = self._run(ids, mask, positions, past)
+        self.stats_cached = int(cached.sum())
+        if cache:
+            cache.store(prompts, mask, present)
+        return logits, mask, positions, present
 
     def close(self) -> None:
         self.runner.close()
@@ -162,32 +195,9 @@ class DecodeBatch:
     def add(self, prompts: Sequence[Sequence[int]], keys: Sequence[Any], limits: Sequence[int]
             ) -> list[tuple[Any, list[int]]]:
         """Prefill `prompts` (one batch, prefix cache used) and merge the rows that go on into the running rows."""
-        from guardrt.runtime.preprocess import pad_batch
-
-        gen = self.gen
-        n = len(prompts)
-        cache = gen.prefix_cache
-        # Prefix cache: row r reuses the keys/values of its first `cached[r]` tokens, right-aligned in a past of
-        # width max(cached) (zeros + mask 0 before them); the rest of each prompt is left-padded after it.
-        hits = [cache.lookup(p) for p in prompts] if cache else [(0, None)] * n
-        width = max(h[0] for h in hits)
-        past = {name: np.zeros((n, gen.kv_heads, width, gen.head_dim), dtype=gen.past_dtype)
-                for name in gen.past_names}
-        past_mask = np.zeros((n, width), dtype=np.int64)
-        for r, (length, kv) in enumerate(hits):
-            if length:
-                past_mask[r, width - length:] = 1
-                for name in gen.past_names:
-                    past[name][r, :, width - length:] = kv[name][:, :length]
-        ids, new_mask = pad_batch([list(p)[h[0]:] for p, h in zip(prompts, hits)], gen.settings.pad_token_id,
-                                  "left")
-        cached = np.asarray([h[0] for h in hits], dtype=np.int64)[:, None]
-        positions = np.where(new_mask == 0, 1, cached + np.cumsum(new_mask, axis=1) - 1)
-        mask = np.concatenate([past_mask, new_mask], axis=1)
-        next_ids, present = gen._run(ids, mask, positions, past)
-        self.cached_tokens += int(cached.sum())
-        if cache:
-            cache.store(prompts, mask, present)
+        logits, mask, positions, present = self.gen.prefill(prompts)
+        next_ids = logits[:, -1, :].argmax(axis=-1)
+        self.cached_tokens += self.gen.stats_cached
         outputs = [[int(t)] for t in next_ids]
         alive = np.asarray([o[0] not in self._stop.tolist() and lim > 1 for o, lim in zip(outputs, limits)])
         finished = [(k, o) for k, o, a in zip(keys, outputs, alive) if not a]
@@ -221,8 +231,9 @@ class DecodeBatch:
         if not self.keys:
             return []
         self.mask = np.concatenate([self.mask, np.ones((len(self.keys), 1), dtype=np.int64)], axis=1)
-        next_ids, self.past = self.gen._run(self.next_ids[:, None].astype(np.int64), self.mask,
-                                            self.last_pos[:, None].astype(np.int64), self.past)
+        logits, self.past = self.gen._run(self.next_ids[:, None].astype(np.int64), self.mask,
+                                          self.last_pos[:, None].astype(np.int64), self.past)
+        next_ids = logits[:, -1, :].argmax(axis=-1)
         self.last_pos = self.last_pos + 1
         self.next_ids = next_ids
         finished, keep = [], []

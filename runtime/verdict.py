@@ -57,31 +57,65 @@ def verdict_from_row(row: np.ndarray) -> dict[str, Any]:
     }
 
 
-class VerdictRunner:
-    """Verdicts for prompt ids with the verdict graph; `generator` (a `GuardGenerator`) enables the fallback and
-    `with_details`."""
+def _rows_from_logits(logits: np.ndarray) -> np.ndarray:
+    """Verdict rows from the logits of the last three positions [n, 3, vocab] (what the verdict graph computes)."""
+    if logits.shape[1] != 3:
+        raise ModelFilesError(f"the generation graph returns logits for {logits.shape[1]} position(s); a verdict "
+                              "needs the last 3 (re-export with this guardrt)")
+    last = logits[:, -1, :].astype(np.float32)
+    z = np.exp(last - last.max(axis=-1, keepdims=True))
+    probs = z / z.sum(axis=-1, keepdims=True)
+    label = probs[:, _LABEL_IDS]
+    return np.concatenate([label, 1.0 - label.sum(axis=1, keepdims=True),
+                           logits.argmax(axis=-1).astype(np.float32)], axis=1).astype(np.float32)
 
-    def __init__(self, model_path: str | Path, generator=None, providers: Sequence[Any] | str | None = None,
-                 intra_op_threads: int | None = None, max_batch_size: int = 16):
-        self.runner = OnnxRunner(model_path, providers=providers, intra_op_threads=intra_op_threads)
-        if self.runner.output_names != ["verdict"]:
-            raise ModelFilesError(f"{model_path} is not a verdict graph (outputs: {', '.join(self.runner.output_names)})")
+
+class VerdictRunner:
+    """Verdicts for prompt ids, from one of two engines computing the same thing:
+
+    * "graph": the classifier-shaped verdict graph (what Triton's ragged batching and TensorRT serve);
+    * "kv": a prefill of the KV-cache generation graph, whose LM head covers the last three positions; in process
+      it reuses the prefix cache (the template's shared head is not recomputed), so it is the faster one here.
+
+    `generator` (a `GuardGenerator`) enables the fallback and `with_details`; the "kv" engine runs on it."""
+
+    def __init__(self, model_path: str | Path | None = None, generator=None,
+                 providers: Sequence[Any] | str | None = None, intra_op_threads: int | None = None,
+                 max_batch_size: int = 16):
+        if model_path is None and generator is None:
+            raise InputError("a verdict needs the verdict graph or a generator")
+        self.runner = None
+        if model_path is not None:
+            self.runner = OnnxRunner(model_path, providers=providers, intra_op_threads=intra_op_threads)
+            if self.runner.output_names != ["verdict"]:
+                raise ModelFilesError(f"{model_path} is not a verdict graph (outputs: "
+                                      f"{', '.join(self.runner.output_names)})")
+        self.engine = "graph" if self.runner is not None else "kv"
         self.generator = generator
         self.max_batch_size = int(max_batch_size)
 
     @classmethod
-    def from_export_dir(cls, export_dir: str | Path, precision: str = "fp32", with_generator: bool = True,
-                        **kwargs) -> "VerdictRunner":
+    def from_export_dir(cls, export_dir: str | Path, precision: str = "fp32", engine: str = "auto",
+                        with_generator: bool = True, **kwargs) -> "VerdictRunner":
+        """engine "auto": "kv" when the export has a generation graph at `precision`, else "graph"."""
         from guardrt.runtime.export_dir import load_export_dir
         from guardrt.runtime.generate import GuardGenerator
 
+        if engine not in ("auto", "kv", "graph"):
+            raise InputError(f"verdict engine must be auto, kv or graph, got {engine!r}")
         manifest = load_export_dir(export_dir)
-        model_path = manifest.graph_path("verdict", precision)
+        gen_graphs = manifest.graphs.get("causal-lm-with-past", {})
+        if engine == "auto":
+            engine = "kv" if precision in gen_graphs else "graph"
+        model_path = manifest.graph_path("verdict", precision) if engine == "graph" else None
         gen = None
-        if with_generator:  # the same precision's generator when there is one, else the first
-            gen_graphs = manifest.graphs.get("causal-lm-with-past", {})
+        if engine == "kv" or with_generator:  # the same precision's generator when there is one, else the first
             gen_precision = precision if precision in gen_graphs else next(iter(gen_graphs), None)
-            gen = GuardGenerator(manifest.path, gen_precision, **kwargs) if gen_precision else None
+            if gen_precision is None:
+                if engine == "kv":
+                    raise ModelFilesError(f"export {manifest.path} has no generation graph")
+            else:
+                gen = GuardGenerator(manifest.path, gen_precision, **kwargs)
         return cls(model_path, generator=gen, **kwargs)
 
     def rows(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
@@ -97,8 +131,12 @@ class VerdictRunner:
         out = np.zeros((len(prompts), len(VERDICT_COLUMNS)), dtype=np.float32)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start:start + self.max_batch_size]
-            ids, mask = pad_batch([list(prompts[i]) + _PREFIX for i in idx], QWEN3GUARD_GEN["pad_token_id"], "left")
-            out[idx] = self.runner.infer({"input_ids": ids, "attention_mask": mask})["verdict"]
+            rows = [list(prompts[i]) + _PREFIX for i in idx]
+            if self.runner is not None:
+                ids, mask = pad_batch(rows, QWEN3GUARD_GEN["pad_token_id"], "left")
+                out[idx] = self.runner.infer({"input_ids": ids, "attention_mask": mask})["verdict"]
+            else:
+                out[idx] = _rows_from_logits(self.generator.generator.prefill(rows)[0])
         return out
 
     def verdict(self, prompts: Sequence[Sequence[int]], kinds: Sequence[str] | None = None,
@@ -139,6 +177,7 @@ class VerdictRunner:
         return results
 
     def close(self) -> None:
-        self.runner.close()
+        if self.runner is not None:
+            self.runner.close()
         if self.generator is not None:
             self.generator.generator.close()

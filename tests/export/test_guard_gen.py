@@ -117,12 +117,14 @@ def test_batched_generation_equals_one_at_a_time(guard_export, heldout_prompts):
     assert all(s[-1] in (151645, 151643) or len(s) == 128 for s in single)
 
 
-def test_verdict_argmax_equals_generated_safety(guard_export, heldout_prompts):
+@pytest.mark.parametrize("engine", ["graph", "kv"])
+def test_verdict_argmax_equals_generated_safety(guard_export, heldout_prompts, engine):
     from guardrt.runtime.generate import GuardGenerator
     from guardrt.runtime.verdict import VerdictRunner
 
     generated = GuardGenerator(guard_export).generate_ids(heldout_prompts)
-    runner = VerdictRunner.from_export_dir(guard_export)
+    runner = VerdictRunner.from_export_dir(guard_export, engine=engine)
+    assert runner.engine == engine
     verdicts = runner.verdict(heldout_prompts)
     assert [v["safety"] for v in verdicts] == [g["safety"] for g in generated]
     consistent = sum(v["consistent"] for v in verdicts)
@@ -149,7 +151,7 @@ def test_verdict_falls_back_to_generation_when_greedy_does_not_write_safety(guar
     row[6] = 22291  # greedy label token is Safe while the three-way argmax says Unsafe: impossible unless broken
     assert verdict_from_row(row)["safety"] is None
 
-    runner = VerdictRunner.from_export_dir(guard_export)
+    runner = VerdictRunner.from_export_dir(guard_export, engine="graph")
     real_rows = runner.rows(heldout_prompts[:4])
     real_rows[0, 4] = 9707  # as if the model would greedily write something else first
     runner.rows = lambda prompts: real_rows
@@ -159,6 +161,36 @@ def test_verdict_falls_back_to_generation_when_greedy_does_not_write_safety(guar
 
     assert out[0]["safety"] == GuardGenerator(guard_export).generate_ids(heldout_prompts[:1])[0]["safety"]
     assert not any(o["fallback"] for o in out[1:])
+
+
+def test_rows_joining_a_running_batch_get_their_own_tokens(guard_export, heldout_prompts):
+    """Continuous batching: rows added while others are mid-generation decode exactly as they do alone."""
+    from guardrt.runtime.generate import DecodeBatch, GuardGenerator
+
+    gen = GuardGenerator(guard_export).generator
+    single = [gen.generate([p])[0] for p in heldout_prompts[:12]]
+    batch = DecodeBatch(gen)
+    done = dict(batch.add(heldout_prompts[:4], list(range(4)), [128] * 4))
+    for _ in range(3):
+        done.update(batch.step())
+    done.update(batch.add(heldout_prompts[4:9], list(range(4, 9)), [128] * 5))
+    done.update(batch.step())
+    done.update(batch.add(heldout_prompts[9:12], list(range(9, 12)), [5, 128, 128]))
+    while batch:
+        done.update(batch.step())
+    assert [done[i] for i in range(12)] == single[:9] + [single[9][:5]] + single[10:12]
+
+
+def test_prefix_cache_reuses_the_template_head(guard_export, heldout_prompts):
+    from guardrt.runtime.generate import GuardGenerator
+
+    gen = GuardGenerator(guard_export).generator
+    plain = GuardGenerator(guard_export).generator
+    plain.prefix_cache = None
+    gen.generate(heldout_prompts[:2])
+    gen.generate([heldout_prompts[2]])
+    assert gen.stats["cached_prompt_tokens"] > 150  # the policy text before the conversation
+    assert [gen.generate([p])[0] for p in heldout_prompts] == [plain.generate([p])[0] for p in heldout_prompts]
 
 
 def test_bad_inputs_are_named(guard_export):
