@@ -3,7 +3,8 @@
 Per request (one conversation at a time, as the card's code runs it): latency p50 / p99, new tokens, decode tokens/s
 (HF: (end-to-end - prefill) over the new tokens after the first, with the prefill timed by a forward of the prompt
 with `logits_to_keep=1`; guardrt: the generator's own prefill / total split). Batched: all requests in one
-`generate` call (guardrt's batched generation; throughput). Checked in the same run: token identity with HF (fp32),
+`generate` call (guardrt's batched generation; throughput). guardrt generate runs with its prefix cache (default)
+and, for fp32, without it; the verdict runs on the KV graph (prefix cache) and on the classifier-shaped verdict graph. Checked in the same run: token identity with HF (fp32),
 safety agreement (lower precisions), verdict == HF's generated `safety`.
 
     python benchmarks/generate.py [--size realistic] [--requests 16] [--threads 2] [--precisions fp32,int8]
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
 
     precisions = tuple(p for p in args.precisions.split(",") if p)
     model_dir = cached_guard_demo_model(args.size, log=stderr_log)
-    export = cached_guard_export(args.size, precisions, log=stderr_log, force=True)
+    # Every precision is exported and validated (validation.json has the parity of each); timed: --precisions.
+    export = cached_guard_export(args.size, ("fp32", "fp16", "int8"), log=stderr_log, force=True)
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     messages = guard_messages(args.requests, seed=SPLIT_SEEDS["heldout"] + 1000)  # unseen by training and validation
@@ -76,9 +78,11 @@ def main(argv=None) -> int:
     results["hf-generate-fp32"] = _row(hf_times, hf_prefill, hf_tokens)
     del model
 
-    # -- guardrt generate, per request and batched -----------------------------------------------------------------
-    for precision in precisions:
+    # -- guardrt generate, per request and batched (prefix cache on, the default; fp32 also without it) -------------
+    for precision, cache in [(p, True) for p in precisions] + [("fp32", False)]:
         gen = GuardGenerator(export, precision, intra_op_threads=args.threads)
+        if not cache:
+            gen.generator.prefix_cache = None
         gen.generate_ids([prompts[0]])
         times, prefill, tokens = [], [], []
         for p, k in zip(prompts, kinds):
@@ -96,12 +100,13 @@ def main(argv=None) -> int:
         row["batched_seconds"] = time.perf_counter() - t
         row["batched_requests_per_s"] = len(prompts) / row["batched_seconds"]
         row["batched_identical_to_single"] = sum(a == b for a, b in zip(batched, tokens))
-        results[f"guardrt-generate-{precision}"] = row
+        results[f"guardrt-generate-{precision}" + ("" if cache else "-nocache")] = row
         gen.generator.close()
 
     # -- guardrt verdict, per request ------------------------------------------------------------------------------
-    for precision in precisions:
-        runner = VerdictRunner.from_export_dir(export, precision, with_generator=False, intra_op_threads=args.threads)
+    for precision, engine in [(p, e) for p in precisions for e in ("kv", "graph")]:
+        runner = VerdictRunner.from_export_dir(export, precision, engine=engine, with_generator=False,
+                                               intra_op_threads=args.threads)
         runner.rows([prompts[0]])
         times, verdicts = [], []
         for p in prompts:
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
         row = {"latency": summarize(times), "requests": len(prompts),
                "verdict_equals_hf_safety": sum(v["safety"] == s for v, s in zip(verdicts, hf_safety)),
                "consistent": sum(v["consistent"] for v in verdicts)}
-        results[f"guardrt-verdict-{precision}"] = row
+        results[f"guardrt-verdict-{engine}-{precision}"] = row
         runner.close()
 
     hf_p50 = results["hf-generate-fp32"]["latency"]["p50_ms"]
