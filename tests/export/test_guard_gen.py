@@ -59,6 +59,17 @@ def test_checkpoint_files_and_learned_format(guard_checkpoint):
     assert demo["heldout_safety_accuracy"] >= 0.6, demo
 
 
+def test_demo_models_command_builds_the_guard_model(guard_checkpoint, tmp_path, capsys):
+    from guardrt.cli import main
+
+    assert main(["demo-models", "--spec", "qwen3guard-gen", "--out", str(tmp_path), "--quiet"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["spec"] == "qwen3guard-gen" and line["heldout_format_accuracy"] >= 0.9
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "demo.json"):
+        assert (tmp_path / "qwen3guard-gen" / name).is_file(), name
+
+
 def test_export_validation_recorded_token_identity(guard_export):
     """The exporter compared every step's logits and the greedy tokens with HF generate on the held-out prompts."""
     val = json.loads((guard_export / "validation.json").read_text())
