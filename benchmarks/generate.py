@@ -48,8 +48,10 @@ def main(argv=None) -> int:
 
     precisions = tuple(p for p in args.precisions.split(",") if p)
     model_dir = cached_guard_demo_model(args.size, log=stderr_log)
-    # Every precision is exported and validated (validation.json has the parity of each); timed: --precisions.
-    export = cached_guard_export(args.size, ("fp32", "fp16", "int8"), log=stderr_log, force=True)
+    # The timed precisions are exported and validated (validation.json has the parity of each). fp16 is left out:
+    # ONNX Runtime's CPU EP has no fast fp16 kernels on this machine (its parity is measured on the tiny model).
+    export = cached_guard_export(args.size, tuple(sorted(set(precisions) | {"fp32"}, key=("fp32", "fp16", "int8").index)),
+                                 log=stderr_log, force=True)
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     messages = guard_messages(args.requests, seed=SPLIT_SEEDS["heldout"] + 1000)  # unseen by training and validation
