@@ -11,7 +11,7 @@ output format, built locally and deterministically.
   pad 151643), greedy (`do_sample: false`, the card's eval setting);
 * demo.json: training settings and held-out metrics (format / safety / exact-match accuracy of greedy generation).
 
-Sizes: "tiny" (hidden 32, 2 layers, for tests) and "realistic" (the Qwen3-0.6B layer shape: hidden 1024, 16 / 8
+Sizes: "tiny" (hidden 32, MLP 256, 2 layers, for tests) and "realistic" (the Qwen3-0.6B layer shape: hidden 1024, 16 / 8
 heads, head_dim 128, intermediate 3072, vocab 151936, with 4 of its 28 layers). Both train the same parts on top of
 frozen, seeded-random lower layers: the last layer's query path, attention output and MLP, the final norm and the
 LM-head rows of the tokens the task emits (see "training" below: a few minutes on a shared 2-core machine).
@@ -50,7 +50,7 @@ GUARD_MODEL_CODE = ("export/demo_guard_models.py", "export/guard_synthetic.py", 
                     "export/data/qwen3guard-gen/chat_template.jinja")
 
 _CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    "tiny": dict(hidden_size=32, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=8),
     # Qwen3-0.6B layer shape, 4 of its 28 layers.
     "realistic": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=16,
