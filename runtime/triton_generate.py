@@ -132,7 +132,13 @@ class TritonGenerateClient:
                 lim = self._grpc.InferInput("max_new_tokens", [1], "INT32")
                 lim.set_data_from_numpy(np.asarray([max_new_tokens], dtype=np.int32))
                 inputs.append(lim)
-            self.client.async_stream_infer(self.model, inputs, request_id=request_id)
+            try:
+                self.client.async_stream_infer(self.model, inputs, request_id=request_id)
+            except Exception as exc:  # tritonclient's InferenceServerException: the stream is closed
+                with self._lock:
+                    self._results.pop(request_id, None)
+                raise ServerError(f"generate request to {self.url} failed (server down or stream closed): "
+                                  f"{str(exc).splitlines()[0]}") from None
             waiting.append((i, request_id, q))
         out: list[list[int]] = [[] for _ in prompts]
         errors = []
