@@ -124,17 +124,18 @@ class GreedyGenerator:
                                       {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
         return res[0], dict(zip(self.past_names, res[1:]))
 
-    def prefill(self, prompts: Sequence[Sequence[int]]):
-        """Run `prompts` as one left-padded batch, reusing cached prefixes -> (logits of the last 3 positions
-        [n, 3, vocab], attention mask, position ids, present keys/values). The graph applies the LM head to the last
-        three positions only (`guardrt.export.causal_lm_export`): generation reads the last, a verdict all three."""
+    def prefill(self, prompts: Sequence[Sequence[int]], compute_last: int = 1):
+        """Run `prompts` as one left-padded batch, reusing cached prefixes but computing at least the last
+        `compute_last` tokens of each -> (logits of the last min(3, computed) positions [n, k, vocab], attention
+        mask, position ids, present keys/values). The graph applies the LM head to the last three positions only
+        (`guardrt.export.causal_lm_export`): generation reads the last, a verdict all three (compute_last=3)."""
         from guardrt.runtime.preprocess import pad_batch
 
         n = len(prompts)
         cache = self.prefix_cache
         # Prefix cache: row r reuses the keys/values of its first `cached[r]` tokens, right-aligned in a past of
         # width max(cached) (zeros + mask 0 before them); the rest of each prompt is left-padded after it.
-        hits = [cache.lookup(p) for p in prompts] if cache else [(0, None)] * n
+        hits = [cache.lookup(p, compute_last) for p in prompts] if cache else [(0, None)] * n
         width = max(h[0] for h in hits)
         past = {name: np.zeros((n, self.kv_heads, width, self.head_dim), dtype=self.past_dtype)
                 for name in self.past_names}
@@ -273,13 +274,13 @@ class PrefixCache:
         self.max_entries, self.min_tokens = int(max_entries), int(min_tokens)
         self._entries: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []  # most recent last
 
-    def lookup(self, prompt: Sequence[int]) -> tuple[int, dict[str, np.ndarray] | None]:
-        """(reusable length, keys/values [kv_heads, >= length, head_dim] per past name) for `prompt`; at least one
-        prompt token is always left to compute (its logits are needed)."""
+    def lookup(self, prompt: Sequence[int], compute_last: int = 1) -> tuple[int, dict[str, np.ndarray] | None]:
+        """(reusable length, keys/values [kv_heads, >= length, head_dim] per past name) for `prompt`; the last
+        `compute_last` (>= 1) prompt tokens are always left to compute (their logits are needed)."""
         p = np.asarray(prompt, dtype=np.int64)
         best, best_kv, best_i = 0, None, -1
         for i, (ids, kv) in enumerate(self._entries):
-            m = min(len(ids), len(p) - 1)
+            m = min(len(ids), len(p) - max(1, int(compute_last)))
             diff = np.flatnonzero(ids[:m] != p[:m])
             common = int(diff[0]) if diff.size else m
             if common > best:

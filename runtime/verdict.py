@@ -136,7 +136,7 @@ class VerdictRunner:
                 ids, mask = pad_batch(rows, QWEN3GUARD_GEN["pad_token_id"], "left")
                 out[idx] = self.runner.infer({"input_ids": ids, "attention_mask": mask})["verdict"]
             else:
-                out[idx] = _rows_from_logits(self.generator.generator.prefill(rows)[0])
+                out[idx] = _rows_from_logits(self.generator.generator.prefill(rows, compute_last=3)[0])
         return out
 
     def verdict(self, prompts: Sequence[Sequence[int]], kinds: Sequence[str] | None = None,
