@@ -130,8 +130,8 @@ def keep_last_positions(model, count: int = 1):
 def _positions_from_mask(model):
     """Replace the `position_ids` input by HF's left-padding positions computed from `attention_mask`:
     cumsum(mask) - 1, and 1 where the mask is 0 (`position_ids.masked_fill_(attention_mask == 0, 1)`)."""
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import helper, numpy_helper
 
     inputs = [i for i in model.graph.input if i.name == "position_ids"]
     if not inputs:
@@ -152,7 +152,6 @@ def _positions_from_mask(model):
     ]
     for i, node in enumerate(nodes):
         model.graph.node.insert(i, node)
-    del TensorProto
     return model
 
 
