@@ -35,6 +35,8 @@ __all__ = [
     "cache_dir",
     "cached_demo_model",
     "cached_demo_export",
+    "cached_guard_demo_model",
+    "cached_guard_export",
     "demo_config",
 ]
 
@@ -409,6 +411,10 @@ def _cached(kind: str, key: str, build: Callable[[Path], None]) -> Path:
 def cached_demo_model(spec_name: str, size: str = "tiny", seed: int = 0,
                       log: Callable[[str], None] | None = None) -> Path:
     """A demo checkpoint directory, built once per (code, settings) and reused."""
+    from guardrt.export.demo_guard_models import GUARD_DEMO_SPECS
+
+    if spec_name in GUARD_DEMO_SPECS:  # generative guards: guardrt.export.demo_guard_models
+        return cached_guard_demo_model(size, seed=seed, log=log)
     key = f"{spec_name}-{size}-s{seed}-{_code_hash(_MODEL_CODE, 'model', spec_name, size, seed, _CONFIGS.get((spec_name, size)), _TRAIN.get((spec_name, size)))}"
     return _cached("models", key, lambda tmp: build_demo_model(spec_name, size, tmp, seed=seed, log=log))
 
@@ -426,3 +432,29 @@ def cached_demo_export(spec_name: str, size: str = "tiny", precisions: Sequence[
         _EXPORT_CODE, "export", model_dir.name, precisions, export_kwargs)
     return _cached("exports", key, lambda tmp: export_onnx(model_dir, spec_name, tmp, precisions, log=log,
                                                             **export_kwargs))
+
+
+def cached_guard_demo_model(size: str = "tiny", seed: int = 0, log: Callable[[str], None] | None = None) -> Path:
+    """The Qwen3Guard-Gen demo checkpoint (`guardrt.export.demo_guard_models`), built once and reused."""
+    from guardrt.export.demo_guard_models import GUARD_MODEL_CODE, build_guard_demo_model, guard_cache_settings
+
+    key = f"qwen3guard-gen-{size}-s{seed}-" + _code_hash(GUARD_MODEL_CODE, "model", size, seed,
+                                                         *guard_cache_settings(size))
+    return _cached("models", key, lambda tmp: build_guard_demo_model(size, tmp, seed=seed, log=log))
+
+
+_GUARD_EXPORT_CODE = ("export/causal_lm_export.py", "export/causal_lm_validate.py", "export/fp16.py",
+                      "export/quantize.py", "export/onnx_export.py", "runtime/generate.py", "runtime/guard_output.py")
+
+
+def cached_guard_export(size: str = "tiny", precisions: Sequence[str] = ("fp32",),
+                        graphs: Sequence[str] = ("causal-lm-with-past", "verdict"), seed: int = 0,
+                        log: Callable[[str], None] | None = None, **export_kwargs: Any) -> Path:
+    """A validated Qwen3Guard-Gen export (`guardrt.export.causal_lm_export`) of the demo model, built once."""
+    from guardrt.export.causal_lm_export import export_causal_lm
+
+    model_dir = cached_guard_demo_model(size, seed=seed, log=log)
+    key = f"qwen3guard-gen-{size}-s{seed}-{'_'.join(precisions)}-{'_'.join(graphs)}-" + _code_hash(
+        _GUARD_EXPORT_CODE, "export", model_dir.name, tuple(precisions), tuple(graphs), export_kwargs)
+    return _cached("exports", key, lambda tmp: export_causal_lm(model_dir, tmp, tuple(precisions), tuple(graphs),
+                                                                log=log, **export_kwargs))

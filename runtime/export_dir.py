@@ -9,8 +9,14 @@ Layout (self-contained; everything a server or an in-process classifier needs)::
                                 `model.onnx.data` (one external-data file) when the graph is large
     DIR/validation.json         ORT-vs-PyTorch validation results, per precision
 
-Every graph takes `input_ids` and `attention_mask` (int64 [batch, sequence]) and returns `logits` (float32
-[batch, num_labels]), whatever its internal precision.
+Every classifier graph takes `input_ids` and `attention_mask` (int64 [batch, sequence]) and returns `logits`
+(float32 [batch, num_labels]), whatever its internal precision.
+
+`graph` in guardrt.json names the kind of graph `precisions` points to: "classifier" (the default, for manifests
+written before the field existed), "causal-lm-with-past" (a KV-cache decoder for generation) or "verdict" (a
+classifier-shaped graph over a causal LM: `input_ids`, `attention_mask` -> `verdict` float32 [batch, 7]); see
+`guardrt.export.causal_lm_export`. An export holding several kinds lists them in `graphs`
+(kind -> precision -> path), e.g. `generate/<precision>/model.onnx` and `verdict/<precision>/model.onnx`.
 
 Pure Python (json + pathlib): used by the runtime, the Triton repository writer and the exporter alike.
 `guardrt.export.export_dir` re-exports it for build-time code.
@@ -42,6 +48,17 @@ class ExportManifest:
     precisions: dict[str, Path]
     guardrt_version: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    graph: str = "classifier"
+    # graph kind -> precision -> absolute model path (always has `graph` -> `precisions`).
+    graphs: dict[str, dict[str, Path]] = field(default_factory=dict)
+
+    def graph_path(self, kind: str, precision: str = "fp32") -> Path:
+        """Path of `kind`'s model.onnx at `precision`; ModelFilesError naming what the export has otherwise."""
+        try:
+            return self.graphs[kind][precision]
+        except KeyError:
+            have = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.graphs.items()) or "none"
+            raise ModelFilesError(f"export {self.path} has no {kind} graph at {precision!r}; it has {have}") from None
 
     def model_path(self, precision: str = "fp32") -> Path:
         """Path of the precision's model.onnx; ModelFilesError naming the available precisions otherwise."""
@@ -85,12 +102,24 @@ def load_export_dir(path: str | Path, spec: str | None = None) -> ExportManifest
         raise ModelFilesError(f"{root} was exported for spec {raw['spec']!r}, not {spec!r}")
     if not isinstance(raw["precisions"], dict) or not raw["precisions"]:
         raise ModelFilesError(f"corrupt {file}: `precisions` must map precision -> model path")
-    precisions: dict[str, Path] = {}
-    for precision, rel in raw["precisions"].items():
-        model = (root / str(rel)).resolve()
-        if not model.is_file() or model.stat().st_size == 0:
-            raise ModelFilesError(f"export {root}: {precision} model {rel} is missing or empty")
-        precisions[str(precision)] = model
+    def resolve(table: Any, what: str) -> dict[str, Path]:
+        if not isinstance(table, dict):
+            raise ModelFilesError(f"corrupt {file}: {what} must map precision -> model path")
+        paths: dict[str, Path] = {}
+        for precision, rel in table.items():
+            model = (root / str(rel)).resolve()
+            if not model.is_file() or model.stat().st_size == 0:
+                raise ModelFilesError(f"export {root}: {precision} model {rel} is missing or empty")
+            paths[str(precision)] = model
+        return paths
+
+    precisions = resolve(raw["precisions"], "`precisions`")
+    graph = str(raw.get("graph") or "classifier")
+    extra = raw.get("graphs") or {}
+    if not isinstance(extra, dict):
+        raise ModelFilesError(f"corrupt {file}: `graphs` must map graph kind -> precision -> model path")
+    graphs = {str(kind): resolve(table, f"graphs.{kind}") for kind, table in extra.items()}
+    graphs[graph] = precisions
     if not (root / "config.json").is_file():
         raise ModelFilesError(f"export {root}: config.json is missing")
     return ExportManifest(
@@ -101,4 +130,6 @@ def load_export_dir(path: str | Path, spec: str | None = None) -> ExportManifest
         precisions=precisions,
         guardrt_version=str(raw.get("guardrt_version", "")),
         raw=raw,
+        graph=graph,
+        graphs=graphs,
     )

@@ -3,7 +3,8 @@ synthetic task, into DIR/<spec>/ — the inputs `guardrt export --model-dir` exp
 from __future__ import annotations
 
 NAME = "demo-models"
-HELP = "build local demo checkpoints (Qwen3 intent-safety, RoBERTa rejection) for export and tests"
+HELP = ("build local demo checkpoints (Qwen3 intent-safety, RoBERTa rejection, Qwen3Guard-Gen causal LM) for "
+        "export and tests")
 
 
 def add_arguments(p) -> None:
@@ -12,8 +13,12 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output directory; one checkpoint per spec in OUT/<spec>")
     p.add_argument("--size", default="tiny", choices=["tiny", "realistic"],
                    help="tiny (unit tests, seconds) or realistic (distilroberta 6x768; Qwen3-0.6B layer shape, "
-                        "4 layers)")
-    p.add_argument("--spec", default=None, help=f"only this spec ({', '.join(spec_names())}); default: all")
+                        "4 layers, for intent-safety and qwen3guard-gen)")
+    from guardrt.export.demo_guard_models import GUARD_DEMO_SPECS
+
+    names = sorted(set(spec_names()) | set(GUARD_DEMO_SPECS))
+    p.add_argument("--spec", default=None, help=f"only this spec ({', '.join(names)}); default: every registered "
+                                                "spec")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -31,8 +36,13 @@ def run(args) -> int:
     from guardrt.export.demo_models import cached_demo_model
     from guardrt.export.progress import stderr_log
 
+    from guardrt.export.demo_guard_models import GUARD_DEMO_SPECS
+
     try:
-        names = [get_spec(args.spec).name] if args.spec else spec_names()
+        if args.spec in GUARD_DEMO_SPECS:  # generative guard demo models (guardrt.export.demo_guard_models)
+            names = [args.spec]
+        else:
+            names = [get_spec(args.spec).name] if args.spec else spec_names()
     except ValueError as exc:
         raise GuardrtError(str(exc)) from None
     out = Path(args.out)
@@ -43,6 +53,9 @@ def run(args) -> int:
             shutil.rmtree(dest)
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".complete"))
         metrics = json.loads((dest / "demo.json").read_text())
-        print(json.dumps({"spec": name, "size": args.size, "model_dir": str(dest),
-                          "heldout_accuracy": metrics.get("heldout_accuracy")}))
+        line = {"spec": name, "size": args.size, "model_dir": str(dest),
+                "heldout_accuracy": metrics.get("heldout_accuracy", metrics.get("heldout_safety_accuracy"))}
+        if "heldout_format_accuracy" in metrics:
+            line["heldout_format_accuracy"] = metrics["heldout_format_accuracy"]
+        print(json.dumps(line))
     return 0

@@ -1,0 +1,151 @@
+"""guardrt Triton python backend for generate mode: greedy generation with continuous batching over a KV cache.
+
+A decoupled model (`model_transaction_policy { decoupled: true }`): `execute` only validates each request and queues
+it, and returns at once; one worker thread owns the ONNX Runtime session and a running `DecodeBatch`
+(`guardrt.runtime.generate`): between two decode steps it admits every request that arrived (one prefill for them,
+then their rows join the running rows), and it sends a request's response the moment its row stops (a stop token or
+its token limit). So concurrent requests share each decode step whatever the moment they arrived, and a short
+answer never waits for a long one. The computation per row is the one `GreedyGenerator` does (tested: token ids
+equal to in-process generation).
+
+Request: `input_ids` INT64 [n] (one prompt: the chat template's ids, no padding), optional `max_new_tokens` INT32
+[1]. Response: `output_ids` INT64 [m], the new tokens, stop token included. A bad request gets its own error.
+Decoupled models are called over gRPC streams (`tritonclient.grpc` `start_stream` / `async_stream_infer`); see
+`guardrt.runtime.triton_generate`.
+
+config.pbtxt `parameters` (written by `guardrt.runtime.triton_generate.write_generate_model`): onnx_file,
+eos_token_ids ("151645,151643"), pad_token_id, max_new_tokens, max_length, intra_op_threads, max_active_rows (rows
+decoding at once; more wait in the queue), prefix_cache_entries.
+
+Needs guardrt's runtime (numpy + onnxruntime) importable by the backend's Python: the stub guardrt assembles is for
+the Python that runs `guardrt serve`.
+"""
+import json
+import os
+import queue
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from guardrt.runtime.generate import DecodeBatch, GenerationSettings, GreedyGenerator, PrefixCache
+
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise ValueError("the generate model must be decoupled (model_transaction_policy { decoupled: true })")
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self.name = config.get("name", "generate")
+        self.settings = GenerationSettings(
+            eos_token_ids=tuple(int(t) for t in params["eos_token_ids"].split(",")),
+            pad_token_id=int(params["pad_token_id"]),
+            max_new_tokens=int(params["max_new_tokens"]),
+            max_length=int(params["max_length"]),
+        )
+        self.max_active = int(params.get("max_active_rows", "32") or 32)
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        threads = int(params.get("intra_op_threads", "0") or 0) or None
+        entries = int(params.get("prefix_cache_entries", "8") or 0)
+        self.generator = GreedyGenerator(path, self.settings, intra_op_threads=threads,
+                                         prefix_cache=PrefixCache(max_entries=entries) if entries else False)
+        self.batch = DecodeBatch(self.generator)
+        self.pending = queue.Queue()
+        self.senders = {}
+        self.next_key = 0
+        self.closing = threading.Event()
+        self.executions = 0  # decode steps + prefills, for the statistics line at the end
+        self.worker = threading.Thread(target=self._loop, name=f"{self.name}-decoder", daemon=True)
+        self.worker.start()
+        pb_utils.Logger.log_info(f"guardrt {self.name}: {path}, continuous batching up to {self.max_active} rows")
+
+    def _parse(self, request):
+        ids_t = pb_utils.get_input_tensor_by_name(request, "input_ids")
+        if ids_t is None:
+            raise ValueError("request needs input_ids")
+        ids = ids_t.as_numpy()
+        if ids.ndim != 1:
+            raise ValueError(f"input_ids must be one prompt [n], got shape {list(ids.shape)}")
+        if ids.size == 0:
+            raise ValueError("empty prompt (no token ids)")
+        limit = self.settings.max_new_tokens
+        lim_t = pb_utils.get_input_tensor_by_name(request, "max_new_tokens")
+        if lim_t is not None:
+            limit = int(lim_t.as_numpy().reshape(-1)[0])
+            if not 1 <= limit <= self.settings.max_new_tokens:
+                raise ValueError(f"max_new_tokens must be 1..{self.settings.max_new_tokens}, got {limit}")
+        if ids.size + limit > self.settings.max_length:
+            raise ValueError(f"{ids.size} prompt tokens + {limit} new tokens exceed the maximum length "
+                             f"{self.settings.max_length}")
+        return ids.astype(np.int64).tolist(), limit
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                prompt, limit = self._parse(request)
+            except ValueError as exc:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {exc}")),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            self.pending.put((sender, prompt, limit))
+        return None
+
+    # -- the decoder thread ---------------------------------------------------------------------------------------
+    def _admit(self, block):
+        """Requests to prefill now: every queued one up to the row budget (waiting for one when idle)."""
+        new = []
+        room = self.max_active - len(self.batch)
+        try:
+            if block:
+                new.append(self.pending.get(timeout=0.1))
+            while len(new) < room:
+                new.append(self.pending.get_nowait())
+        except queue.Empty:
+            pass
+        return new
+
+    def _deliver(self, finished):
+        for key, tokens in finished:
+            sender = self.senders.pop(key)
+            out = pb_utils.Tensor("output_ids", np.asarray(tokens, dtype=np.int64))
+            sender.send(pb_utils.InferenceResponse(output_tensors=[out]),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _fail(self, keys, exc):
+        for key in keys:
+            sender = self.senders.pop(key, None)
+            if sender is not None:
+                sender.send(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}")),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _loop(self):
+        from guardrt.runtime.generate import DecodeBatch
+
+        while not self.closing.is_set():
+            new = self._admit(block=len(self.batch) == 0)
+            if new:
+                keys = []
+                for sender, _, _ in new:
+                    keys.append(self.next_key)
+                    self.senders[self.next_key] = sender
+                    self.next_key += 1
+                try:
+                    self._deliver(self.batch.add([p for _, p, _ in new], keys, [lim for _, _, lim in new]))
+                    self.executions += 1
+                except Exception as exc:  # a failed prefill fails its own requests only
+                    self._fail(keys, exc)
+            if len(self.batch):
+                try:
+                    self._deliver(self.batch.step())
+                    self.executions += 1
+                except Exception as exc:  # the running rows are lost; fail them and start afresh
+                    self._fail(list(self.batch.keys), exc)
+                    self.batch = DecodeBatch(self.generator)
+
+    def finalize(self):
+        self.closing.set()
+        self.worker.join(timeout=10)
+        pb_utils.Logger.log_info(f"guardrt {self.name}: {self.executions} batched executions")

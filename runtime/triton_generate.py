@@ -1,0 +1,170 @@
+"""Generate mode on Triton: the model-repository entry (`write_generate_model`) and a gRPC client
+(`TritonGenerateClient`) for the decoupled python-backend model `runtime/triton_backend/generate_model.py`.
+
+The model takes one prompt's token ids per request and batches concurrent requests' decoding itself (continuous
+batching over the KV cache); a decoupled model answers over a gRPC stream, so the client keeps one stream open and
+matches responses to requests by id. Token ids go over the wire, never text.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from guardrt.runtime.errors import InputError, ServerError, require
+
+__all__ = ["GENERATE_BACKEND", "generate_config_text", "write_generate_model", "TritonGenerateClient"]
+
+GENERATE_BACKEND = Path(__file__).with_name("triton_backend") / "generate_model.py"
+
+
+def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_op_threads: int = 0,
+                         max_active_rows: int = 32, prefix_cache_entries: int = 8, precision: str = "fp32",
+                         onnx_file: str = "model.onnx") -> str:
+    """config.pbtxt of the decoupled generate model (checked with Triton's ModelConfig protobuf)."""
+    from guardrt.runtime.triton_repo import _parameters_block, _q, parse_config
+
+    params = {
+        "guardrt_spec": "qwen3guard-gen", "guardrt_mode": "generate", "guardrt_precision": precision,
+        "onnx_file": onnx_file, "eos_token_ids": ",".join(str(t) for t in settings.eos_token_ids),
+        "pad_token_id": settings.pad_token_id, "max_new_tokens": settings.max_new_tokens,
+        "max_length": settings.max_length, "intra_op_threads": int(intra_op_threads),
+        "max_active_rows": int(max_active_rows), "prefix_cache_entries": int(prefix_cache_entries),
+    }
+    text = (
+        f"name: {_q(name)}\nbackend: \"python\"\nmax_batch_size: 0\n"
+        "model_transaction_policy { decoupled: true }\n"
+        "input [\n"
+        "  { name: \"input_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
+        "  { name: \"max_new_tokens\" data_type: TYPE_INT32 dims: [ 1 ] optional: true }\n"
+        "]\n"
+        "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] }\n]\n"
+        f"instance_group [\n  {{ count: {int(instance_count)} kind: KIND_CPU }}\n]\n"
+        + _parameters_block(params)
+    )
+    parse_config(text)
+    return text
+
+
+def write_generate_model(repo: str | Path, export_dir: str | Path, *, precision: str = "fp32",
+                         name: str = "qwen3guard-gen-generate", max_new_tokens: int | None = None, **options) -> Path:
+    """Write `repo/<name>/` (config.pbtxt, 1/model.py, 1/model.onnx[.data]) from an export's KV-cache graph."""
+    from guardrt.runtime.export_dir import load_export_dir
+    from guardrt.runtime.generate import generation_settings
+    from guardrt.runtime.triton_repo import _onnx_files, _place
+
+    manifest = load_export_dir(export_dir)
+    src = manifest.graph_path("causal-lm-with-past", precision)
+    settings = generation_settings(manifest.path, max_new_tokens)
+    text = generate_config_text(name, settings, precision=precision, **options)
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
+    try:
+        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
+        for f in _onnx_files(src):
+            _place(f, staging / "1" / f.name)
+        shutil.copy2(GENERATE_BACKEND, staging / "1" / "model.py")
+        target = repo / name
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return repo / name
+
+
+class TritonGenerateClient:
+    """`generate(prompts)` -> new token ids per prompt, all requests in flight at once on one gRPC stream (the
+    server batches their decoding). Context manager; one line errors (server down, model error naming the item)."""
+
+    def __init__(self, url: str, model: str = "qwen3guard-gen-generate", timeout_s: float = 300.0):
+        grpc = require("tritonclient.grpc", "client")
+        self.url, self.model, self.timeout_s = url, model, float(timeout_s)
+        self._grpc = grpc
+        self.client = grpc.InferenceServerClient(url)
+        self._results: dict[str, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        try:
+            self.client.start_stream(callback=self._on_response)
+        except Exception as exc:  # tritonclient raises its own exception types
+            raise ServerError(f"cannot open a gRPC stream to {url}: {str(exc).splitlines()[0]}") from None
+
+    def _on_response(self, result=None, error=None):
+        if error is not None:
+            request_id = getattr(error, "request_id", None) or ""
+            message = error.message() if hasattr(error, "message") else str(error)
+        else:
+            request_id = result.get_response().id
+            message = None
+        with self._lock:
+            q = self._results.get(request_id)
+        if q is None and error is not None:  # an error without request id: give it to every waiter
+            with self._lock:
+                for q in self._results.values():
+                    q.put((None, message))
+            return
+        if q is not None:
+            q.put((None if error is not None else result.as_numpy("output_ids").tolist(), message))
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        if not prompts:
+            raise InputError("empty batch: at least one prompt is needed")
+        waiting = []
+        for i, p in enumerate(prompts):
+            ids = np.asarray(list(p), dtype=np.int64)
+            if ids.ndim != 1 or ids.size == 0:
+                raise InputError(f"item {i}: a prompt must be a non-empty list of token ids")
+            request_id = f"g{next(self._ids)}"
+            q: queue.Queue = queue.Queue()
+            with self._lock:
+                self._results[request_id] = q
+            inputs = [self._grpc.InferInput("input_ids", [ids.size], "INT64")]
+            inputs[0].set_data_from_numpy(ids)
+            if max_new_tokens is not None:
+                lim = self._grpc.InferInput("max_new_tokens", [1], "INT32")
+                lim.set_data_from_numpy(np.asarray([max_new_tokens], dtype=np.int32))
+                inputs.append(lim)
+            try:
+                self.client.async_stream_infer(self.model, inputs, request_id=request_id)
+            except Exception as exc:  # tritonclient's InferenceServerException: the stream is closed
+                with self._lock:
+                    self._results.pop(request_id, None)
+                raise ServerError(f"generate request to {self.url} failed (server down or stream closed): "
+                                  f"{str(exc).splitlines()[0]}") from None
+            waiting.append((i, request_id, q))
+        out: list[list[int]] = [[] for _ in prompts]
+        errors = []
+        for i, request_id, q in waiting:
+            try:
+                tokens, error = q.get(timeout=self.timeout_s)
+            except queue.Empty:
+                tokens, error = None, f"no response within {self.timeout_s:.0f}s"
+            with self._lock:
+                self._results.pop(request_id, None)
+            if error is not None:
+                errors.append(f"item {i}: {error}")
+            else:
+                out[i] = tokens
+        if errors:
+            raise ServerError("; ".join(errors))
+        return out
+
+    def close(self) -> None:
+        try:
+            self.client.stop_stream()
+        finally:
+            self.client.close()
+
+    def __enter__(self) -> "TritonGenerateClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
