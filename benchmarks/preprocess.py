@@ -7,8 +7,8 @@ Traffic kinds (all seeded), --spec intent-safety (the default):
 --spec qwen3guard-gen (the chat template; the reference is the card's apply_chat_template + tokenizer([text])):
   prompt-moderation    one short user prompt
   response-moderation  a short prompt and a 100-400 word answer
-  growing-chat         one role-play conversation, moderated after every assistant reply
-  long-conversations   8-12 long turns (5-10k tokens)
+  growing-chat         one role-play conversation, its last 12 messages moderated after every assistant reply
+  long-conversations   8-12 long turns (150-400 words each, ~6k tokens)
 
 For each kind it measures the card's reference (transformers AutoTokenizer, the card's code), the same reference
 algorithm with `tokenizers` only (shows what swapping libraries alone gives), and guardrt's piecewise
@@ -123,9 +123,10 @@ def chat_template_traffic(quick: bool) -> dict[str, list[list[dict]]]:
     return {
         "prompt-moderation": [[p] for p in prompts],
         "response-moderation": [[p, {"role": "assistant", "content": a["content"]}] for p, a in zip(prompts, answers)],
-        "growing-chat": [convo[: i + 1] for i in range(len(convo)) if convo[i]["role"] == "assistant"],
+        # the last 12 messages up to each new reply (the whole chat would pass the 32,768-token maximum)
+        "growing-chat": [convo[max(0, i - 11): i + 1] for i in range(len(convo)) if convo[i]["role"] == "assistant"],
         "long-conversations": [[{"role": t["role"], "content": t["content"]} for t in d if t["role"] != "system"]
-                               for d in generate_long_dialogues(n_long, seed=6, words=(300, 700))],
+                               for d in generate_long_dialogues(n_long, seed=6, words=(150, 400))],
     }
 
 

@@ -1,6 +1,6 @@
 """Exact preprocessing: turns / texts -> the token ids the seed cards' reference code produces.
 
-Only `tokenizers` is used (no transformers). Two preprocessor kinds:
+Only `tokenizers` is used (no transformers; chat templates are rendered with jinja2). Three preprocessor kinds:
 
 * `DialogueContextPreprocessor` (intent-safety). The card's reference (`format_ctx` + `build_model_text` + a final
   left-truncating encode) tokenizes the whole context, keeps the last `budget` ids, decodes them, and re-encodes
@@ -429,7 +429,8 @@ class ChatTemplatePreprocessor:
     Bad input: `messages` must be a non-empty list (transformers crashes on an empty one with IndexError, and takes
     a list whose first item is a list as a batch of conversations); a message the template cannot render (missing
     or non-string content, ...) raises InputError naming it; messages that the template skips (an object without a
-    role, a non-object past the first) are skipped exactly as the reference skips them. An input over the spec's
+    role or with a role it ignores, a string / number / null message) are skipped exactly as the reference skips
+    them. An input over the spec's
     max_length raises InputError: the reference would not truncate it, and the model is not served past it.
     """
 
