@@ -105,5 +105,10 @@ def test_parts_validate_their_kind():
 
 
 def test_spec_is_a_dataclass_with_its_parts():
+    import copy
+    import pickle
+
     fields = [f.name for f in dataclasses.fields(ModelSpec)]
     assert fields == ["name", "seed_card", "input", "graph", "decoding", "output", "serving", "gates"]
+    spec = get_spec("intent-safety")
+    assert pickle.loads(pickle.dumps(spec)) == spec == copy.deepcopy(spec)  # child processes receive specs
