@@ -214,7 +214,7 @@ class ChatTemplate:
 
         Bisects on prefixes of the conversation (the failing message is the first one a prefix cannot render), so a
         long conversation costs a few renders, only on this error path."""
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line, whatever the template raised
         if isinstance(messages, (list, tuple)) and self._renders(variables, messages[:0]):
             lo, hi = 0, len(messages)  # invariant: messages[:lo] renders
             while hi - lo > 1:
