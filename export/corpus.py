@@ -1,5 +1,14 @@
-"""Deterministic generated corpora: dialogues (intent-safety) and texts (rejection) that cover the hard cases of the
-reference preprocessing. Used by the exactness oracle tests, calibration, and the benchmarks. Pure Python.
+"""Deterministic generated corpora: dialogues (intent-safety), texts (rejection) and chat conversations
+(qwen3guard-gen and the other chat-template guards) that cover the hard cases of the reference preprocessing. Used
+by the exactness oracle tests, calibration, and the benchmarks. Pure Python.
+
+Chat conversations (`generate_conversations`): prompt moderation (last role user) and response moderation (last
+role assistant); a leading system message (the Qwen3Guard-Gen template prints it as `USER:` and glues the next user
+message to it); multi-turn chats up to 14 messages; empty and whitespace-only content; non-string content (None,
+numbers, booleans, lists and dicts: the reference's template fails on them where it renders them); roles the
+template ignores (tool, developer, wrong casing, missing, non-string); messages that are not objects past the first;
+extra keys (name, reasoning_content, tool_calls); CJK, emoji, special-token strings (`<|im_end|>`, `<think>`...)
+inside content; very long content, some conversations over 32,768 tokens.
 
 Hard cases covered on purpose: contexts far over 4,096 tokens; CJK, emoji (incl. ZWJ sequences and flags), combining
 characters and decomposed (non-NFC) text at the trim point; role aliases and casing, unknown / missing / non-string
@@ -227,3 +236,112 @@ def _plain(rng: random.Random, n: int) -> str:
         if i % 60 == 59:
             out.append("\n\n")
     return " ".join(out)
+
+
+_CHAT_ROLES_ODD = ["tool", "User", "ASSISTANT", "System", "", None, 7, "developer", "user ", True, "bot"]
+_NON_STRING_CONTENT = [None, 42, 3.5, 0, True, False, ["a", "b"], [], {"k": "v"}, {},
+                       [{"type": "text", "text": "hello"}]]
+
+
+def _chat_content(rng: random.Random, long: bool) -> Any:
+    r = rng.random()
+    if r < 0.05:
+        return rng.choice(["", " ", "\n", "\n\n", "\u3000", "\t \n"])  # empty / whitespace-only: kept as is
+    if r < 0.08:
+        return rng.choice(_NON_STRING_CONTENT)  # the template fails wherever it prints one
+    if r < 0.11:
+        return rng.choice(_SPECIAL) + _words(rng, rng.randint(1, 10)) + rng.choice(_SPECIAL)
+    if long:
+        kind = rng.random()
+        if kind < 0.5:
+            return _words(rng, rng.randint(400, 3000))
+        if kind < 0.75:
+            return _dense(rng, rng.randint(1000, 5000))
+        return _long_line(rng, rng.randint(3000, 15000))
+    return _words(rng, rng.randint(1, 80))
+
+
+def _chat_message(rng: random.Random, role: Any, long: bool = False, odd: float = 0.0) -> Any:
+    """One message with `role`; with probability `odd` something malformed (odd role, missing key, not an object)."""
+    if rng.random() < odd:
+        r = rng.random()
+        if r < 0.2:
+            return rng.choice(["a bare string", 5, None, 2.5, True, ["user", "hi"]])  # not an object
+        if r < 0.45:
+            role = rng.choice(_CHAT_ROLES_ODD)
+        elif r < 0.6:
+            return {"content": _chat_content(rng, long)}  # no role
+        elif r < 0.75:
+            return {"role": role}  # no content
+    msg: dict = {"role": role, "content": _chat_content(rng, long)}
+    r = rng.random()
+    if r < 0.03:
+        msg["name"] = "someone"
+    elif r < 0.05 and role == "assistant":
+        msg["reasoning_content"] = _words(rng, 8)
+    elif r < 0.07 and role == "assistant":
+        msg["tool_calls"] = [{"function": {"name": "lookup", "arguments": {"q": _words(rng, 3), "n": 2}}}]
+    return msg
+
+
+def generate_conversations(n: int, seed: int = 0, max_huge: int | None = None) -> list[list[Any]]:
+    """`n` conversations (lists of {"role", "content"} messages) covering the chat-template hard cases above.
+
+    One in six is long (contents of 400-15,000 words/characters); among those, one in eight is huge (over the
+    32,768-token serving maximum), at most `max_huge` of them (None: no limit)."""
+    rng = random.Random(seed)
+    out: list[list[Any]] = []
+    huge = 0
+    for i in range(n):
+        mode = i % 6
+        if mode == 0:  # prompt moderation
+            convo = [_chat_message(rng, "user")]
+        elif mode == 1:  # response moderation
+            convo = [_chat_message(rng, "user"), _chat_message(rng, "assistant")]
+        elif mode == 2:  # leading system message: the template's quirk
+            convo = [_chat_message(rng, "system"), _chat_message(rng, "user")]
+            if rng.random() < 0.5:
+                convo.append(_chat_message(rng, "assistant"))
+            if rng.random() < 0.3:
+                convo += [_chat_message(rng, "user"), _chat_message(rng, "system")]  # a later system message
+        elif mode == 3:  # multi-turn, ending on either role
+            turns = rng.randint(3, 14)
+            convo = [_chat_message(rng, "user" if k % 2 == 0 else "assistant") for k in range(turns)]
+            if rng.random() < 0.3:
+                convo.insert(0, _chat_message(rng, "system"))
+        elif mode == 4:  # long contents; some over the maximum length
+            convo = [_chat_message(rng, "user", long=True)]
+            if rng.random() < 0.6:
+                convo.append(_chat_message(rng, "assistant", long=True))
+            if rng.random() < 1 / 8 and (max_huge is None or huge < max_huge):
+                huge += 1
+                convo[-1] = {"role": convo[-1]["role"] if isinstance(convo[-1], dict) and "role" in convo[-1]
+                             else "user", "content": _words(rng, rng.randint(14000, 28000))}
+        else:  # malformed and odd messages (never a list first: transformers would take it as a batch)
+            turns = rng.randint(1, 6)
+            convo = [_chat_message(rng, rng.choice(["user", "assistant", "system"]), odd=0.5) for _ in range(turns)]
+            if isinstance(convo[0], list):
+                convo[0] = {"role": "user", "content": "first"}
+        out.append(convo)
+    return out
+
+
+def generate_length_edge_conversations(count_tokens, limit: int, seed: int = 2, sweep: int = 6) -> list[list[dict]]:
+    """Conversations whose token count sweeps across `limit`: one user message grown a word at a time.
+
+    `count_tokens(messages)` returns the reference's token count; the filler size is found by bisection."""
+    rng = random.Random(seed)
+    words = [rng.choice(_EN) for _ in range(int(limit * 1.2))]
+    head = _dense(rng, 100)
+
+    def convo(n: int) -> list[dict]:
+        return [{"role": "user", "content": head + " ".join(words[:n])}]
+
+    lo, hi = 0, len(words)
+    while lo < hi:  # smallest n whose count reaches the limit
+        mid = (lo + hi) // 2
+        if count_tokens(convo(mid)) >= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return [convo(n) for n in range(max(0, lo - sweep // 2), lo + sweep // 2)]

@@ -1,5 +1,8 @@
 """Reference implementations (test oracle and benchmark baseline): the seed cards' reference preprocessing, written from the cards with `transformers`.
 
+`ChatTemplateReference` is the Qwen3Guard-Gen card's input code: `AutoTokenizer.from_pretrained(dir)`,
+`apply_chat_template(messages, tokenize=False)`, `tokenizer([text])`.
+
 Deliberately independent of guardrt.runtime.preprocess: it follows the card's code line by line
 (AutoTokenizer, padding_side/truncation_side left, pad = eos when missing, format_ctx, build_model_text, final
 encode with truncation at 4096). Build-time only: imports transformers.
@@ -64,3 +67,21 @@ class RejectionReference:
 
     def input_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, truncation=True, max_length=512)["input_ids"])
+
+
+class ChatTemplateReference:
+    """The Qwen3Guard-Gen card's input: `tokenizer([tokenizer.apply_chat_template(messages, tokenize=False)])`.
+
+    `template_kwargs` go to apply_chat_template as the card's callers pass them (add_generation_prompt,
+    enable_thinking, tools...). Any exception transformers raises propagates: the oracle tests compare crashes too."""
+
+    def __init__(self, tokenizer_dir: str | Path):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+    def text(self, messages, **template_kwargs) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, **template_kwargs)
+
+    def input_ids(self, messages, **template_kwargs) -> list[int]:
+        return list(self.tokenizer([self.text(messages, **template_kwargs)])["input_ids"][0])

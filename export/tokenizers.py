@@ -37,6 +37,29 @@ def copy_qwen3_tokenizer(out_dir: str | Path) -> Path:
     return out
 
 
+# The chat template published with the Qwen3Guard-Gen checkpoints (see ../shared/fixtures/qwen3guard-gen/README.md).
+QWEN3GUARD_GEN_TEMPLATE = Path(__file__).with_name("data") / "qwen3guard-gen" / "chat_template.jinja"
+
+
+def copy_qwen3guard_gen_tokenizer(out_dir: str | Path, template_in: str = "tokenizer_config") -> Path:
+    """The real Qwen3 tokenizer with the Qwen3Guard-Gen chat template in `out_dir`, as a checkpoint carries it:
+    as tokenizer_config.json's `chat_template` (template_in="tokenizer_config", the format of the published
+    checkpoints) or as a `chat_template.jinja` file next to a config without one (template_in="file")."""
+    if template_in not in ("tokenizer_config", "file"):
+        raise ValueError(f"template_in must be 'tokenizer_config' or 'file', got {template_in!r}")
+    out = copy_qwen3_tokenizer(out_dir)
+    template = QWEN3GUARD_GEN_TEMPLATE.read_text(encoding="utf-8")
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if template_in == "file":
+        config.pop("chat_template", None)
+        (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+    else:
+        config["chat_template"] = template
+    config_file.write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out
+
+
 # A small, fixed English + multilingual corpus: enough merges for realistic token counts, fully deterministic.
 _ROBERTA_CORPUS = [
     "I'm sorry, but I can't assist with that request.",

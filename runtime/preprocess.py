@@ -1,6 +1,6 @@
 """Exact preprocessing: turns / texts -> the token ids the seed cards' reference code produces.
 
-Only `tokenizers` is used (no transformers). Two preprocessor kinds:
+Only `tokenizers` is used (no transformers; chat templates are rendered with jinja2). Three preprocessor kinds:
 
 * `DialogueContextPreprocessor` (intent-safety). The card's reference (`format_ctx` + `build_model_text` + a final
   left-truncating encode) tokenizes the whole context, keeps the last `budget` ids, decodes them, and re-encodes
@@ -23,6 +23,10 @@ Only `tokenizers` is used (no transformers). Two preprocessor kinds:
 
 * `SingleTextPreprocessor` (rejection): one text, the tokenizer's own special tokens, right truncation at 512, as
   the card's text-classification pipeline does.
+
+* `ChatTemplatePreprocessor` (qwen3guard-gen, and the Qwen3-template guards after it): a list of {"role", "content"}
+  messages through the model's own chat template (`runtime.chat_template`, rendered as transformers renders it),
+  then encoded as the card's `tokenizer([text])` does. Never truncated: over the spec's max_length is an InputError.
 """
 from __future__ import annotations
 
@@ -36,10 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from guardrt.runtime.chat_template import ChatTemplate
 from guardrt.runtime.errors import InputError, ModelFilesError
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = [
+    "ChatTemplatePreprocessor",
     "DialogueContextPreprocessor",
     "SingleTextPreprocessor",
     "build_preprocessor",
@@ -406,31 +412,144 @@ class SingleTextPreprocessor:
         return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=True)]
 
 
-# The field of an input row (a JSON line, a Parquet column) that holds a spec's payload, by preprocessor kind. Every
-# reader of rows (`guardrt preprocess`, `classify`, `score`) asks `payload_field`; a new input kind adds its field here.
-PAYLOAD_FIELDS = {"dialogue_ctx": "turns", "single_text": "text", "chat_template": "messages"}
+# Every reader of input rows (`guardrt preprocess`, `classify`, `score`) asks `payload_field`; the field itself is
+# part of a spec's input format (`spec.input.request_field`: "turns", "text" or "messages").
 
 
 def payload_field(spec: ModelSpec | str) -> str:
     """The input-row field holding `spec`'s payload: "turns", "text" or "messages"."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    try:
-        return PAYLOAD_FIELDS[spec.preprocessor]
-    except KeyError:
-        raise ValueError(f"spec {spec.name}: no payload field for preprocessor kind {spec.preprocessor!r}") from None
+    return spec.input.request_field
+
+
+class ChatTemplatePreprocessor:
+    """chat_template input: messages -> the model's chat template -> ids.
+
+    `encode(messages)` returns exactly the card's
+    `tokenizer([tokenizer.apply_chat_template(messages, tokenize=False, **options)])["input_ids"][0]`: the template
+    is rendered by `runtime.chat_template.ChatTemplate` (transformers' environment, variables and precedence) and
+    the text is encoded with the tokenizer's default special-token handling (`add_special_tokens=True`; Qwen3's
+    post-processor adds nothing). The spec's options give `add_generation_prompt` and extra template variables.
+
+    Faster with the same ids: for a Qwen2-style tokenizer whose post-processor adds no tokens, the rendered text is
+    cut at the forced pre-token boundaries `DialogueContextPreprocessor` uses (after a newline followed by
+    non-whitespace; inside very long lines, before a space after an ASCII letter); the ids of the pieces
+    concatenate to the ids of the whole, so each piece's ids are cached: the template's fixed instructions (~300
+    tokens for Qwen3Guard-Gen) and a conversation's earlier turns are encoded once.
+
+    Bad input: `messages` must be a non-empty list (transformers crashes on an empty one with IndexError, and takes
+    a list whose first item is a list as a batch of conversations); a message the template cannot render (missing
+    or non-string content, ...) raises InputError naming it; messages that the template skips (an object without a
+    role or with a role it ignores, a string / number / null message) are skipped exactly as the reference skips
+    them. An input over the spec's
+    max_length raises InputError: the reference would not truncate it, and the model is not served past it.
+    """
+
+    def __init__(self, tokenizer, spec: ModelSpec, template: ChatTemplate, cache_max_ids: int = 2_000_000,
+                 piecewise: bool | None = None):
+        opts = spec.input.options
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = spec.input.max_length
+        self.add_generation_prompt = bool(opts.get("add_generation_prompt", False))
+        self.template_kwargs = dict(opts.get("template_kwargs") or {})
+        if piecewise is None:
+            piecewise = _supports_piecewise(tokenizer) and tokenizer.num_special_tokens_to_add(False) == 0
+        self.piecewise = piecewise
+        self._piece_cache = _LRU(cache_max_ids)
+
+    @staticmethod
+    def check_messages(messages: Any) -> None:
+        """InputError for what the reference cannot take as one conversation (see the class docstring)."""
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+            raise InputError(f"messages must be a list of {{role, content}} objects, got {type(messages).__name__}")
+        if not messages:
+            raise InputError("messages is empty: at least one {role, content} message is needed")
+        if isinstance(messages[0], (list, tuple)):
+            raise InputError(f"message 0 must be an object with role and content, got {type(messages[0]).__name__}")
+
+    def render(self, messages: Any, **template_kwargs: Any) -> str:
+        """The chat-template text of one conversation (the spec's template variables, then `template_kwargs`)."""
+        self.check_messages(messages)
+        kwargs = {**self.template_kwargs, **template_kwargs}
+        add_generation_prompt = kwargs.pop("add_generation_prompt", self.add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    @staticmethod
+    def split_lines(text: str) -> list[str]:
+        """`text` cut at every forced pre-token boundary (long lines further cut); "".join(...) == text."""
+        pieces: list[str] = []
+        start = 0
+        for m in _NEWLINE_CUT.finditer(text):
+            pieces.extend(DialogueContextPreprocessor._split_long(text[start:m.end()]))
+            start = m.end()
+        pieces.extend(DialogueContextPreprocessor._split_long(text[start:]))
+        return [p for p in pieces if p]
+
+    def _encode_piecewise(self, text: str) -> list[int]:
+        pieces = self.split_lines(text)
+        known: dict[str, array] = {}
+        missing: list[str] = []
+        for piece in pieces:
+            if piece not in known:
+                ids = self._piece_cache.get(piece)
+                if ids is None:
+                    missing.append(piece)
+                    ids = array("l")  # placeholder, filled below
+                known[piece] = ids
+        if missing:
+            for piece, enc in zip(missing, self.tokenizer.encode_batch_fast(missing, add_special_tokens=False)):
+                ids = array("l", enc.ids)
+                known[piece] = ids
+                self._piece_cache.put(piece, ids)
+        out = array("l")
+        for piece in pieces:
+            out.extend(known[piece])
+        return out.tolist()
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of rendered text (the card's `tokenizer([text])`), InputError over max_length."""
+        try:
+            if self.piecewise:
+                ids = self._encode_piecewise(text)
+            else:
+                ids = self.tokenizer.encode(text, add_special_tokens=True).ids
+        except Exception as exc:  # e.g. lone surrogates the Rust tokenizer cannot take
+            raise InputError(f"cannot tokenize the rendered conversation ({exc})") from None
+        if len(ids) > self.max_length:
+            raise InputError(f"the conversation is {len(ids)} tokens, over {self.spec.name}'s maximum of "
+                             f"{self.max_length}; shorten it (the reference does not truncate)")
+        return ids
+
+    def encode(self, messages: Any) -> list[int]:
+        return self.encode_text(self.render(messages))
+
+    def encode_batch(self, conversations: Sequence[Any]) -> list[list[int]]:
+        return [self.encode(messages) for messages in conversations]
+
+    @property
+    def cache_entries(self) -> int:
+        return len(self._piece_cache)
 
 
 def build_preprocessor(spec: ModelSpec | str, tokenizer_dir: str | Path, task_description: str | None = None):
-    """The preprocessor for `spec`, with the tokenizer from `tokenizer_dir`."""
-    spec = get_spec(spec) if isinstance(spec, str) else spec
+    """The preprocessor for `spec`, with the tokenizer (and, for chat templates, the template) from `tokenizer_dir`."""
+    spec = get_spec(spec, input_only=True) if isinstance(spec, str) else spec
+    kind = spec.input.kind
+    if task_description is not None and kind != "dialogue_ctx":
+        raise InputError(f"spec {spec.name} takes no task description")
     tokenizer = load_tokenizer(tokenizer_dir)
-    if spec.preprocessor == "dialogue_ctx":
+    if kind == "dialogue_ctx":
         return DialogueContextPreprocessor(tokenizer, spec, task_description=task_description)
-    if spec.preprocessor == "single_text":
-        if task_description is not None:
-            raise InputError(f"spec {spec.name} takes no task description")
+    if kind == "single_text":
         return SingleTextPreprocessor(tokenizer, spec)
-    raise ValueError(f"spec {spec.name}: unknown preprocessor kind {spec.preprocessor!r}")
+    if kind == "chat_template":
+        model_dir = Path(tokenizer_dir)
+        model_dir = model_dir.parent if model_dir.is_file() else model_dir
+        template = ChatTemplate.from_model_dir(model_dir, name=spec.input.options.get("template_name"))
+        return ChatTemplatePreprocessor(tokenizer, spec, template)
+    raise ValueError(f"spec {spec.name}: unknown input kind {kind!r}")
 
 
 def pad_batch(

@@ -1,71 +1,312 @@
-"""Declarative model specs: one entry per served classifier.
+"""Declarative model specs: one entry per guard model, made of parts a newcomer can read one at a time.
 
-A spec says everything the rest of guardrt needs to know about a model without looking at its weights: how the
-model text is built (preprocessor kind and its settings), the tensor contract of the exported graph, padding and
-truncation, labels and threshold, export tolerances per precision, and the Triton batching settings. Adding a model
-is one new `register(ModelSpec(...))` call plus, if its input format is new, a preprocessor kind.
+    ModelSpec(name, seed_card,
+              input=InputFormat(...),      how a request becomes token ids     (runtime/preprocess.py, chat_template.py)
+              graph=GraphContract(...),    what the exported graph is          (export/onnx_export.py, runtime/onnxrt.py)
+              decoding=Decoding(...),      what runs after the graph           (none | greedy generation | streaming)
+              output=OutputParser(...),    graph/decoded output -> the card's fields  (runtime/postprocess.py)
+              serving=ServingPolicy(...),  Triton batching and length buckets  (runtime/triton_repo.py)
+              gates=Gates(...))            parity gates per precision          (export/validate.py)
+
+Each part has a `kind` (except serving and gates) and only the fields that kind needs. Adding a model is one
+`register(ModelSpec(...))` call; a new kind of a part is a new branch in the module that owns that part.
+
+**Served or declared.** `SERVED_KINDS` lists the kinds the code implements today. A spec whose every part is served
+goes through every command; a spec with a declared-but-not-served part (its `unserved_parts` says which) is
+registered so its input can already be built (`guardrt preprocess`), but `get_spec(name)` refuses it with one line
+saying what is missing; `get_spec(name, input_only=True)` returns it. `spec_names()` lists the fully served specs,
+`spec_names(input_only=True)` every spec whose input is served.
+
+**The five guard models** (`../shared/seeds/`); the later ones are one entry each once their kinds are served:
+
+| spec | input | graph | decoding | output |
+|---|---|---|---|---|
+| intent-safety | dialogue_ctx (task + last 8 turns, left trim, 4,096) | classifier_logits | none | classifier (threshold 0.5) |
+| rejection | single_text (right truncation, 512) | classifier_logits | none | classifier (argmax) |
+| qwen3guard-gen | chat_template (the model's, 32,768, over = error) | causal_lm_with_past (declared) | greedy, 128 new tokens, generation_config stop ids (declared) | qwen3guard_gen_text: the card's regexes (declared) |
+| flexguard (planned) | chat_template, Qwen3 template with add_generation_prompt + enable_thinking, after a `flexguard_prompt` message builder (card system prompt + `[User]:`/`[Assistant]:` block) | causal_lm_with_past | greedy (thinking budget) | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds |
+| qwen3guard-stream (planned) | chat_template, Qwen3 template, enable_thinking=False | token_heads (risk/category logits per position, query + response heads, KV cache) | streaming (prompt once, then token by token) | stream_heads: per-token risk/category, two-consecutive debounce |
+
+**Read-only shorthands.** Code written for the flat classifier spec reads `spec.max_length`, `spec.labels`,
+`spec.atol`, ...; each such name (the `SHORTHANDS` table) is a read-only property onto its part, and the
+constructor accepts the same names as overrides so `dataclasses.replace(spec, max_length=16, length_buckets=(8, 16))`
+keeps working (it rebuilds the parts concerned).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 from guardrt.runtime.errors import InputError
 
-__all__ = ["ModelSpec", "SPECS", "get_spec", "register", "spec_names"]
+__all__ = [
+    "Decoding",
+    "Gates",
+    "GraphContract",
+    "InputFormat",
+    "KVCacheNames",
+    "ModelSpec",
+    "OutputParser",
+    "SERVED_KINDS",
+    "SHORTHANDS",
+    "SPECS",
+    "ServingPolicy",
+    "get_spec",
+    "register",
+    "spec_names",
+]
+
+
+# -- the parts --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputFormat:
+    """How one request becomes token ids.
+
+    kind: "dialogue_ctx" (intent-safety: task description + last turns, left trim at token precision),
+          "single_text" (one text, the tokenizer's special tokens, truncation), or
+          "chat_template" (a list of {"role", "content"} messages through the model's own chat template, rendered as
+          transformers renders it, then encoded as `tokenizer([text])`; over `max_length` is an InputError).
+    request_field: the JSON field of a request line holding the payload ("turns" / "text" / "messages").
+    truncation_side: "left" | "right" | "none" (never truncated: longer inputs are refused).
+    options: kind-specific settings; for "chat_template": `add_generation_prompt` (bool, default False),
+          `template_kwargs` (extra template variables, e.g. {"enable_thinking": False}), `template_name` (a named
+          template of the model dir; default: the model's default template).
+    """
+
+    kind: str
+    request_field: str
+    max_length: int
+    padding_side: str  # "left" | "right"
+    truncation_side: str  # "left" | "right" | "none"
+    pad_token_id: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    KINDS = ("dialogue_ctx", "single_text", "chat_template")
+    CHAT_TEMPLATE_OPTIONS = ("add_generation_prompt", "template_kwargs", "template_name")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"input kind {self.kind!r} is not one of {self.KINDS}")
+        if self.padding_side not in ("left", "right") or self.truncation_side not in ("left", "right", "none"):
+            raise ValueError(f"bad padding/truncation side {self.padding_side!r}/{self.truncation_side!r}")
+        if self.kind == "chat_template":
+            unknown = set(self.options) - set(self.CHAT_TEMPLATE_OPTIONS)
+            if unknown:
+                raise ValueError(f"unknown chat_template options {sorted(unknown)}; known: {self.CHAT_TEMPLATE_OPTIONS}")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Everything guardrt knows about one classifier, independent of its weights."""
+class KVCacheNames:
+    """Tensor names of a causal LM's key/value cache, per layer (`{layer}` and `{kv}` = "key" | "value")."""
 
-    name: str
-    seed_card: str
-    # Hugging Face side: what a checkpoint for this spec must be.
-    architecture: str  # e.g. "Qwen3ForSequenceClassification"
-    model_type: str  # config.model_type, e.g. "qwen3"
-    task: str  # optimum export task
-    # Input construction.
-    preprocessor: str  # "dialogue_ctx" | "single_text" (see runtime.preprocess.build_preprocessor)
-    max_length: int
-    padding_side: str  # "left" | "right"
-    truncation_side: str  # "left" | "right"
-    pad_token_id: int
-    preprocessor_options: Mapping[str, object] = field(default_factory=dict)
-    # Output.
-    labels: tuple[str, ...] = ()  # id2label as the card's output `label_text`
-    decision: str = "argmax"  # "threshold" (prob of positive >= threshold) | "argmax"
-    positive_label: int = 1
-    threshold: float | None = None
-    # Exported graph contract.
+    past: str = "past_key_values.{layer}.{kv}"
+    present: str = "present.{layer}.{kv}"
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    """What a checkpoint for this spec must be and what its exported ONNX graph takes and returns.
+
+    kind: "classifier_logits" (input_ids, attention_mask -> logits [batch, labels]),
+          "causal_lm_with_past" (input_ids, attention_mask, position_ids + past key/values -> logits [batch, seq,
+          vocab] + present key/values), or
+          "token_heads" (a backbone with per-position classification heads and a KV cache, Qwen3Guard-Stream).
+    architecture / model_type: config.json's `architectures[0]` and `model_type`; task: the optimum export task.
+    """
+
+    kind: str
+    architecture: str
+    model_type: str
+    task: str
     input_names: tuple[str, ...] = ("input_ids", "attention_mask")
     output_names: tuple[str, ...] = ("logits",)
     onnx_opset: int = 18
-    # Max |logit(ORT) - logit(PyTorch fp32)| allowed per precision, and min decision agreement on held-out inputs.
-    atol: Mapping[str, float] = field(default_factory=dict)
-    min_agreement: Mapping[str, float] = field(default_factory=dict)
-    # Serving.
-    max_batch_size: int = 32
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
-    max_queue_delay_us: int = 2000
-    # Native backends (onnxruntime_onnx / tensorrt_plan) batch only same-shape requests: the client pads the
-    # sequence to the smallest bucket that fits. Ascending, the last equals max_length.
-    length_buckets: tuple[int, ...] = ()
+    kv_cache: KVCacheNames | None = None  # causal_lm_with_past / token_heads only
 
-    def bucket_for(self, length: int) -> int:
-        """Smallest length bucket >= length; ValueError if the sequence exceeds the spec maximum."""
-        if length > self.max_length:
-            raise ValueError(f"sequence of {length} tokens exceeds {self.name} max_length {self.max_length}")
-        for bucket in self.length_buckets:
-            if length <= bucket:
-                return bucket
-        return self.max_length
+    KINDS = ("classifier_logits", "causal_lm_with_past", "token_heads")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"graph kind {self.kind!r} is not one of {self.KINDS}")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What runs between the graph and the output parser.
+
+    kind: "none" (one forward pass; classifiers), "greedy" (generation: argmax token by token until a stop token
+          or `max_new_tokens`; the text is decoded with special tokens skipped when `skip_special_tokens`), or
+          "streaming" (the prompt once, then one step per incoming token, with the KV cache kept per stream).
+    stop_token_ids: None = the model's generation_config.json `eos_token_id` (what HF `generate` stops on).
+    """
+
+    kind: str = "none"
+    max_new_tokens: int = 0
+    stop_token_ids: tuple[int, ...] | None = None
+    skip_special_tokens: bool = True
+
+    KINDS = ("none", "greedy", "streaming")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"decoding kind {self.kind!r} is not one of {self.KINDS}")
+
+
+@dataclass(frozen=True)
+class OutputParser:
+    """How the graph / decoded text becomes the card's output fields.
+
+    kind: "classifier" (softmax over `labels`; `decision` "threshold" = prob of `positive_label` >= `threshold`,
+          "argmax" = the top label), or
+          "qwen3guard_gen_text" (the card's regexes over the generated text: `patterns["safety"]` and
+          `patterns["refusal"]` with re.search -> group 1 or None, the categories with re.findall, using
+          `patterns["categories_prompt"]` when the last message is the user's and `patterns["categories_response"]`
+          otherwise; `labels` are the three safety levels).
+    """
+
+    kind: str = "classifier"
+    labels: tuple[str, ...] = ()
+    decision: str = "argmax"  # classifier: "threshold" | "argmax"
+    positive_label: int = 1
+    threshold: float | None = None
+    patterns: Mapping[str, str] = field(default_factory=dict)
+
+    KINDS = ("classifier", "qwen3guard_gen_text")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"output kind {self.kind!r} is not one of {self.KINDS}")
 
     @property
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.labels))
 
 
+@dataclass(frozen=True)
+class ServingPolicy:
+    """Triton dynamic batching, and the length buckets native backends need.
+
+    Native backends (onnxruntime_onnx / tensorrt_plan) batch only same-shape requests: the client pads the sequence
+    to the smallest bucket that fits. Ascending; the last equals the input's max_length (checked by `register`)."""
+
+    max_batch_size: int = 32
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    max_queue_delay_us: int = 2000
+    length_buckets: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Export gates per precision: max |logit(ORT) - logit(PyTorch fp32)| and min decision agreement (held-out)."""
+
+    atol: Mapping[str, float] = field(default_factory=dict)
+    min_agreement: Mapping[str, float] = field(default_factory=dict)
+
+
+# The kinds the code serves today (every command). Other kinds are declared in specs but not served yet.
+SERVED_KINDS: dict[str, tuple[str, ...]] = {
+    "input": ("dialogue_ctx", "single_text", "chat_template"),
+    "graph": ("classifier_logits",),
+    "decoding": ("none",),
+    "output": ("classifier",),
+}
+
+# Read-only shorthands of the flat classifier spec: name -> (part, field). Also accepted as constructor overrides.
+SHORTHANDS: dict[str, tuple[str, str]] = {
+    "preprocessor": ("input", "kind"),
+    "preprocessor_options": ("input", "options"),
+    "max_length": ("input", "max_length"),
+    "padding_side": ("input", "padding_side"),
+    "truncation_side": ("input", "truncation_side"),
+    "pad_token_id": ("input", "pad_token_id"),
+    "architecture": ("graph", "architecture"),
+    "model_type": ("graph", "model_type"),
+    "task": ("graph", "task"),
+    "input_names": ("graph", "input_names"),
+    "output_names": ("graph", "output_names"),
+    "onnx_opset": ("graph", "onnx_opset"),
+    "labels": ("output", "labels"),
+    "decision": ("output", "decision"),
+    "positive_label": ("output", "positive_label"),
+    "threshold": ("output", "threshold"),
+    "max_batch_size": ("serving", "max_batch_size"),
+    "preferred_batch_sizes": ("serving", "preferred_batch_sizes"),
+    "max_queue_delay_us": ("serving", "max_queue_delay_us"),
+    "length_buckets": ("serving", "length_buckets"),
+    "atol": ("gates", "atol"),
+    "min_agreement": ("gates", "min_agreement"),
+}
+
+
+# -- the spec ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, init=False)
+class ModelSpec:
+    """Everything guardrt knows about one guard model, independent of its weights (see the module docstring)."""
+
+    name: str
+    seed_card: str
+    input: InputFormat
+    graph: GraphContract
+    decoding: Decoding
+    output: OutputParser
+    serving: ServingPolicy
+    gates: Gates
+
+    def __init__(self, name: str, seed_card: str, input: InputFormat, graph: GraphContract,  # noqa: A002
+                 decoding: Decoding = Decoding(), output: OutputParser = OutputParser(),
+                 serving: ServingPolicy = ServingPolicy(), gates: Gates = Gates(), **shorthands: Any):
+        """`shorthands`: flat field names (SHORTHANDS) that replace that field of its part, so that
+        `dataclasses.replace(spec, atol=..., length_buckets=...)` works as it did on the flat spec."""
+        parts = {"input": input, "graph": graph, "decoding": decoding, "output": output, "serving": serving,
+                 "gates": gates}
+        changes: dict[str, dict[str, Any]] = {}
+        for flat, value in shorthands.items():
+            if flat not in SHORTHANDS:
+                raise TypeError(f"ModelSpec got an unexpected keyword argument {flat!r}")
+            part, attr = SHORTHANDS[flat]
+            changes.setdefault(part, {})[attr] = value
+        for part, attrs in changes.items():
+            parts[part] = dataclasses.replace(parts[part], **attrs)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "seed_card", seed_card)
+        for part, value in parts.items():
+            object.__setattr__(self, part, value)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self.output.id2label
+
+    @property
+    def unserved_parts(self) -> tuple[str, ...]:
+        """'part kind' for each part whose kind is declared but not served yet; () when the spec is fully served."""
+        return tuple(f"{part} {getattr(self, part).kind}" for part, kinds in SERVED_KINDS.items()
+                     if getattr(self, part).kind not in kinds)
+
+    @property
+    def is_served(self) -> bool:
+        return not self.unserved_parts
+
+    def bucket_for(self, length: int) -> int:
+        """Smallest length bucket >= length; ValueError if the sequence exceeds the spec maximum."""
+        if length > self.input.max_length:
+            raise ValueError(f"sequence of {length} tokens exceeds {self.name} max_length {self.input.max_length}")
+        for bucket in self.serving.length_buckets:
+            if length <= bucket:
+                return bucket
+        return self.input.max_length
+
+
+def _shorthand(part: str, attr: str) -> property:
+    return property(lambda self: getattr(getattr(self, part), attr), doc=f"Read-only shorthand for spec.{part}.{attr}.")
+
+
+for _flat, (_part, _attr) in SHORTHANDS.items():
+    setattr(ModelSpec, _flat, _shorthand(_part, _attr))
+del _flat, _part, _attr
+
+
+# -- the registry -----------------------------------------------------------------------------------------------
 SPECS: dict[str, ModelSpec] = {}
 
 
@@ -78,16 +319,25 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def spec_names() -> list[str]:
-    return sorted(SPECS)
+def spec_names(input_only: bool = False) -> list[str]:
+    """The fully served specs; with `input_only`, every spec whose input can be built (declared parts or not)."""
+    return sorted(name for name, spec in SPECS.items()
+                  if spec.is_served or (input_only and spec.input.kind in SERVED_KINDS["input"]))
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The registered spec called `name`; InputError (a ValueError) naming the known specs otherwise."""
+def get_spec(name: str, input_only: bool = False) -> ModelSpec:
+    """The registered spec called `name`; InputError (a ValueError) naming the known specs otherwise.
+
+    A spec with parts declared but not served yet is refused (one line saying which) unless `input_only`: the
+    commands that only build inputs (`guardrt preprocess`) pass it."""
     try:
-        return SPECS[name]
+        spec = SPECS[name]
     except KeyError:
-        raise InputError(f"unknown spec {name!r}; known specs: {', '.join(spec_names())}") from None
+        raise InputError(f"unknown spec {name!r}; known specs: {', '.join(spec_names(input_only))}") from None
+    if not input_only and not spec.is_served:
+        raise InputError(f"spec {name!r} is registered for its input only ({', '.join(spec.unserved_parts)}: "
+                         "declared, not served yet); `guardrt preprocess` works for it")
+    return spec
 
 
 # intent_safety_clf_4b: Qwen3-4B sequence classifier over the last 8 dialogue turns (card: intent_safety_clf_4b).
@@ -95,39 +345,49 @@ register(
     ModelSpec(
         name="intent-safety",
         seed_card="intent_safety_clf_4b.model-card.txt",
-        architecture="Qwen3ForSequenceClassification",
-        model_type="qwen3",
-        task="text-classification",
-        preprocessor="dialogue_ctx",
-        max_length=4096,
-        padding_side="left",
-        truncation_side="left",
-        pad_token_id=151643,  # <|endoftext|>, the card sets pad = eos when missing; Qwen3 ships this pad token
-        preprocessor_options={
-            "max_turns": 8,
-            "drop_trailing_assistant": True,
-            "ctx_reserve_tokens": 8,  # the card's `MAX_LENGTH - fixed_token_count - 8`
-            "role_map": {"user": "user", "you": "user", "assistant": "assistant", "bot": "assistant", "system": "system"},
-            "unknown_role": "unknown",
-            "prefix_template": "任务描述:\n{task_description}\n\nctx:\n",
-        },
-        labels=("non_unsafe", "unsafe"),
-        decision="threshold",
-        positive_label=1,
-        threshold=0.5,
-        onnx_opset=18,
+        input=InputFormat(
+            kind="dialogue_ctx",
+            request_field="turns",
+            max_length=4096,
+            padding_side="left",
+            truncation_side="left",
+            pad_token_id=151643,  # <|endoftext|>, the card sets pad = eos when missing; Qwen3 ships this pad token
+            options={
+                "max_turns": 8,
+                "drop_trailing_assistant": True,
+                "ctx_reserve_tokens": 8,  # the card's `MAX_LENGTH - fixed_token_count - 8`
+                "role_map": {"user": "user", "you": "user", "assistant": "assistant", "bot": "assistant",
+                             "system": "system"},
+                "unknown_role": "unknown",
+                "prefix_template": "任务描述:\n{task_description}\n\nctx:\n",
+            },
+        ),
+        graph=GraphContract(
+            kind="classifier_logits",
+            architecture="Qwen3ForSequenceClassification",
+            model_type="qwen3",
+            task="text-classification",
+            onnx_opset=18,
+        ),
+        decoding=Decoding(kind="none"),
+        output=OutputParser(kind="classifier", labels=("non_unsafe", "unsafe"), decision="threshold",
+                            positive_label=1, threshold=0.5),
+        serving=ServingPolicy(
+            max_batch_size=16,
+            preferred_batch_sizes=(4, 8, 16),
+            max_queue_delay_us=2000,
+            length_buckets=(128, 256, 512, 1024, 2048, 4096),
+        ),
         # Gates measured with the exporter's validation (64 held-out dialogues, left/right-padded batches, one
         # 4,088-token input), max |Δlogit| vs PyTorch fp32: fp16 0.0024 (realistic 4x1024 demo) and 0.059 (tiny
         # demo, on the 4,088-token input); int8 QDQ 0.041 / 0.059; int8-dynamic 0.029 / 0.033; decisions agreed on
         # 64/64 for every precision. Gates leave ~2-6x headroom over the worst measurement and still catch a
         # mis-quantized graph (int8 on the rotary-angle MatMul cost 4.4 logits, on the attention products 0.72,
         # tiny demo).
-        atol={"fp32": 1e-4, "fp16": 1e-1, "int8": 2.5e-1, "int8-dynamic": 1.5e-1},
-        min_agreement={"fp32": 1.0, "fp16": 0.99, "int8": 0.95, "int8-dynamic": 0.95},
-        max_batch_size=16,
-        preferred_batch_sizes=(4, 8, 16),
-        max_queue_delay_us=2000,
-        length_buckets=(128, 256, 512, 1024, 2048, 4096),
+        gates=Gates(
+            atol={"fp32": 1e-4, "fp16": 1e-1, "int8": 2.5e-1, "int8-dynamic": 1.5e-1},
+            min_agreement={"fp32": 1.0, "fp16": 0.99, "int8": 0.95, "int8-dynamic": 0.95},
+        ),
     )
 )
 
@@ -136,27 +396,89 @@ register(
     ModelSpec(
         name="rejection",
         seed_card="distilroberta-base-rejection-v1.model-card.txt",
-        architecture="RobertaForSequenceClassification",
-        model_type="roberta",
-        task="text-classification",
-        preprocessor="single_text",
-        max_length=512,
-        padding_side="right",
-        truncation_side="right",
-        pad_token_id=1,  # RoBERTa <pad>
-        labels=("NORMAL", "REJECTION"),
-        decision="argmax",  # the card's text-classification pipeline reports the top label
-        positive_label=1,
-        threshold=None,
-        onnx_opset=18,
+        input=InputFormat(
+            kind="single_text",
+            request_field="text",
+            max_length=512,
+            padding_side="right",
+            truncation_side="right",
+            pad_token_id=1,  # RoBERTa <pad>
+        ),
+        graph=GraphContract(
+            kind="classifier_logits",
+            architecture="RobertaForSequenceClassification",
+            model_type="roberta",
+            task="text-classification",
+            onnx_opset=18,
+        ),
+        decoding=Decoding(kind="none"),
+        # The card's text-classification pipeline reports the top label.
+        output=OutputParser(kind="classifier", labels=("NORMAL", "REJECTION"), decision="argmax", positive_label=1,
+                            threshold=None),
+        serving=ServingPolicy(
+            max_batch_size=64,
+            preferred_batch_sizes=(8, 16, 32, 64),
+            max_queue_delay_us=1000,
+            length_buckets=(32, 64, 128, 256, 512),
+        ),
         # Measured (64 held-out texts, padded batches both sides, one 512-token input), max |Δlogit| vs PyTorch:
         # fp16 0.00027 (realistic 6x768) / 0.00005 (tiny); int8 QDQ 0.082 (worst on the left-padded batch) / 0.010;
         # int8-dynamic 0.015 / 0.004; 64/64 decisions agreed everywhere. Gates: ~3-7x headroom.
-        atol={"fp32": 1e-4, "fp16": 2e-3, "int8": 2.5e-1, "int8-dynamic": 1e-1},
-        min_agreement={"fp32": 1.0, "fp16": 0.99, "int8": 0.95, "int8-dynamic": 0.95},
-        max_batch_size=64,
-        preferred_batch_sizes=(8, 16, 32, 64),
-        max_queue_delay_us=1000,
-        length_buckets=(32, 64, 128, 256, 512),
+        gates=Gates(
+            atol={"fp32": 1e-4, "fp16": 2e-3, "int8": 2.5e-1, "int8-dynamic": 1e-1},
+            min_agreement={"fp32": 1.0, "fp16": 0.99, "int8": 0.95, "int8-dynamic": 0.95},
+        ),
+    )
+)
+
+# Qwen3Guard-Gen (0.6B / 4B / 8B; card: Qwen3Guard-Gen.model-card.txt; facts: ../shared/reference/guard-models.md §1).
+# Its input is served (the model's chat template, exactly); the causal LM, generation and parser are declared here
+# and served by issue 10's generation work.
+register(
+    ModelSpec(
+        name="qwen3guard-gen",
+        seed_card="Qwen3Guard-Gen.model-card.txt",
+        input=InputFormat(
+            kind="chat_template",
+            request_field="messages",
+            # The card's serving examples: vLLM --max-model-len 32768 / SGLang --context-length 32768. The card's code
+            # never truncates (`tokenizer([text])`), so a longer input is refused rather than cut.
+            max_length=32768,
+            padding_side="left",  # batched generation pads on the left
+            truncation_side="none",
+            pad_token_id=151643,  # <|endoftext|>; eval_gen.py generates with pad_token_id = eos
+            # The card: apply_chat_template(messages, tokenize=False) -- add_generation_prompt left at False (the
+            # template appends the assistant header itself).
+            options={"add_generation_prompt": False, "template_kwargs": {}},
+        ),
+        graph=GraphContract(
+            kind="causal_lm_with_past",
+            architecture="Qwen3ForCausalLM",
+            model_type="qwen3",
+            task="text-generation-with-past",
+            input_names=("input_ids", "attention_mask", "position_ids"),
+            output_names=("logits",),
+            onnx_opset=18,
+            kv_cache=KVCacheNames(),
+        ),
+        # The card: generate(max_new_tokens=128), greedy (eval_gen.py: do_sample=False), decode(skip_special_tokens=True).
+        decoding=Decoding(kind="greedy", max_new_tokens=128, stop_token_ids=None, skip_special_tokens=True),
+        output=OutputParser(
+            kind="qwen3guard_gen_text",
+            labels=("Safe", "Unsafe", "Controversial"),
+            patterns={
+                "safety": r"Safety: (Safe|Unsafe|Controversial)",
+                "categories_prompt": r"(Violent|Non-violent Illegal Acts|Sexual Content or Sexual Acts|PII|"
+                                     r"Suicide & Self-Harm|Unethical Acts|Politically Sensitive Topics|"
+                                     r"Copyright Violation|Jailbreak|None)",
+                "categories_response": r"(Violent|Non-violent Illegal Acts|Sexual Content or Sexual Acts|PII|"
+                                       r"Suicide & Self-Harm|Unethical Acts|Politically Sensitive Topics|"
+                                       r"Copyright Violation|None)",
+                "refusal": r"Refusal: (Yes|No)",
+            },
+        ),
+        # Batching and gates: chosen by measurement when the graph is served (defaults until then).
+        serving=ServingPolicy(),
+        gates=Gates(),
     )
 )

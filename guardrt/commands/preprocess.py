@@ -1,6 +1,8 @@
 """`guardrt preprocess`: JSON lines in, token ids out (a stable contract other tools rely on).
 
-Input lines: `{"turns": [{"role": ..., "content": ...}, ...]}` (dialogue specs) or `{"text": ...}` (text specs).
+Input lines: the spec's request field (`spec.input.request_field`): `{"turns": [{"role": ..., "content": ...}, ...]}`
+(intent-safety), `{"text": ...}` (rejection), `{"messages": [{"role": ..., "content": ...}, ...]}` (chat-template
+specs: qwen3guard-gen; `--tokenizer DIR` then also supplies the chat template, as transformers reads it).
 Output: one `{"input_ids": [...]}` line per input line, same order, flushed line by line. A malformed line stops
 the run with an error naming its line number (exit 2); the lines before it are already written.
 """
@@ -16,8 +18,10 @@ HELP = "turn JSON lines of dialogues or texts into the exact token ids the model
 def add_arguments(p) -> None:
     from guardrt.runtime.specs import spec_names
 
-    p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names())})")
-    p.add_argument("--tokenizer", required=True, help="directory holding tokenizer.json")
+    p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names(input_only=True))})")
+    p.add_argument("--tokenizer", required=True,
+                   help="directory holding tokenizer.json (+ tokenizer_config.json / chat_template.jinja with the "
+                        "chat template for chat-template specs)")
     p.add_argument("--task-description", help="file with the task description (intent-safety); default: the card's")
     p.add_argument("--input", default="-", help="input JSONL file (default: stdin)")
 
@@ -37,7 +41,8 @@ def read_task_description(path: str | None) -> str | None:
 
 
 def iter_jsonl_inputs(stream, spec):
-    """Yield (line_number, payload) where payload is the dialogue turns or the text; InputError on a bad line."""
+    """Yield (line_number, payload) where payload is the spec's request field (turns, text or messages); InputError
+    on a bad line."""
     from guardrt.runtime.errors import InputError
     from guardrt.runtime.preprocess import payload_field
 
@@ -59,7 +64,7 @@ def run(args) -> int:
     from guardrt.runtime.preprocess import build_preprocessor
     from guardrt.runtime.specs import get_spec
 
-    spec = get_spec(args.spec)
+    spec = get_spec(args.spec, input_only=True)
     pre = build_preprocessor(spec, args.tokenizer, read_task_description(args.task_description))
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     out = sys.stdout
