@@ -1,34 +1,65 @@
 """`guardrt demo` (what `make demo` runs): the whole spine on this machine, in one command.
 
 Builds the demo models (cached), exports them to validated ONNX, writes both into the Triton repository (python
-flavor), starts the real tritonserver on 127.0.0.1, sends sample dialogues (intent-safety) and texts (rejection)
-over gRPC with the thin client, prints the card outputs, measures throughput with concurrent asyncio requests
-(reporting how Triton batched them), and stops the server.
+flavor), prints the demo models' held-out accuracy (demo.json), starts the real tritonserver on 127.0.0.1, sends
+sample dialogues (intent-safety) and texts (rejection) over gRPC with the thin client and prints each with the label
+it should get and the one it got, measures throughput with concurrent asyncio requests (reporting how Triton batched
+them), and stops the server. A sample answered against its label stops the demo with one error line (exit 2).
 """
 from __future__ import annotations
+
+from typing import Any
 
 NAME = "demo"
 HELP = "build demo models, export, write the Triton repository, serve, classify samples over gRPC, stop"
 
-SAMPLE_DIALOGUES = [
-    [
-        {"role": "system", "content": "Character persona/details: Elena is a tavern keeper in a rainy harbour town."},
-        {"role": "user", "content": "The rain keeps falling on the old tavern roof."},
-        {"role": "assistant", "content": "Elena pours another cup of tea."},
-        {"role": "user", "content": "I pull her closer and kiss her neck slowly."},
+# Hand-written samples, each with the label it must get. None of their classified texts (the answer; a dialogue's last
+# user turn) occurs in the demo models' training sets (a test checks it), so they show what the models learned, not
+# what they memorised. Sample 2 pushes in an earlier turn and stops in the last one: only the last user turn decides.
+# Sample 3 ends with a bot reply, which the card drops before classifying.
+HANDWRITTEN_SAMPLES: dict[str, list[tuple[Any, str]]] = {
+    "intent-safety": [
+        ([{"role": "system", "content": "Character persona/details: Elena is a tavern keeper in a rainy harbour town."},
+          {"role": "user", "content": "I shake the rain off my cloak and sit by the fire."},
+          {"role": "assistant", "content": "Elena brings you a bowl of soup and sits beside you."},
+          {"role": "user", "content": "I take her hand, pull her close and kiss her softly on the lips."}],
+         "unsafe"),
+        ([{"role": "system", "content": "Character persona/details: Kai is a knight escorting a traveller through the "
+                                        "forest."},
+          {"role": "user", "content": "I pull him closer and kiss his neck."},
+          {"role": "bot", "content": "Kai hesitates, then smiles."},
+          {"role": "user", "content": "Wait, this is too much. Let's talk about the road north instead."}],
+         "non_unsafe"),
+        ([{"role": "system", "content": "Character persona/details: Mira is a shy librarian who loves old maps."},
+          {"role": "user", "content": "The library is almost empty tonight."},
+          {"role": "assistant", "content": "Mira looks up from her desk."},
+          {"role": "user", "content": "I spread the map on the table and ask which road leads to the harbour."},
+          {"role": "assistant", "content": "The fire crackles quietly."}],
+         "non_unsafe"),
     ],
-    [
-        {"role": "system", "content": "Character persona/details: Elena is a tavern keeper in a rainy harbour town."},
-        {"role": "user", "content": "She laughs softly and looks at the door."},
-        {"role": "bot", "content": "She smiles and waits for your answer."},
-        {"role": "user", "content": "Let's stop here, I'd rather talk about the quest tomorrow."},
+    "rejection": [
+        ("I'm sorry, but I can't help you write that message. It would break my guidelines.", "REJECTION"),
+        ("Sure! Here is a summary: the report covers revenue growth and hiring plans for next year.", "NORMAL"),
+        ("As an AI language model, I am unable to share that information.", "REJECTION"),
+        ("Sorry for the late reply! The museum opens at nine, and tickets are cheaper online.", "NORMAL"),
     ],
-]
-SAMPLE_TEXTS = [
-    "I'm sorry, but I can't help with that request. It goes against my guidelines.",
-    "Sure! Here is a summary: the report covers revenue growth and hiring plans for next year.",
-    "As an AI language model, I am unable to provide that information.",
-]
+}
+HELD_OUT_SAMPLES = 3  # generated held-out examples shown after the hand-written ones
+
+
+def demo_samples(spec_name: str, size: str = "tiny", seed: int = 0) -> list[tuple[Any, int, str]]:
+    """(payload, expected label id, source) for every sample the demo classifies: the hand-written ones, then the
+    first held-out synthetic examples whose classified text never occurs in the demo model's training set."""
+    from guardrt.export.demo_models import training_examples
+    from guardrt.export.synthetic import SPLIT_SEEDS, classified_text, synthetic_examples
+    from guardrt.runtime.specs import get_spec
+
+    labels = list(get_spec(spec_name).labels)
+    samples = [(p, labels.index(label), "hand-written") for p, label in HANDWRITTEN_SAMPLES[spec_name]]
+    seen = {classified_text(p) for p, _ in training_examples(spec_name, size, seed)}
+    held = [(p, y) for p, y in synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["heldout"])
+            if classified_text(p) not in seen]
+    return samples + [(p, y, "held-out") for p, y in held[:HELD_OUT_SAMPLES]]
 
 
 def add_arguments(p) -> None:
@@ -79,14 +110,37 @@ def _throughput(url: str, spec_name: str, tokenizer_dir, payloads, concurrency: 
     return asyncio.run(main())
 
 
+def _check_samples(url: str, name: str, export_dir, samples, say) -> list[str]:
+    """Classify `samples` over gRPC, print each with its expected and received label; return one line per miss."""
+    from guardrt.export.synthetic import classified_text
+    from guardrt.runtime.specs import get_spec
+    from guardrt.runtime.triton_client import TritonClassifier
+
+    spec = get_spec(name)
+    prob_key = f"prob_{spec.labels[spec.positive_label].lower()}" if spec.decision == "threshold" else None
+    misses = []
+    with TritonClassifier(url, name, export_dir) as client:
+        client.check_ready()
+        results = client.classify_batch([p for p, _, _ in samples])
+    for (payload, want, source), result in zip(samples, results):
+        expected, got = spec.labels[want], result.get("label_text", result.get("error"))
+        score = result.get(prob_key) if prob_key else result.get("score")
+        shown_score = f"{score:.3f}" if isinstance(score, float) else "-"
+        mark = "ok" if got == expected else "WRONG"
+        text = classified_text(payload)
+        say(f"{name:13} {source:12} expected {expected:10} got {got:10} ({shown_score}) {mark:5} {text[:58]!r}")
+        if got != expected:
+            misses.append(f"{name} {text[:40]!r}: expected {expected}, got {got}")
+    return misses
+
+
 def run(args) -> int:
-    import json
     import time
 
-    from guardrt.export.demo_models import cached_demo_export
-    from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_examples, synthetic_payloads
+    from guardrt.export.demo_models import cached_demo_export, cached_demo_model
+    from guardrt.export.synthetic import synthetic_payloads
+    from guardrt.runtime.errors import GuardrtError, read_json_file
     from guardrt.runtime.server import TritonServer, free_port
-    from guardrt.runtime.triton_client import TritonClassifier
     from guardrt.runtime.triton_repo import write_model
 
     def say(msg: str) -> None:
@@ -101,25 +155,25 @@ def run(args) -> int:
         say(f"{name}: export ready in {time.perf_counter() - t:.1f}s: {exports[name]}")
         path = write_model(args.repo, export_dir=exports[name], precision=args.precision)
         say(f"{name}: wrote {path}")
+    for name in specs:
+        m = read_json_file(cached_demo_model(name, args.size) / "demo.json")
+        say(f"{name}: {args.size} demo model, held-out accuracy {m['heldout_accuracy']:.3f} on "
+            f"{m['heldout_examples']} synthetic examples ({m['heldout_unseen_accuracy']:.3f} on the "
+            f"{m['heldout_unseen_examples']} whose text never occurs in training; trained {m['train_seconds']:.0f}s "
+            f"on {m['train_examples']})")
 
     server = TritonServer(args.repo, grpc_port=args.grpc_port or free_port(), http_port=None, metrics_port=None,
                           models=specs)
     say("starting tritonserver ...")
     with server:
         say(f"tritonserver ready in {server.start_seconds:.1f}s on {server.grpc_url} (127.0.0.1 only)")
-        handwritten = {"intent-safety": SAMPLE_DIALOGUES, "rejection": SAMPLE_TEXTS}
+        say("samples over gRPC (for dialogues the text shown is the last user turn, which the label is about):")
+        misses = []
         for name in specs:
-            # Hand-written samples, then held-out examples of the synthetic task the demo models were trained on
-            # (with the label the generator assigned, to show the decisions mean something).
-            held_out = synthetic_examples(name, 4, seed=SPLIT_SEEDS["heldout"])
-            payloads = list(handwritten[name]) + [p for p, _ in held_out]
-            expected = [None] * len(handwritten[name]) + [label for _, label in held_out]
-            with TritonClassifier(server.grpc_url, name, exports[name]) as client:
-                client.check_ready()
-                for payload, want, result in zip(payloads, expected, client.classify_batch(payloads)):
-                    shown = payload[-1]["content"] if name == "intent-safety" else payload
-                    tag = "" if want is None else f" (synthetic label {want})"
-                    say(f"{name}: {shown[:60]!r:64} -> {json.dumps(result)}{tag}")
+            misses += _check_samples(server.grpc_url, name, exports[name], demo_samples(name, args.size), say)
+        if misses:
+            raise GuardrtError(f"{len(misses)} demo sample(s) answered against their label ({'; '.join(misses)}): "
+                               f"the {args.size} {args.precision} demo models did not learn their task")
         for name in specs:
             payloads = synthetic_payloads(name, args.requests, seed=7)
             rate, execs, infers, p50 = _throughput(server.grpc_url, name, exports[name], payloads, args.concurrency)

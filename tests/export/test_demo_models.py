@@ -19,7 +19,9 @@ def test_demo_checkpoint_matches_spec_and_learned_the_task(spec_name, demo_check
     assert cfg["pad_token_id"] == spec.pad_token_id
     assert [cfg["id2label"][str(i)] for i in range(len(spec.labels))] == list(spec.labels)
     demo = json.loads((root / "demo.json").read_text())
-    assert demo["heldout_accuracy"] >= 0.9, demo
+    # What `make demo` prints; "unseen": held-out examples whose text (answer / last user turn) is not in training.
+    assert demo["heldout_examples"] == 256 and demo["heldout_unseen_examples"] >= 64, demo
+    assert demo["heldout_accuracy"] >= 0.95 and demo["heldout_unseen_accuracy"] >= 0.95, demo
 
 
 def test_realistic_configs_have_the_real_layer_shapes():
@@ -34,14 +36,60 @@ def test_realistic_configs_have_the_real_layer_shapes():
         demo_config("rejection", "huge")
 
 
-def test_synthetic_tasks_are_deterministic_and_balanced():
-    from guardrt.export.synthetic import SPLIT_SEEDS, synthetic_examples
+def test_synthetic_tasks_are_deterministic_balanced_and_varied():
+    from guardrt.export.synthetic import SPLIT_SEEDS, classified_text, synthetic_examples
 
     for spec_name in ("intent-safety", "rejection"):
         a = synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["heldout"])
         assert a == synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["heldout"])
         assert a != synthetic_examples(spec_name, 64, seed=SPLIT_SEEDS["train"])
         assert 0.3 < np.mean([y for _, y in a]) < 0.7
+        # Composed, not drawn from a short list: a model cannot fit the task by memorising its sentences.
+        texts = [classified_text(p) for p, _ in synthetic_examples(spec_name, 1024, seed=SPLIT_SEEDS["train"])]
+        assert len(set(texts)) > 0.5 * len(texts), (spec_name, len(set(texts)))
+
+
+def test_classified_text_is_the_answer_or_the_last_user_turn():
+    from guardrt.export.synthetic import classified_text
+
+    assert classified_text("an answer") == "an answer"
+    turns = [{"role": "system", "content": "s"}, {"role": "You", "content": "first"}, {"role": "bot", "content": "b"},
+             {"role": "user", "content": "last"}, {"role": "assistant", "content": "dropped by the card"}]
+    assert classified_text(turns) == "last"
+
+
+@pytest.mark.parametrize("spec_name", ["intent-safety", "rejection"])
+def test_demo_samples_are_not_in_the_training_set(spec_name):
+    """`make demo` shows what the tiny models learned: no sample's text (the answer; a dialogue's last user turn) is
+    one the model was trained on, and both labels are shown."""
+    from guardrt.commands.demo import HANDWRITTEN_SAMPLES, demo_samples
+    from guardrt.export.demo_models import training_examples
+    from guardrt.export.synthetic import classified_text
+
+    train = training_examples(spec_name, "tiny")
+    seen = {classified_text(p) for p, _ in train}
+    samples = demo_samples(spec_name, "tiny")
+    assert len(samples) >= len(HANDWRITTEN_SAMPLES[spec_name]) + 3
+    assert {y for _, y, _ in samples} == {0, 1}
+    for payload, _, _ in samples:
+        assert classified_text(payload) not in seen, classified_text(payload)
+        assert all(payload != p for p, _ in train)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int8-dynamic"])
+@pytest.mark.parametrize("spec_name", ["intent-safety", "rejection"])
+def test_demo_samples_are_answered_as_labelled(spec_name, precision, demo_export):
+    """Every sample `guardrt demo` prints gets its label from the tiny demo model, at every exported precision
+    (in-process here; the demo itself asks the server over gRPC and stops with an error on a miss)."""
+    from guardrt.commands.demo import demo_samples
+    from guardrt.export.synthetic import classified_text
+    from guardrt.runtime.onnxrt import InProcessClassifier
+
+    samples = demo_samples(spec_name, "tiny")
+    with InProcessClassifier.from_export_dir(demo_export(spec_name), precision=precision) as clf:
+        results = clf.classify([p for p, _, _ in samples])
+    got = [(classified_text(p), r["label"]) for (p, _, _), r in zip(samples, results)]
+    assert got == [(classified_text(p), y) for p, y, _ in samples]
 
 
 @pytest.mark.parametrize("spec_name", ["intent-safety", "rejection"])
