@@ -121,6 +121,17 @@ def resolve_providers(
     return out
 
 
+def _exact_int8(so) -> None:
+    """Ask ONNX Runtime for exact int8 GEMMs on CPUs without VNNI (`session.x64quantprecision`, unless the caller
+    set it): there its U8S8 kernels saturate int16 pair sums (guardrt.runtime.int8_path), and this option converts
+    int8 weights that do not fit 7 bits to uint8 at load (the exact U8U8 kernels). A no-op on VNNI / AMX CPUs, and for
+    guardrt's own int8-dynamic exports (uint8 weights already)."""
+    try:
+        so.get_session_config_entry("session.x64quantprecision")
+    except Exception:  # ORT raises when the entry is not set
+        so.add_session_config_entry("session.x64quantprecision", "1")
+
+
 class OnnxRunner:
     """One ONNX Runtime session. `infer({"input_ids": ..., "attention_mask": ...}) -> {"logits": ...}`.
 
@@ -168,6 +179,7 @@ class OnnxRunner:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
         so.graph_optimization_level = levels[self.graph_optimization]
+        _exact_int8(so)
         available = set(ort.get_available_providers())
         # A provider the caller asked for must exist (no silent CPU fallback on a GPU host); the fallbacks that
         # resolve_providers appends are dropped when absent.
@@ -236,9 +248,14 @@ class InProcessClassifier:
         intra_op_threads: int | None = None,
         max_batch_size: int | None = None,
         threshold: float | None = None,
+        int8_recheck: str | None = None,
     ) -> "InProcessClassifier":
         """Load `export_dir` (a `guardrt export` output). `spec`, when given, must match the directory's spec;
-        the tokenizer defaults to the one stored in the export directory."""
+        the tokenizer defaults to the one stored in the export directory.
+
+        An int8 precision validated on another CPU int8 path is re-checked on the export's held-out set first
+        (`guardrt.runtime.int8_path.recheck`; one warning line on the `guardrt` logger). Over its gate it is refused
+        (ModelFilesError) unless int8_recheck (default $GUARDRT_INT8_RECHECK, else "refuse") is "warn" or "off"."""
         from guardrt.runtime.export_dir import load_export_dir
         from guardrt.runtime.preprocess import build_preprocessor
 
@@ -247,6 +264,8 @@ class InProcessClassifier:
         pre = build_preprocessor(model_spec, tokenizer_dir or manifest.tokenizer_dir, task_description)
         runner = OnnxRunner(manifest.model_path(precision), providers=providers, intra_op_threads=intra_op_threads,
                             spec=model_spec)
+        if precision.startswith("int8"):
+            _recheck_int8(manifest, precision, runner, model_spec, int8_recheck)
         return cls(model_spec, runner, pre, max_batch_size=max_batch_size, threshold=threshold)
 
     def encode(self, payloads: Sequence[Any]) -> list[list[int]]:
@@ -289,3 +308,26 @@ class InProcessClassifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+def _recheck_int8(manifest, precision: str, runner: OnnxRunner, spec: ModelSpec, mode: str | None) -> None:
+    """The load-time int8 re-check of `from_export_dir` (see there); nothing when the export has no check set."""
+    import logging
+
+    from guardrt.runtime.int8_path import recheck, recheck_mode, session_int8_path
+
+    check = manifest.int8_check_file
+    if check is None:
+        return
+    try:
+        mode = recheck_mode(mode)
+        result = recheck(check, precision, lambda feeds: runner.infer(feeds)[spec.output_names[0]],
+                         session_int8_path(runner.session), model_name=spec.name, mode=mode)
+    except ValueError as exc:
+        runner.close()
+        raise ModelFilesError(str(exc)) from None
+    if not result.ok and mode == "refuse":
+        runner.close()
+        raise ModelFilesError(result.line)
+    if result.ran:
+        logging.getLogger("guardrt").warning(result.line)

@@ -1,0 +1,409 @@
+"""int8 portability: drift of every int8 format on each ONNX Runtime int8 code path, and speed on this machine.
+
+ONNX Runtime's CPU int8 GEMM sums u8 x s8 products exactly with VNNI / AMX and in saturating int16 pairs without VNNI
+(AVX2, AVX-512 without VNNI; see guardrt.runtime.int8_path). This program measures what that does to each format the
+exporter can write, per spec and demo-model size:
+
+  variants  fp32 (baseline), int8-dynamic with s8 weights (ORT's default, guardrt's format before issue 9), s8 7-bit
+            weights (reduce_range), u8 weights (U8U8, guardrt's format now), and the static QDQ int8 graph (s8 x s8,
+            the TensorRT format); with --fused, the same after guardrt.kernels' graph pass (Qwen3 only)
+  sessions  ort-default (session.x64quantprecision=0: what a plain ONNX Runtime session does), guardrt
+            (x64quantprecision=1: guardrt's runners), qdq-as-float (session.disable_quant_qdq=1, QDQ graph only: the
+            graph's own semantics, what TensorRT computes)
+  paths     this machine's native int8 path, and AVX2 through qemu user-mode emulation (`qemu-x86_64 -cpu Haswell`:
+            ONNX Runtime's own AVX2 kernels, run instruction by instruction; the worker reports the path it detected)
+
+Drift is measured like the exporter's validation: max |Δlogit| vs PyTorch fp32 over its cases (emulated runs: the
+held-out rows only, unless --emulated-cases all) and held-out decision agreement, against the spec's gates. Speed is
+measured natively only, each variant in its own process (guardrt session): emulation time says nothing about a real
+AVX2 CPU, and no AVX2-only machine was available, so **AVX2 speed is not measured here**.
+
+    python benchmarks/int8_portability.py                      # tiny + realistic demo models (take the heavy lock)
+    python benchmarks/int8_portability.py --quick               # tiny models, short timing: smoke run
+    python benchmarks/int8_portability.py --worker DIR OUT      # one drift measurement (what runs under qemu)
+
+Writes benchmarks/results/int8_portability[_quick].json and _drift.png / _speed.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import EngineSpec, TimingSettings  # noqa: E402
+
+# variant -> (precision whose gate applies, how it is built)
+VARIANTS = {
+    "fp32": ("fp32", None),
+    "int8-dynamic/s8": ("int8-dynamic", "s8"),
+    "int8-dynamic/s8-7bit": ("int8-dynamic", "s8-7bit"),
+    "int8-dynamic/u8": ("int8-dynamic", "u8"),
+    "int8/qdq-s8s8": ("int8", "qdq"),
+}
+SESSIONS = {
+    "ort-default": {"session.x64quantprecision": "0"},
+    "guardrt": {"session.x64quantprecision": "1"},
+    "qdq-as-float": {"session.disable_quant_qdq": "1"},
+}
+DEFAULT_EMULATOR = "qemu-x86_64 -cpu Haswell"
+SPEED_CELLS = {"rejection": [(1, 128), (16, 128)], "intent-safety": [(1, 128), (1, 1024)]}
+QUICK_CELLS = {"rejection": [(1, 16), (4, 16)], "intent-safety": [(1, 16), (2, 16)]}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sessions_for(variant: str) -> list[str]:
+    if variant.startswith("fp32"):
+        return ["ort-default"]
+    if variant.startswith("int8/"):
+        return ["ort-default", "guardrt", "qdq-as-float"]
+    return ["ort-default", "guardrt"]
+
+
+# -- building the variants and the cases (natively, once per code version) ----------------------------------------
+def build_work_dir(spec_name: str, size: str, fused: bool, log=_log) -> Path:
+    """Cached directory with models/<variant>.onnx and cases.npz (the exporter's validation set + PyTorch logits)."""
+    from guardrt.export import demo_models
+
+    model_dir = demo_models.cached_demo_model(spec_name, size, log=log)
+    key = f"{spec_name}-{size}{'-fused' if fused else ''}-" + common.code_hash(
+        common.REPO_ROOT / "export", common.REPO_ROOT / "kernels", Path(__file__),
+        extra=[model_dir.name, common.versions()])
+    return demo_models._cached("int8-portability", key, lambda tmp: _build(tmp, spec_name, size, model_dir, fused,
+                                                                           log))
+
+
+def _build(work: Path, spec_name: str, size: str, model_dir: Path, fused: bool, log) -> None:
+    import onnx
+
+    from guardrt.export import demo_models
+    from guardrt.export.onnx_export import (EXTERNAL_DATA_THRESHOLD, _calibration_feeds, _int8_excluded, _torch_model,
+                                            _weights_bytes, save_onnx)
+    from guardrt.export.quantize import FeedsReader, quantize_int8_dynamic, quantize_qdq_static
+    from guardrt.export.validate import build_validation_set, torch_reference
+    from guardrt.runtime.specs import get_spec
+
+    spec = get_spec(spec_name)
+    models = work / "models"
+    models.mkdir(parents=True)
+    export = demo_models.cached_demo_export(spec_name, size, ("fp32",), log=log)
+    fp32 = onnx.load(str(export / "fp32" / "model.onnx"), load_external_data=True)
+    if fused:
+        from guardrt.kernels import graph_pass
+
+        fp32 = graph_pass(fp32, spec)
+    large = _weights_bytes(fp32) > EXTERNAL_DATA_THRESHOLD
+    fp32_path = models / "fp32.onnx"
+    save_onnx(fp32, fp32_path)
+    excluded = _int8_excluded(fp32)
+    for variant, (precision, how) in VARIANTS.items():
+        if how is None:
+            continue
+        out = models / f"{variant.replace('/', '_')}.onnx"
+        raw = work / "raw.onnx"
+        log(f"{spec_name}/{size}: building {variant}")
+        if how == "qdq":
+            feeds = _calibration_feeds(spec, model_dir, 32)
+            quantize_qdq_static(fp32_path, raw, FeedsReader(feeds), large=large, nodes_to_exclude=excluded)
+        else:
+            quantize_int8_dynamic(fp32_path, raw, large=large, nodes_to_exclude=excluded, weight_format=how)
+        save_onnx(onnx.load(str(raw), load_external_data=True), out)
+        for f in work.glob("raw.onnx*"):
+            f.unlink()
+    log(f"{spec_name}/{size}: PyTorch reference on the exporter's validation set")
+    vset = build_validation_set(spec, model_dir)
+    reference = torch_reference(model_dir, vset, model=_torch_model(model_dir, spec))
+    arrays = {}
+    for c in vset.cases:
+        arrays[f"{c.name}|input_ids"] = c.input_ids
+        arrays[f"{c.name}|attention_mask"] = c.attention_mask
+        arrays[f"{c.name}|reference"] = reference[c.name]
+    np.savez(work / "cases.npz", **arrays)
+    (work / "cases.json").write_text(json.dumps({
+        "spec": spec.name, "size": size, "fused": fused, "cases": [c.name for c in vset.cases],
+        "heldout": [c.name for c in vset.cases if c.heldout], "settings": vset.settings}), encoding="utf-8")
+
+
+# -- the drift worker (natively or under the emulator) --------------------------------------------------------------
+def measure_drift(work: Path, cases: str = "all") -> dict:
+    """Every variant x session on `work`'s cases ("all" or "heldout"), on whatever CPU runs this process."""
+    import onnxruntime as ort
+
+    from guardrt.runtime.int8_path import describe, int8_path
+    from guardrt.runtime.postprocess import postprocess
+    from guardrt.runtime.specs import get_spec
+
+    meta = json.loads((work / "cases.json").read_text(encoding="utf-8"))
+    spec = get_spec(meta["spec"])
+    data = np.load(work / "cases.npz")
+    names = [n for n in meta["cases"] if cases == "all" or n in meta["heldout"]]
+    heldout = set(meta["heldout"])
+
+    def decide(logits):
+        return np.asarray([r["label"] for r in postprocess(spec, logits)])
+
+    rows = []
+    for variant, (precision, _) in VARIANTS.items():
+        model = work / "models" / f"{variant.replace('/', '_')}.onnx"
+        for session in sessions_for(variant):
+            so = ort.SessionOptions()
+            for k, v in SESSIONS[session].items():
+                so.add_session_config_entry(k, v)
+            t0 = time.perf_counter()
+            sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+            per_case, ref_h, out_h = {}, [], []
+            for n in names:
+                out = sess.run(None, {k: data[f"{n}|{k}"] for k in spec.input_names})[0]
+                ref = data[f"{n}|reference"]
+                per_case[n] = float(np.max(np.abs(out - ref))) if np.all(np.isfinite(out)) else float("inf")
+                if n in heldout:
+                    ref_h.append(ref)
+                    out_h.append(out)
+            agreement = float(np.mean(decide(np.concatenate(ref_h)) == decide(np.concatenate(out_h))))
+            diff = max(per_case.values())
+            atol, min_agree = float(spec.atol[precision]), float(spec.min_agreement[precision])
+            rows.append({"variant": variant, "precision": precision, "session": session,
+                         "max_abs_diff": diff, "agreement": agreement, "atol": atol, "min_agreement": min_agree,
+                         "passes_gate": diff <= atol and agreement >= min_agree, "cases": per_case,
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            _log(f"  [{int8_path()}] {meta['spec']}/{meta['size']} {variant:22s} {session:13s} "
+                 f"max|Δ| {diff:.4g} (gate {atol:g}) agreement {agreement:.3f}")
+    path = int8_path()
+    return {"int8_path": path, "int8_path_description": describe(path), "cases": cases, "case_names": names,
+            "rows": rows}
+
+
+def run_worker(work: Path, cases: str, emulator: str | None) -> dict:
+    """measure_drift in a child process (under `emulator` when given); its JSON result."""
+    out = work / f"drift-{os.getpid()}-{time.time_ns()}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(work), str(out), "--cases", cases]
+    if emulator:
+        cmd = shlex.split(emulator) + cmd
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr.splitlines():  # the worker's progress, without qemu's unsupported-feature chatter
+        if not line.startswith("qemu-x86_64: warning"):
+            _log(line)
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"drift worker failed ({' '.join(cmd[:3])} ...): exit {proc.returncode}")
+    try:
+        return json.loads(out.read_text(encoding="utf-8"))
+    finally:
+        out.unlink(missing_ok=True)
+
+
+# -- speed (natively) ------------------------------------------------------------------------------------------------
+def measure_speed(work: Path, spec_name: str, cells, threads: int, settings: TimingSettings) -> list[dict]:
+    cfg = json.loads((work / "cases.json").read_text(encoding="utf-8"))
+    from guardrt.runtime.specs import get_spec
+
+    spec = get_spec(spec_name)
+    vocab = _vocab_size(work)
+    rows = []
+    for variant in VARIANTS:
+        model = work / "models" / f"{variant.replace('/', '_')}.onnx"
+        engine = EngineSpec(name=variant, kind="ort", path=str(model), threads=threads)
+        res = common.run_engine_in_child(engine, cells, {"spec": spec.name, "vocab_size": vocab}, settings)
+        for key, cell in res["cells"].items():
+            rows.append({"variant": variant, "cell": key, **cell, "peak_rss_mib": res["peak_rss_mib"],
+                         "size_mb": common.dir_bytes(model) / 1e6})
+        _log(f"  speed {cfg['spec']}/{cfg['size']} {variant}: " + ", ".join(
+            f"{k} {c.get('p50_ms', float('nan')):.1f} ms" for k, c in res["cells"].items()))
+    base = {r["cell"]: r["p50_ms"] for r in rows if r["variant"] == "fp32" and "p50_ms" in r}
+    for r in rows:
+        if "p50_ms" in r and r["cell"] in base:
+            r["speedup_vs_ort_fp32"] = base[r["cell"]] / r["p50_ms"]
+    return rows
+
+
+def _vocab_size(work: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(work / "models" / "fp32.onnx"), load_external_data=False)
+    for init in model.graph.initializer:
+        if "embed" in init.name and len(init.dims) == 2:
+            return int(init.dims[0])
+    return 1000
+
+
+# -- report ----------------------------------------------------------------------------------------------------------
+def _run_label(run: dict) -> str:
+    return f"{run['int8_path']}{' emulated' if run['emulated'] else ''}, {run['cases']} cases"
+
+
+def print_tables(result: dict) -> None:
+    for block in result["models"]:
+        print(f"\n{block['spec']} / {block['size']}{' (fused graph)' if block['fused'] else ''}: max |Δlogit| vs "
+              "PyTorch fp32 (agreement), per int8 path and session")
+        runs = block["drift"]
+        header = ["variant", "session"] + [_run_label(r) for r in runs]
+        lines = [header]
+        for row in runs[0]["rows"]:
+            line = [row["variant"], row["session"]]
+            for run in runs:
+                match = next((x for x in run["rows"] if x["variant"] == row["variant"]
+                              and x["session"] == row["session"]), None)
+                line.append("-" if match is None else
+                            f"{match['max_abs_diff']:.3g} ({match['agreement']:.2f}){'' if match['passes_gate'] else ' FAIL'}")
+            lines.append(line)
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        for line in lines:
+            print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+        if block.get("speed"):
+            print(f"speed on this machine ({result['int8_path']}), guardrt session, p50 ms (x ORT fp32):")
+            for r in block["speed"]:
+                if "p50_ms" in r:
+                    print(f"  {r['variant']:22s} {r['cell']:>8s} {r['p50_ms']:8.2f} ms  "
+                          f"x{r.get('speedup_vs_ort_fp32', float('nan')):.2f}")
+
+
+def plot(result: dict, out_prefix: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    blocks = result["models"]
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6.5 * len(blocks), 4.8), squeeze=False)
+    for ax, block in zip(axes[0], blocks):
+        labels, series = [], {}
+        first = block["drift"][0]["rows"]
+        for row in first:
+            if row["variant"] == "fp32":
+                continue
+            labels.append(f"{row['variant']}\n{row['session']}")
+            for run in block["drift"]:
+                name = _run_label(run)
+                match = next((x for x in run["rows"] if x["variant"] == row["variant"]
+                              and x["session"] == row["session"]), None)
+                series.setdefault(name, []).append(match["max_abs_diff"] if match else np.nan)
+        x = np.arange(len(labels))
+        width = 0.8 / max(1, len(series))
+        for i, (name, values) in enumerate(series.items()):
+            ax.bar(x + i * width, values, width, label=name)
+        gates = [r["atol"] for r in first if r["variant"] != "fp32"]
+        ax.scatter(x + width * (len(series) - 1) / 2, gates, marker="_", s=400, color="k", label="gate", zorder=3)
+        ax.set_yscale("log")
+        ax.set_xticks(x + width * (len(series) - 1) / 2)
+        ax.set_xticklabels(labels, rotation=70, fontsize=7)
+        ax.set_ylabel("max |Δlogit| vs PyTorch fp32")
+        ax.set_title(f"{block['spec']} / {block['size']}{' fused' if block['fused'] else ''}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_prefix.with_name(out_prefix.name + "_drift.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    speed_blocks = [b for b in blocks if b.get("speed")]
+    if speed_blocks:
+        fig, axes = plt.subplots(1, len(speed_blocks), figsize=(6 * len(speed_blocks), 4.2), squeeze=False)
+        for ax, block in zip(axes[0], speed_blocks):
+            cells = sorted({r["cell"] for r in block["speed"]})
+            variants = list(dict.fromkeys(r["variant"] for r in block["speed"]))
+            width = 0.8 / max(1, len(cells))
+            for i, cell in enumerate(cells):
+                vals = [next((r.get("speedup_vs_ort_fp32", np.nan) for r in block["speed"]
+                              if r["variant"] == v and r["cell"] == cell), np.nan) for v in variants]
+                ax.bar(np.arange(len(variants)) + i * width, vals, width, label=f"B x L = {cell}")
+            ax.set_xticks(np.arange(len(variants)) + width * (len(cells) - 1) / 2)
+            ax.set_xticklabels(variants, rotation=30, fontsize=7, ha="right")
+            ax.set_ylabel(f"speed-up vs ORT fp32 ({result['int8_path']}, native)")
+            ax.set_title(f"{block['spec']} / {block['size']}{' fused' if block['fused'] else ''}")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_prefix.with_name(out_prefix.name + "_speed.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    env = os.environ.get
+    p.add_argument("--specs", default=env("GUARDRT_BENCH_SPECS", "rejection,intent-safety"))
+    p.add_argument("--sizes", default=env("GUARDRT_BENCH_SIZE", "tiny,realistic"))
+    p.add_argument("--fused", action="store_true", default=env("GUARDRT_BENCH_FUSED") == "1",
+                   help="also measure Qwen3 variants after guardrt.kernels' graph pass")
+    p.add_argument("--emulator", default=env("GUARDRT_BENCH_EMULATOR", DEFAULT_EMULATOR),
+                   help=f"command prefix running a non-VNNI path (default: {DEFAULT_EMULATOR!r}; 'none' to skip)")
+    p.add_argument("--emulated-cases", choices=("heldout", "all"), default=env("GUARDRT_BENCH_EMULATED_CASES",
+                                                                                 "heldout"),
+                   help="cases run under emulation (default: the held-out rows; 'all' adds the long inputs, slow)")
+    p.add_argument("--threads", type=int, default=int(env("GUARDRT_BENCH_THREADS", "0")) or (os.cpu_count() or 1))
+    p.add_argument("--budget-s", type=float, default=float(env("GUARDRT_BENCH_BUDGET_S", "4")))
+    p.add_argument("--no-speed", action="store_true", help="drift only")
+    p.add_argument("--quick", action="store_true", help="tiny models, short timing (smoke run)")
+    p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/int8_portability[_quick])")
+    p.add_argument("--worker", nargs=2, metavar=("WORK_DIR", "OUT_JSON"), help=argparse.SUPPRESS)
+    p.add_argument("--cases", default="all", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        result = measure_drift(Path(args.worker[0]), args.cases)
+        Path(args.worker[1]).write_text(json.dumps(result), encoding="utf-8")
+        return 0
+
+    from guardrt.runtime.int8_path import describe, int8_path, path_record
+
+    sizes = ["tiny"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    emulator = None if args.emulator.lower() == "none" else args.emulator
+    if emulator and shutil.which(shlex.split(emulator)[0]) is None:
+        _log(f"note: {shlex.split(emulator)[0]} not found (apt-get install qemu-user); no emulated AVX2 path")
+        emulator = None
+    settings = TimingSettings(warmup=1, min_reps=1, max_reps=2, budget_s=0.0) if args.quick else TimingSettings(
+        budget_s=args.budget_s)
+    out_prefix = Path(args.out) if args.out else common.RESULTS / ("int8_portability_quick" if args.quick
+                                                                   else "int8_portability")
+    machine = common.machine_description(args.threads)
+    result = {"benchmark": "int8_portability", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": machine, "versions": common.versions(), "int8_path": int8_path(),
+              "int8_path_description": describe(int8_path()), "int8_record": path_record(),
+              "emulator": emulator, "emulated_cases": args.emulated_cases,
+              "avx2_speed": "not measured: no AVX2-only CPU was available; emulated timings mean nothing",
+              "models": []}
+    for size in sizes:
+        for spec_name in specs:
+            for fused in ([False, True] if args.fused and spec_name == "intent-safety" else [False]):
+                _log(f"== {spec_name} / {size}{' fused' if fused else ''}")
+                work = build_work_dir(spec_name, size, fused)
+                block = {"spec": spec_name, "size": size, "fused": fused, "drift": []}
+                native = run_worker(work, "all", None)
+                block["drift"].append({**native, "emulated": False})
+                if emulator:
+                    t0 = time.perf_counter()
+                    emulated = run_worker(work, args.emulated_cases, emulator)
+                    block["drift"].append({**emulated, "emulated": True, "emulator": emulator,
+                                           "seconds": round(time.perf_counter() - t0, 1)})
+                    # The same cases natively, so the two paths compare like for like.
+                    if args.emulated_cases != "all":
+                        block["drift"].insert(1, {**run_worker(work, args.emulated_cases, None), "emulated": False})
+                if not args.no_speed:
+                    cells = (QUICK_CELLS if args.quick else SPEED_CELLS)[spec_name]
+                    block["speed"] = measure_speed(work, spec_name, cells, args.threads, settings)
+                result["models"].append(block)
+    common.write_json(out_prefix.with_suffix(".json"), result)
+    print_tables(result)
+    for path in plot(result, out_prefix):
+        _log(f"wrote {path}")
+    _log(f"wrote {out_prefix.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
