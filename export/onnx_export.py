@@ -191,6 +191,7 @@ def export_onnx(
     import onnx  # noqa: F401  (fail early with the export extra's message when missing)
 
     from guardrt import __version__
+    from guardrt.export.int8_check import write_int8_check
     from guardrt.export.progress import Progress
     from guardrt.export.quantize import DYNAMIC_WEIGHT_FORMAT, DYNAMIC_WEIGHT_FORMATS
     from guardrt.export.validate import build_validation_set, torch_reference, validate_onnx
@@ -309,9 +310,9 @@ def export_onnx(
     fresh_int8 = [p for p in written if p.startswith("int8") and p in rebuilt]
     written = {p: written[p] for p in PRECISIONS if p in written}
     manifest["precisions"] = written
-    int8 = _write_int8_check(out, spec, vset, reference, fresh_int8,
-                             [p for p in written if p.startswith("int8") and p not in fresh_int8],
-                             previous["int8"], int8_dynamic_weights, intra_op_threads)
+    int8 = write_int8_check(out, spec, vset, reference, fresh_int8,
+                            [p for p in written if p.startswith("int8") and p not in fresh_int8],
+                            previous["int8"], int8_dynamic_weights, intra_op_threads)
     if int8:
         manifest["int8"] = int8
     manifest["forced_precisions"] = [p for p in written if not results.get(p, {}).get("passed", True)]
@@ -439,71 +440,3 @@ def _int8_excluded(model) -> list[str]:
     attention = [n.name for n in model.graph.node
                  if n.op_type in ("MatMul", "Gemm") and not any(i in weights for i in n.input)]
     return sorted(set(rotary_nodes(model)) | set(attention))
-
-
-def _int8_formats(int8_dynamic_weights: str) -> dict[str, str]:
-    return {"int8": "QDQ: s8 activations (symmetric, static min/max calibration) x s8 weights (symmetric, per "
-                    "channel), the TensorRT explicit-quantization format",
-            "int8-dynamic": f"u8 activations (quantized at run time) x {int8_dynamic_weights} weights (per channel)"}
-
-
-def _write_int8_check(out: Path, spec: ModelSpec, vset, reference, fresh: list[str], kept: list[str],
-                      previous: dict, int8_dynamic_weights: str, intra_op_threads: int | None) -> dict | None:
-    """Write `out/int8_check.npz` and return guardrt.json's `int8` section (None without int8 precisions).
-
-    fresh: int8 precisions validated in this run (recorded with this machine's int8 path and their logits on the
-    check rows); kept: int8 precisions carried over from an earlier export of `out` (their record is kept, and their
-    logits when the check rows are unchanged). The file holds the check rows (the spec's input names), their PyTorch
-    fp32 logits (`reference`), each precision's logits at export (`logits_<precision>`) and `meta` (JSON: decision
-    rule, gates, the int8 path each precision was validated on), everything the Triton backend needs to re-check."""
-    import numpy as np
-
-    from guardrt.export.validate import check_set
-    from guardrt.runtime.int8_path import CHECK_FILE_NAME, load_check_set, path_record
-    from guardrt.runtime.onnxrt import OnnxRunner
-
-    file = out / CHECK_FILE_NAME
-    arrays = check_set(vset, reference)
-    validated_on: dict[str, dict] = {}
-    logits: dict[str, np.ndarray] = {}
-    formats = dict(previous.get("formats") or {})
-    old = None
-    if kept and file.is_file():
-        try:
-            old = load_check_set(file)
-        except ValueError:
-            old = None
-    same_rows = old is not None and all(
-        n in old and np.array_equal(old[n], arrays[n]) for n in spec.input_names)
-    for p in kept:
-        record = (previous.get("validated_on") or {}).get(p)
-        if record:
-            validated_on[p] = record
-        if same_rows and f"logits_{p}" in old:
-            logits[p] = old[f"logits_{p}"]
-    record = path_record()
-    feeds = {n: arrays[n].astype(np.int64) for n in spec.input_names}
-    for p in fresh:
-        validated_on[p] = record
-        formats[p] = _int8_formats(int8_dynamic_weights)[p]
-        with OnnxRunner(out / p / "model.onnx", intra_op_threads=intra_op_threads) as runner:
-            logits[p] = runner.infer(feeds)[spec.output_names[0]]
-    if not validated_on:
-        file.unlink(missing_ok=True)
-        return None
-    meta = {
-        "spec": spec.name,
-        "input_names": list(spec.input_names),
-        "output_name": spec.output_names[0],
-        "decision": spec.decision,
-        "threshold": spec.threshold,
-        "positive_label": spec.positive_label,
-        "gates": {p: {"atol": float(spec.atol[p]), "min_agreement": float(spec.min_agreement[p])}
-                  for p in sorted(validated_on)},
-        "validated_on": validated_on,
-        "rows": int(len(arrays["reference"])),
-    }
-    np.savez_compressed(file, meta=np.array(json.dumps(meta)), **arrays,
-                        **{f"logits_{p}": v.astype(np.float32) for p, v in logits.items()})
-    return {"validated_on": validated_on, "check_set": CHECK_FILE_NAME,
-            "formats": {p: formats[p] for p in sorted(validated_on) if p in formats}}

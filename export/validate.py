@@ -23,7 +23,7 @@ import numpy as np
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = ["ValidationCase", "ValidationSet", "build_validation_set", "torch_reference", "validate_onnx",
-           "decisions", "check_set", "QDQ_AS_FLOAT"]
+           "decisions", "QDQ_AS_FLOAT"]
 
 
 @dataclass
@@ -202,22 +202,3 @@ def validate_onnx(onnx_path: str | Path, precision: str, vset: ValidationSet, re
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return result
-
-
-def check_set(vset: ValidationSet, reference: dict[str, np.ndarray], rows: int = 16) -> dict[str, np.ndarray]:
-    """The held-out check set an int8 export carries (`guardrt.runtime.int8_path`): the first `rows` held-out
-    sequences, padded on the spec's side into one batch (int32 ids, int8 mask), and their PyTorch fp32 logits."""
-    from guardrt.runtime.preprocess import pad_batch
-
-    spec = vset.spec
-    seqs, refs = [], []
-    for c in vset.cases:
-        if not c.heldout:
-            continue
-        for r in range(len(c.input_ids)):
-            if len(seqs) < rows:
-                seqs.append(c.input_ids[r][c.attention_mask[r] == 1].tolist())
-                refs.append(reference[c.name][r])
-    ids, mask = pad_batch(seqs, spec.pad_token_id, spec.padding_side)
-    return {spec.input_names[0]: ids.astype(np.int32), spec.input_names[1]: mask.astype(np.int8),
-            "reference": np.stack(refs).astype(np.float32)}

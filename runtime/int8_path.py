@@ -104,6 +104,7 @@ def _cpuid_flags() -> frozenset[str] | None:
         page.write(xgetbv_code)
         anchor = ctypes.c_char.from_buffer(page)
         base = ctypes.addressof(anchor)
+        del anchor  # the exported buffer would block page.close(); the functions below hold only the address
         regs_t = ctypes.c_uint32 * 4
         cpuid = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(regs_t))(base)
         xgetbv = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint32)(base + 64)
@@ -114,18 +115,14 @@ def _cpuid_flags() -> frozenset[str] | None:
             return tuple(out)
 
         max_leaf = leaf(0)[0]
-        _, _, ecx1, edx1 = leaf(1)
+        ecx1 = leaf(1)[2]
         ebx7 = ecx7 = edx7 = eax7_1 = 0
         if max_leaf >= 7:
             _, ebx7, ecx7, edx7 = leaf(7, 0)
             eax7_1 = leaf(7, 1)[0]
         xcr0 = xgetbv(0) if ecx1 & (1 << 27) else 0  # OSXSAVE: the OS manages the extended register state
-        del anchor, cpuid, xgetbv
     finally:
-        try:
-            page.close()
-        except BufferError:  # a ctypes view still alive; the page is freed with it
-            pass
+        page.close()
     flags = set()
     if ecx1 & (1 << 19):
         flags.add("sse4_1")
