@@ -56,6 +56,8 @@ SESSIONS = {
     "guardrt": {"session.x64quantprecision": "1"},
     "qdq-as-float": {"session.disable_quant_qdq": "1"},
 }
+# Bump when _build changes what it writes (the cache key also covers export/ and kernels/).
+BUILD_VERSION = 1
 DEFAULT_EMULATOR = "qemu-x86_64 -cpu Haswell"
 SPEED_CELLS = {"rejection": [(1, 128), (16, 128)], "intent-safety": [(1, 128), (1, 1024)]}
 QUICK_CELLS = {"rejection": [(1, 16), (4, 16)], "intent-safety": [(1, 16), (2, 16)]}
@@ -80,10 +82,15 @@ def build_work_dir(spec_name: str, size: str, fused: bool, log=_log) -> Path:
 
     model_dir = demo_models.cached_demo_model(spec_name, size, log=log)
     key = f"{spec_name}-{size}{'-fused' if fused else ''}-" + common.code_hash(
-        common.REPO_ROOT / "export", common.REPO_ROOT / "kernels", Path(__file__),
-        extra=[model_dir.name, common.versions()])
-    return demo_models._cached("int8-portability", key, lambda tmp: _build(tmp, spec_name, size, model_dir, fused,
-                                                                           log))
+        common.REPO_ROOT / "export", common.REPO_ROOT / "kernels",
+        extra=[model_dir.name, common.versions(), BUILD_VERSION, VARIANTS])
+    def build(tmp: Path) -> None:
+        from guardrt.export.onnx_export import _quiet_libraries
+
+        with _quiet_libraries():
+            _build(tmp, spec_name, size, model_dir, fused, log)
+
+    return demo_models._cached("int8-portability", key, build)
 
 
 def _build(work: Path, spec_name: str, size: str, model_dir: Path, fused: bool, log) -> None:
