@@ -13,8 +13,10 @@ exporter can write, per spec and demo-model size:
   paths     this machine's native int8 path, and AVX2 through qemu user-mode emulation (`qemu-x86_64 -cpu Haswell`:
             ONNX Runtime's own AVX2 kernels, run instruction by instruction; the worker reports the path it detected)
 
-Drift is measured like the exporter's validation: max |Δlogit| vs PyTorch fp32 over its cases (emulated runs: the
-held-out rows only, unless --emulated-cases all) and held-out decision agreement, against the spec's gates. Speed is
+Drift is measured like the exporter's validation: max |Δlogit| vs PyTorch fp32 over its cases and held-out decision
+agreement, against the spec's gates. Emulation runs ~100x slower, so emulated runs take the held-out rows only (the
+first 16 of them for the realistic models; --emulated-cases), skip fp32 (no int8 kernels), and are repeated natively
+on the same rows so the two paths compare like for like. Speed is
 measured natively only, each variant in its own process (guardrt session): emulation time says nothing about a real
 AVX2 CPU, and no AVX2-only machine was available, so **AVX2 speed is not measured here**.
 
@@ -145,8 +147,20 @@ def _build(work: Path, spec_name: str, size: str, model_dir: Path, fused: bool, 
 
 
 # -- the drift worker (natively or under the emulator) --------------------------------------------------------------
-def measure_drift(work: Path, cases: str = "all") -> dict:
-    """Every variant x session on `work`'s cases ("all" or "heldout"), on whatever CPU runs this process."""
+def select_cases(meta: dict, cases: str) -> list[str]:
+    """Case names for "all", "heldout" or "heldout:N" (the held-out batches holding the first N rows)."""
+    if cases == "all":
+        return list(meta["cases"])
+    heldout = [n for n in meta["cases"] if n in meta["heldout"]]
+    if cases == "heldout":
+        return heldout
+    rows = int(cases.split(":", 1)[1])
+    per_batch = int(meta["settings"].get("batch_size", 8))
+    return heldout[:max(1, -(-rows // per_batch))]
+
+
+def measure_drift(work: Path, cases: str = "all", skip: tuple[str, ...] = ()) -> dict:
+    """Every variant (but `skip`) x session on `work`'s cases (see select_cases), on whatever CPU runs this."""
     import onnxruntime as ort
 
     from guardrt.runtime.int8_path import describe, int8_path
@@ -156,7 +170,7 @@ def measure_drift(work: Path, cases: str = "all") -> dict:
     meta = json.loads((work / "cases.json").read_text(encoding="utf-8"))
     spec = get_spec(meta["spec"])
     data = np.load(work / "cases.npz")
-    names = [n for n in meta["cases"] if cases == "all" or n in meta["heldout"]]
+    names = select_cases(meta, cases)
     heldout = set(meta["heldout"])
 
     def decide(logits):
@@ -164,6 +178,8 @@ def measure_drift(work: Path, cases: str = "all") -> dict:
 
     rows = []
     for variant, (precision, _) in VARIANTS.items():
+        if variant in skip:
+            continue
         model = work / "models" / f"{variant.replace('/', '_')}.onnx"
         for session in sessions_for(variant):
             so = ort.SessionOptions()
@@ -193,10 +209,11 @@ def measure_drift(work: Path, cases: str = "all") -> dict:
             "rows": rows}
 
 
-def run_worker(work: Path, cases: str, emulator: str | None) -> dict:
+def run_worker(work: Path, cases: str, emulator: str | None, skip: tuple[str, ...] = ()) -> dict:
     """measure_drift in a child process (under `emulator` when given); its JSON result."""
     out = work / f"drift-{os.getpid()}-{time.time_ns()}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(work), str(out), "--cases", cases]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(work), str(out), "--cases", cases,
+           "--skip", ",".join(skip)]
     if emulator:
         cmd = shlex.split(emulator) + cmd
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -349,9 +366,9 @@ def main(argv=None) -> int:
                    help="also measure Qwen3 variants after guardrt.kernels' graph pass")
     p.add_argument("--emulator", default=env("GUARDRT_BENCH_EMULATOR", DEFAULT_EMULATOR),
                    help=f"command prefix running a non-VNNI path (default: {DEFAULT_EMULATOR!r}; 'none' to skip)")
-    p.add_argument("--emulated-cases", choices=("heldout", "all"), default=env("GUARDRT_BENCH_EMULATED_CASES",
-                                                                                 "heldout"),
-                   help="cases run under emulation (default: the held-out rows; 'all' adds the long inputs, slow)")
+    p.add_argument("--emulated-cases", default=env("GUARDRT_BENCH_EMULATED_CASES", "auto"),
+                   help="cases run under emulation: heldout | heldout:N (first N held-out rows) | all (adds the long "
+                        "inputs, very slow); default auto: heldout for tiny, heldout:16 for realistic models")
     p.add_argument("--threads", type=int, default=int(env("GUARDRT_BENCH_THREADS", "0")) or (os.cpu_count() or 1))
     p.add_argument("--budget-s", type=float, default=float(env("GUARDRT_BENCH_BUDGET_S", "4")))
     p.add_argument("--no-speed", action="store_true", help="drift only")
@@ -359,9 +376,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/int8_portability[_quick])")
     p.add_argument("--worker", nargs=2, metavar=("WORK_DIR", "OUT_JSON"), help=argparse.SUPPRESS)
     p.add_argument("--cases", default="all", help=argparse.SUPPRESS)
+    p.add_argument("--skip", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        result = measure_drift(Path(args.worker[0]), args.cases)
+        result = measure_drift(Path(args.worker[0]), args.cases, tuple(filter(None, args.skip.split(","))))
         Path(args.worker[1]).write_text(json.dumps(result), encoding="utf-8")
         return 0
 
@@ -393,13 +411,15 @@ def main(argv=None) -> int:
                 native = run_worker(work, "all", None)
                 block["drift"].append({**native, "emulated": False})
                 if emulator:
+                    cases = args.emulated_cases if args.emulated_cases != "auto" else (
+                        "heldout" if size == "tiny" else "heldout:16")
                     t0 = time.perf_counter()
-                    emulated = run_worker(work, args.emulated_cases, emulator)
+                    emulated = run_worker(work, cases, emulator, skip=("fp32",))
                     block["drift"].append({**emulated, "emulated": True, "emulator": emulator,
                                            "seconds": round(time.perf_counter() - t0, 1)})
                     # The same cases natively, so the two paths compare like for like.
-                    if args.emulated_cases != "all":
-                        block["drift"].insert(1, {**run_worker(work, args.emulated_cases, None), "emulated": False})
+                    if cases != "all":
+                        block["drift"].insert(1, {**run_worker(work, cases, None), "emulated": False})
                 if not args.no_speed:
                     cells = (QUICK_CELLS if args.quick else SPEED_CELLS)[spec_name]
                     block["speed"] = measure_speed(work, spec_name, cells, args.threads, settings)

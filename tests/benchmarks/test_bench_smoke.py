@@ -104,3 +104,20 @@ def test_preprocess_quick_writes_json_and_plot(tmp_path):
     assert {r["traffic"] for r in result["rows"]} == {"long-dialogues", "roleplay-growing", "short-chats"}
     assert all(r["identical_ids"] and r["guardrt_ms"] > 0 for r in result["rows"])
     assert (tmp_path / "preprocess_quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_int8_portability_quick_writes_json_and_plots(tmp_path):
+    out = tmp_path / "int8"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "int8_portability.py"), "--quick", "--specs", "rejection",
+         "--emulator", "none", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    block = data["models"][0]
+    rows = {(r["variant"], r["session"]): r for r in block["drift"][0]["rows"]}
+    assert rows[("int8-dynamic/u8", "ort-default")]["passes_gate"]  # the exporter's format, in a plain ORT session
+    assert {r["variant"] for r in block["speed"]} >= {"fp32", "int8-dynamic/u8", "int8/qdq-s8s8"}
+    assert (tmp_path / "int8_drift.png").is_file() and (tmp_path / "int8_speed.png").is_file()
