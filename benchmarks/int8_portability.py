@@ -5,11 +5,12 @@ ONNX Runtime's CPU int8 GEMM sums u8 x s8 products exactly with VNNI / AMX and i
 exporter can write, per spec and demo-model size:
 
   variants  fp32 (baseline), int8-dynamic with s8 weights (ORT's default, guardrt's format before issue 9), s8 7-bit
-            weights (reduce_range), u8 weights (U8U8, guardrt's format now), and the static QDQ int8 graph (s8 x s8,
+            weights (reduce_range, guardrt's format now), u8 weights (U8U8), and the static QDQ int8 graph (s8 x s8,
             the TensorRT format); with --fused, the same after guardrt.kernels' graph pass (Qwen3 only)
-  sessions  ort-default (session.x64quantprecision=0: what a plain ONNX Runtime session does), guardrt
-            (x64quantprecision=1: guardrt's runners), qdq-as-float (session.disable_quant_qdq=1, QDQ graph only: the
-            graph's own semantics, what TensorRT computes)
+  sessions  ort-default (what a plain ONNX Runtime session does), x64quantprecision (session.x64quantprecision=1:
+            ORT rewrites weights that do not fit 7 bits to u8 at load; guardrt's sessions set it where U8S8
+            saturates, see guardrt.runtime.int8_path.exact_int8_session_config), qdq-as-float
+            (session.disable_quant_qdq=1, QDQ graph only: the graph's own semantics, what TensorRT computes)
   paths     this machine's native int8 path, and AVX2 through qemu user-mode emulation (`qemu-x86_64 -cpu Haswell`:
             ONNX Runtime's own AVX2 kernels, run instruction by instruction; the worker reports the path it detected)
 
@@ -17,7 +18,8 @@ Drift is measured like the exporter's validation: max |Δlogit| vs PyTorch fp32 
 agreement, against the spec's gates. Emulation runs ~100x slower, so emulated runs take the held-out rows only (the
 first 16 of them for the realistic models; --emulated-cases), skip fp32 (no int8 kernels), and are repeated natively
 on the same rows so the two paths compare like for like. Speed is
-measured natively only, each variant in its own process (guardrt session): emulation time says nothing about a real
+measured natively only, each variant in its own process, in the session guardrt would open on this CPU (plus the
+full-range s8 graphs with x64quantprecision, to show its cost here): emulation time says nothing about a real
 AVX2 CPU, and no AVX2-only machine was available, so **AVX2 speed is not measured here**.
 
     python benchmarks/int8_portability.py                      # tiny + realistic demo models (take the heavy lock)
@@ -43,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import EngineSpec, TimingSettings  # noqa: E402
+from common import TimingSettings  # noqa: E402
 
 # variant -> (precision whose gate applies, how it is built)
 VARIANTS = {
@@ -55,7 +57,7 @@ VARIANTS = {
 }
 SESSIONS = {
     "ort-default": {"session.x64quantprecision": "0"},
-    "guardrt": {"session.x64quantprecision": "1"},
+    "x64quantprecision": {"session.x64quantprecision": "1"},
     "qdq-as-float": {"session.disable_quant_qdq": "1"},
 }
 # Bump when _build changes what it writes (the cache key also covers export/ and kernels/).
@@ -73,8 +75,15 @@ def sessions_for(variant: str) -> list[str]:
     if variant.startswith("fp32"):
         return ["ort-default"]
     if variant.startswith("int8/"):
-        return ["ort-default", "guardrt", "qdq-as-float"]
-    return ["ort-default", "guardrt"]
+        return ["ort-default", "x64quantprecision", "qdq-as-float"]
+    return ["ort-default", "x64quantprecision"]
+
+
+def guardrt_session() -> str:
+    """The session guardrt's runners open on this CPU (exact_int8_session_config)."""
+    from guardrt.runtime.int8_path import exact_int8_session_config
+
+    return "x64quantprecision" if exact_int8_session_config() else "ort-default"
 
 
 # -- building the variants and the cases (natively, once per code version) ----------------------------------------
@@ -205,7 +214,8 @@ def measure_drift(work: Path, cases: str = "all", skip: tuple[str, ...] = ()) ->
             _log(f"  [{int8_path()}] {meta['spec']}/{meta['size']} {variant:22s} {session:13s} "
                  f"max|Δ| {diff:.4g} (gate {atol:g}) agreement {agreement:.3f}")
     path = int8_path()
-    return {"int8_path": path, "int8_path_description": describe(path), "cases": cases, "case_names": names,
+    return {"int8_path": path, "int8_path_description": describe(path), "guardrt_session": guardrt_session(),
+            "cases": cases, "case_names": names,
             "rows": rows}
 
 
@@ -230,26 +240,52 @@ def run_worker(work: Path, cases: str, emulator: str | None, skip: tuple[str, ..
 
 
 # -- speed (natively) ------------------------------------------------------------------------------------------------
-def measure_speed(work: Path, spec_name: str, cells, threads: int, settings: TimingSettings) -> list[dict]:
-    cfg = json.loads((work / "cases.json").read_text(encoding="utf-8"))
+def _time_variant(model: str, config: dict, spec_name: str, vocab: int, cells, threads: int,
+                  settings: TimingSettings) -> dict:
+    """Child-process body: one ONNX Runtime session with `config`, timed on every (batch, seq) cell."""
+    import onnxruntime as ort
+
     from guardrt.runtime.specs import get_spec
 
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     spec = get_spec(spec_name)
+    out = {}
+    for batch, seq in cells:
+        feeds = common.make_feeds(spec, vocab, batch, seq)
+        out[f"{batch}x{seq}"] = {"batch": batch, "seq": seq,
+                                 **common.summarize(common.time_call(lambda: sess.run(None, feeds), settings))}
+    return {"cells": out, "peak_rss_mib": common.peak_rss_mib()}
+
+
+def measure_speed(work: Path, spec_name: str, cells, threads: int, settings: TimingSettings) -> list[dict]:
+    """p50 per variant in the session guardrt opens here, and the full-range s8 graphs with x64quantprecision;
+    each in its own spawned process."""
+    import multiprocessing as mp
+
+    cfg = json.loads((work / "cases.json").read_text(encoding="utf-8"))
     vocab = _vocab_size(work)
+    here = guardrt_session()
+    runs = [(v, here) for v in VARIANTS]
+    runs += [(v, "x64quantprecision") for v in ("int8-dynamic/s8", "int8/qdq-s8s8") if here != "x64quantprecision"]
     rows = []
-    for variant in VARIANTS:
+    ctx = mp.get_context("spawn")
+    for variant, session in runs:
         model = work / "models" / f"{variant.replace('/', '_')}.onnx"
-        engine = EngineSpec(name=variant, kind="ort", path=str(model), threads=threads)
-        res = common.run_engine_in_child(engine, cells, {"spec": spec.name, "vocab_size": vocab}, settings)
+        config = {} if variant == "fp32" else SESSIONS[session]
+        with ctx.Pool(1) as pool:
+            res = pool.apply(_time_variant, (str(model), config, spec_name, vocab, cells, threads, settings))
         for key, cell in res["cells"].items():
-            rows.append({"variant": variant, "cell": key, **cell, "peak_rss_mib": res["peak_rss_mib"],
-                         "size_mb": common.dir_bytes(model) / 1e6})
-        _log(f"  speed {cfg['spec']}/{cfg['size']} {variant}: " + ", ".join(
-            f"{k} {c.get('p50_ms', float('nan')):.1f} ms" for k, c in res["cells"].items()))
-    base = {r["cell"]: r["p50_ms"] for r in rows if r["variant"] == "fp32" and "p50_ms" in r}
+            rows.append({"variant": variant, "session": session, "cell": key, **cell,
+                         "peak_rss_mib": res["peak_rss_mib"], "size_mb": common.dir_bytes(model) / 1e6})
+        _log(f"  speed {cfg['spec']}/{cfg['size']} {variant} [{session}]: " + ", ".join(
+            f"{k} {c['p50_ms']:.1f} ms" for k, c in res["cells"].items()))
+    base = {r["cell"]: r["p50_ms"] for r in rows if r["variant"] == "fp32"}
     for r in rows:
-        if "p50_ms" in r and r["cell"] in base:
-            r["speedup_vs_ort_fp32"] = base[r["cell"]] / r["p50_ms"]
+        r["speedup_vs_ort_fp32"] = base[r["cell"]] / r["p50_ms"]
     return rows
 
 
@@ -287,11 +323,10 @@ def print_tables(result: dict) -> None:
         for line in lines:
             print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
         if block.get("speed"):
-            print(f"speed on this machine ({result['int8_path']}), guardrt session, p50 ms (x ORT fp32):")
+            print(f"speed on this machine ({result['int8_path']}), p50 ms (x ORT fp32 p50, same cell):")
             for r in block["speed"]:
-                if "p50_ms" in r:
-                    print(f"  {r['variant']:22s} {r['cell']:>8s} {r['p50_ms']:8.2f} ms  "
-                          f"x{r.get('speedup_vs_ort_fp32', float('nan')):.2f}")
+                print(f"  {r['variant']:22s} {r['session']:18s} {r['cell']:>8s} {r['p50_ms']:8.2f} ms  "
+                      f"x{r['speedup_vs_ort_fp32']:.2f}")
 
 
 def plot(result: dict, out_prefix: Path) -> list[Path]:
@@ -337,14 +372,14 @@ def plot(result: dict, out_prefix: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(speed_blocks), figsize=(6 * len(speed_blocks), 4.2), squeeze=False)
         for ax, block in zip(axes[0], speed_blocks):
             cells = sorted({r["cell"] for r in block["speed"]})
-            variants = list(dict.fromkeys(r["variant"] for r in block["speed"]))
+            variants = list(dict.fromkeys((r["variant"], r["session"]) for r in block["speed"]))
             width = 0.8 / max(1, len(cells))
             for i, cell in enumerate(cells):
-                vals = [next((r.get("speedup_vs_ort_fp32", np.nan) for r in block["speed"]
-                              if r["variant"] == v and r["cell"] == cell), np.nan) for v in variants]
+                vals = [next((r["speedup_vs_ort_fp32"] for r in block["speed"]
+                              if (r["variant"], r["session"]) == v and r["cell"] == cell), np.nan) for v in variants]
                 ax.bar(np.arange(len(variants)) + i * width, vals, width, label=f"B x L = {cell}")
             ax.set_xticks(np.arange(len(variants)) + width * (len(cells) - 1) / 2)
-            ax.set_xticklabels(variants, rotation=30, fontsize=7, ha="right")
+            ax.set_xticklabels([f"{v}\n{sess}" for v, sess in variants], rotation=30, fontsize=7, ha="right")
             ax.set_ylabel(f"speed-up vs ORT fp32 ({result['int8_path']}, native)")
             ax.set_title(f"{block['spec']} / {block['size']}{' fused' if block['fused'] else ''}")
             ax.legend(fontsize=7)

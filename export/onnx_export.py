@@ -186,7 +186,7 @@ def export_onnx(
     """Export `model_dir` for `spec` into `out_dir` (see module docstring). Returns the loaded ExportManifest.
 
     int8_dynamic_weights: weight format of int8-dynamic (`guardrt.export.quantize.DYNAMIC_WEIGHT_FORMATS`; default
-    u8, exact on every x86-64 int8 path). Raises ModelFilesError for a bad checkpoint/out dir and ExportGateError
+    7-bit s8, exact on every x86-64 int8 path). Raises ModelFilesError for a bad checkpoint/out dir and ExportGateError
     when a precision fails its gate (the others are written; validation.json records every result)."""
     import onnx  # noqa: F401  (fail early with the export extra's message when missing)
 

@@ -11,25 +11,18 @@
 Only MatMul/Gemm are quantized (the linear layers; the exporter excludes the attention products and the rotary
 subgraph); embeddings, normalisation, softmax stay in floating point, where int8 would cost accuracy for little speed.
 
-Why int8-dynamic stores **uint8 weights** (ONNX Runtime's "U8U8"), not the int8 weights ORT defaults to ("U8S8").
-ORT's CPU int8 GEMM multiplies u8 activations by s8 weights with `vpdpbusd` where the CPU has VNNI (AVX-512 VNNI,
-AVX-VNNI) or AMX, summing exactly in int32. Without VNNI (AVX2, AVX-512 without VNNI) it uses `vpmaddubsw`, which
-sums each pair of u8 x s8 products into a saturating int16: full-range activations (dynamic quantization maps every
-tensor onto 0..255) times full-range weights (±127) overflow it. ORT's quantization guide names the two remedies:
-`reduce_range` (7-bit weights: a pair stays under 255 x 64 x 2 = 32,640) or U8U8 (no pair sums in int16). Measured
-with the exporter's validation (max |Δlogit| vs PyTorch fp32; native AVX-512 VNNI, AMD EPYC / emulated AVX2 path,
-qemu-x86_64 -cpu Haswell; `benchmarks/int8_portability.py`, results in README "int8 on any x86-64 CPU"):
-
-    int8-dynamic weights      tiny rejection   tiny intent-safety   (VNNI / AVX2)
-    s8 per channel (old)      0.0041 / 0.654   0.033 / see README
-    s8 7-bit (reduce_range)   0.0035 / 0.0035  0.013 / 0.013
-    u8 per channel (chosen)   0.0030 / 0.0030  0.019 / 0.019
-
-Both remedies give the same logits on both paths. u8 weights keep full 8-bit weight precision (asymmetric, per
-channel) and run at the same speed as s8 with VNNI (MLAS runs U8U8 on the VNNI kernel); see the README for the
-realistic models and the speeds. `session.x64quantprecision` (set by guardrt's own sessions) converts s8 weights to u8
-at load on non-VNNI CPUs, which protects the static `int8` graph served on ORT CPU too, but only inside guardrt's
-sessions: the u8 format makes the file itself portable to any ONNX Runtime session.
+Why int8-dynamic stores **7-bit int8 weights** (`reduce_range`). ORT's CPU int8 GEMM (MLAS) multiplies u8 activations
+by s8 weights ("U8S8"). With VNNI (`vpdpbusd`: AVX-512 VNNI, AVX-VNNI) or AMX the products are summed exactly in
+int32. Without VNNI (AVX2, AVX-512 without VNNI) it uses `vpmaddubsw`, which sums each pair of u8 x s8 products into
+a saturating int16: full-range activations (dynamic quantization maps every tensor onto 0..255) times full-range
+weights (±127) overflow it (255 x 127 x 2 = 64,770 > 32,767). ORT's quantization guide names two remedies:
+`reduce_range` (weights in [-64, 64]: a pair stays <= 255 x 64 x 2 = 32,640) or U8U8 (u8 weights: no int16 pair
+sums). Both give the same logits on every path; measured (`benchmarks/int8_portability.py`, README "int8 on any
+x86-64 CPU": max |Δlogit| vs PyTorch fp32 with the exporter's validation, AVX-512 VNNI natively and AVX2 under
+qemu; speed on the AVX-512 VNNI machine), 7-bit weights keep the fast U8S8 kernel on every CPU, while U8U8 runs
+~1.8x slower with VNNI (MLAS has no VNNI U8U8 kernel) and, per ORT's guide, slower on AVX2 too. Their cost is one bit
+of weight precision, within every gate (the numbers are in the README). Full-range s8 (ORT's default, guardrt's
+format before issue 9) stays available as "s8" for VNNI-only deployments.
 """
 from __future__ import annotations
 
@@ -45,11 +38,11 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 
 # int8-dynamic weight formats (the comparison above; the benchmark builds each): name -> (weight type, reduce_range).
 DYNAMIC_WEIGHT_FORMATS = {
-    "u8": ("QUInt8", False),  # U8U8: exact on every x86-64 int8 path
-    "s8-7bit": ("QInt8", True),  # reduce_range: s8 weights in [-64, 63]; U8S8 pair sums cannot saturate
-    "s8": ("QInt8", False),  # ORT's default U8S8: saturates without VNNI (guardrt's format before issue 9)
+    "s8-7bit": ("QInt8", True),  # reduce_range: |w| <= 64, U8S8 pair sums cannot saturate; the fast kernel everywhere
+    "u8": ("QUInt8", False),  # U8U8: exact everywhere, ~1.8x slower with VNNI
+    "s8": ("QInt8", False),  # ORT's default: saturates without VNNI (guardrt's format before issue 9)
 }
-DYNAMIC_WEIGHT_FORMAT = "u8"
+DYNAMIC_WEIGHT_FORMAT = "s8-7bit"
 
 
 def _extra_options(extra: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -119,7 +112,7 @@ def quantize_qdq_static(fp32_path: str | Path, out_path: str | Path, calibration
 def quantize_int8_dynamic(fp32_path: str | Path, out_path: str | Path, large: bool = False,
                           nodes_to_exclude: Iterable[str] = (), weight_format: str = DYNAMIC_WEIGHT_FORMAT) -> Path:
     """Write a dynamically quantized model: per-channel weights in `weight_format` (DYNAMIC_WEIGHT_FORMATS; default
-    u8, exact on every x86-64 int8 path), uint8 activations quantized at run time."""
+    7-bit s8, exact on every x86-64 int8 path), uint8 activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type, reduce_range = DYNAMIC_WEIGHT_FORMATS[weight_format]

@@ -122,14 +122,17 @@ def resolve_providers(
 
 
 def _exact_int8(so) -> None:
-    """Ask ONNX Runtime for exact int8 GEMMs on CPUs without VNNI (`session.x64quantprecision`, unless the caller
-    set it): there its U8S8 kernels saturate int16 pair sums (guardrt.runtime.int8_path), and this option converts
-    int8 weights that do not fit 7 bits to uint8 at load (the exact U8U8 kernels). A no-op on VNNI / AMX CPUs, and for
-    guardrt's own int8-dynamic exports (uint8 weights already)."""
-    try:
-        so.get_session_config_entry("session.x64quantprecision")
-    except Exception:  # ORT raises when the entry is not set
-        so.add_session_config_entry("session.x64quantprecision", "1")
+    """Exact int8 GEMMs on CPUs whose U8S8 kernels saturate (no VNNI): `session.x64quantprecision=1` there, unless the
+    caller set it (guardrt.runtime.int8_path.exact_int8_session_config). It matters for graphs with full-range int8
+    weights (the static QDQ `int8`, exports made before issue 9); guardrt's int8-dynamic weights fit 7 bits and cannot
+    saturate. Not set on VNNI / AMX CPUs, where it would only slow int8 down."""
+    from guardrt.runtime.int8_path import exact_int8_session_config
+
+    for key, value in exact_int8_session_config().items():
+        try:
+            so.get_session_config_entry(key)
+        except Exception:  # ORT raises when the entry is not set
+            so.add_session_config_entry(key, value)
 
 
 class OnnxRunner:

@@ -69,8 +69,20 @@ class TritonPythonModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # Exact int8 GEMMs on CPUs without VNNI (ORT's U8S8 kernels saturate there; guardrt_int8_path.py).
-        opts.add_session_config_entry("session.x64quantprecision", "1")
+        # int8 exports ship guardrt_int8_path.py: exact int8 GEMMs where this CPU's U8S8 kernels saturate (no VNNI),
+        # and below, the re-check of the export on this CPU's int8 path.
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        check = os.path.join(version_dir, "int8_check.npz")
+        checker = os.path.join(version_dir, "guardrt_int8_path.py")
+        int8 = None
+        if params.get("guardrt_precision", "").startswith("int8") and os.path.isfile(checker):
+            import importlib.util
+
+            loader = importlib.util.spec_from_file_location(f"guardrt_int8_path_{self.name}", checker)
+            int8 = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(int8)
+            for key, value in int8.exact_int8_session_config().items():
+                opts.add_session_config_entry(key, value)
         device_id = int(args.get("model_instance_device_id", 0) or 0)
         providers = _providers(params.get("execution_providers"), device_id, params)
         self.session = ort.InferenceSession(path, opts, providers=providers)
@@ -82,15 +94,7 @@ class TritonPythonModel:
         )
         # An int8 export validated on another CPU int8 path: re-run its held-out check set here, log one line, and
         # refuse to load over the gate unless parameter int8_recheck / $GUARDRT_INT8_RECHECK says warn or off.
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
-        check = os.path.join(version_dir, "int8_check.npz")
-        checker = os.path.join(version_dir, "guardrt_int8_path.py")
-        if params.get("guardrt_precision", "").startswith("int8") and os.path.isfile(check) and os.path.isfile(checker):
-            import importlib.util
-
-            loader = importlib.util.spec_from_file_location(f"guardrt_int8_path_{self.name}", checker)
-            int8 = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(int8)
+        if int8 is not None and os.path.isfile(check):
             mode = int8.recheck_mode(params.get("int8_recheck"))
             result = int8.recheck(check, params["guardrt_precision"], lambda feeds: self.session.run(None, feeds)[0],
                                   int8.session_int8_path(self.session), model_name=self.name, mode=mode)

@@ -118,6 +118,6 @@ def test_int8_portability_quick_writes_json_and_plots(tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     block = data["models"][0]
     rows = {(r["variant"], r["session"]): r for r in block["drift"][0]["rows"]}
-    assert rows[("int8-dynamic/u8", "ort-default")]["passes_gate"]  # the exporter's format, in a plain ORT session
-    assert {r["variant"] for r in block["speed"]} >= {"fp32", "int8-dynamic/u8", "int8/qdq-s8s8"}
+    assert rows[("int8-dynamic/s8-7bit", "ort-default")]["passes_gate"]  # the exporter's format, plain ORT session
+    assert {r["variant"] for r in block["speed"]} >= {"fp32", "int8-dynamic/s8-7bit", "int8/qdq-s8s8"}
     assert (tmp_path / "int8_drift.png").is_file() and (tmp_path / "int8_speed.png").is_file()
