@@ -24,6 +24,8 @@ AVX2 CPU, and no AVX2-only machine was available, so **AVX2 speed is not measure
 
     python benchmarks/int8_portability.py                      # tiny + realistic demo models (take the heavy lock)
     python benchmarks/int8_portability.py --quick               # tiny models, short timing: smoke run
+    python benchmarks/int8_portability.py --fused --phase native             # build, drift, speed (take the heavy lock)
+    nice -n 19 python benchmarks/int8_portability.py --fused --phase emulated    # adds AVX2 to the same JSON
     python benchmarks/int8_portability.py --worker DIR OUT      # one drift measurement (what runs under qemu)
 
 Writes benchmarks/results/int8_portability[_quick].json and _drift.png / _speed.png.
@@ -409,6 +411,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-speed", action="store_true", help="drift only")
     p.add_argument("--quick", action="store_true", help="tiny models, short timing (smoke run)")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/int8_portability[_quick])")
+    p.add_argument("--phase", choices=("all", "native", "emulated"), default="all",
+                   help="native: build, native drift and speed (take the heavy lock); emulated: add the emulated "
+                        "drift to the JSON a native run wrote (hours for the realistic models; run it niced, "
+                        "outside the lock); all: both (default)")
     p.add_argument("--worker", nargs=2, metavar=("WORK_DIR", "OUT_JSON"), help=argparse.SUPPRESS)
     p.add_argument("--cases", default="all", help=argparse.SUPPRESS)
     p.add_argument("--skip", default="", help=argparse.SUPPRESS)
@@ -430,40 +436,47 @@ def main(argv=None) -> int:
         budget_s=args.budget_s)
     out_prefix = Path(args.out) if args.out else common.RESULTS / ("int8_portability_quick" if args.quick
                                                                    else "int8_portability")
-    machine = common.machine_description(args.threads)
-    result = {"benchmark": "int8_portability", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": machine, "versions": common.versions(), "int8_path": int8_path(),
-              "int8_path_description": describe(int8_path()), "int8_record": path_record(),
-              "emulator": emulator, "emulated_cases": args.emulated_cases,
-              "avx2_speed": "not measured: no AVX2-only CPU was available; emulated timings mean nothing",
-              "models": []}
-    for size in sizes:
-        for spec_name in specs:
-            for fused in ([False, True] if args.fused and spec_name == "intent-safety" else [False]):
-                _log(f"== {spec_name} / {size}{' fused' if fused else ''}")
-                work = build_work_dir(spec_name, size, fused)
-                block = {"spec": spec_name, "size": size, "fused": fused, "drift": []}
-                native = run_worker(work, "all", None)
-                block["drift"].append({**native, "emulated": False})
-                if emulator:
-                    cases = args.emulated_cases if args.emulated_cases != "auto" else (
-                        "heldout" if size == "tiny" else "heldout:16")
-                    t0 = time.perf_counter()
-                    emulated = run_worker(work, cases, emulator, skip=("fp32",))
-                    block["drift"].append({**emulated, "emulated": True, "emulator": emulator,
-                                           "seconds": round(time.perf_counter() - t0, 1)})
-                    # The same cases natively, so the two paths compare like for like.
-                    if cases != "all":
-                        block["drift"].insert(1, {**run_worker(work, cases, None), "emulated": False})
-                if not args.no_speed:
-                    cells = (QUICK_CELLS if args.quick else SPEED_CELLS)[spec_name]
-                    block["speed"] = measure_speed(work, spec_name, cells, args.threads, settings)
-                result["models"].append(block)
-    common.write_json(out_prefix.with_suffix(".json"), result)
+    out_json = out_prefix.with_suffix(".json")
+    if args.phase == "emulated":
+        if not out_json.is_file():
+            raise SystemExit(f"--phase emulated adds to {out_json}: run --phase native first")
+        result = json.loads(out_json.read_text(encoding="utf-8"))
+    else:
+        result = {"benchmark": "int8_portability", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "machine": common.machine_description(args.threads), "versions": common.versions(),
+                  "int8_path": int8_path(), "int8_path_description": describe(int8_path()),
+                  "int8_record": path_record(), "emulator": None, "emulated_cases": None,
+                  "avx2_speed": "not measured: no AVX2-only CPU was available; emulated timings mean nothing",
+                  "models": [{"spec": spec_name, "size": size, "fused": fused, "drift": []}
+                             for size in sizes for spec_name in specs
+                             for fused in ([False, True] if args.fused and spec_name == "intent-safety" else [False])]}
+    for block in result["models"]:
+        label = f"{block['spec']} / {block['size']}{' fused' if block['fused'] else ''}"
+        if args.phase in ("all", "native"):
+            _log(f"== {label}: native drift{'' if args.no_speed else ' and speed'}")
+            work = build_work_dir(block["spec"], block["size"], block["fused"])
+            block["drift"] = [{**run_worker(work, "all", None), "emulated": False}]
+            if not args.no_speed:
+                cells = (QUICK_CELLS if args.quick else SPEED_CELLS)[block["spec"]]
+                block["speed"] = measure_speed(work, block["spec"], cells, args.threads, settings)
+        if args.phase in ("all", "emulated") and emulator:
+            _log(f"== {label}: emulated drift ({emulator})")
+            work = build_work_dir(block["spec"], block["size"], block["fused"])
+            cases = args.emulated_cases if args.emulated_cases != "auto" else (
+                "heldout" if block["size"] == "tiny" else "heldout:16")
+            block["drift"] = [d for d in block["drift"] if not d["emulated"] and d["cases"] == "all"]
+            t0 = time.perf_counter()
+            emulated = run_worker(work, cases, emulator, skip=("fp32",))
+            block["drift"].append({**emulated, "emulated": True, "emulator": emulator,
+                                   "seconds": round(time.perf_counter() - t0, 1)})
+            if cases != "all":  # the same rows natively, so the two paths compare like for like
+                block["drift"].insert(1, {**run_worker(work, cases, None), "emulated": False})
+            result["emulator"], result["emulated_cases"] = emulator, args.emulated_cases
+        common.write_json(out_json, result)  # after every block: a long run keeps what it measured
     print_tables(result)
     for path in plot(result, out_prefix):
         _log(f"wrote {path}")
-    _log(f"wrote {out_prefix.with_suffix('.json')}")
+    _log(f"wrote {out_json}")
     return 0
 
 
