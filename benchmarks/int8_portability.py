@@ -331,6 +331,37 @@ def print_tables(result: dict) -> None:
                       f"x{r['speedup_vs_ort_fp32']:.2f}")
 
 
+def markdown(result: dict) -> str:
+    """The README tables: drift per variant x int8 path, and speed on this machine."""
+    lines = ["| model | variant | session | " + " | ".join(
+        ["native, all cases", "native, emulated rows", "AVX2 (emulated), same rows"]) + " | gate |",
+        "|---|---|---|---:|---:|---:|---:|"]
+    for block in result["models"]:
+        model = f"{block['spec']} {block['size']}{' fused' if block['fused'] else ''}"
+        runs = {("all" if d["cases"] == "all" and not d["emulated"] else "emu" if d["emulated"] else "same"): d
+                for d in block["drift"]}
+        for row in runs["all"]["rows"]:
+            if row["variant"] == "fp32":
+                continue
+            cells = []
+            for key in ("all", "same", "emu"):
+                match = next((x for x in runs.get(key, {}).get("rows", [])
+                              if (x["variant"], x["session"]) == (row["variant"], row["session"])), None)
+                cells.append("-" if match is None else f"{match['max_abs_diff']:.3g}"
+                             + ("" if match["agreement"] == 1.0 else f" ({match['agreement']:.2f})")
+                             + ("" if match["passes_gate"] else " **over**"))
+            lines.append(f"| {model} | {row['variant']} | {row['session']} | " + " | ".join(cells)
+                         + f" | {row['atol']:g} |")
+    speed = ["| model | variant | session | " + " | ".join(["B x L", "p50 ms", "x ORT fp32"]) + " |",
+             "|---|---|---|---|---:|---:|"]
+    for block in result["models"]:
+        model = f"{block['spec']} {block['size']}{' fused' if block['fused'] else ''}"
+        for r in block.get("speed", []):
+            speed.append(f"| {model} | {r['variant']} | {r['session']} | {r['cell']} | {r['p50_ms']:.1f} | "
+                         f"{r['speedup_vs_ort_fp32']:.2f} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(speed) + "\n"
+
+
 def plot(result: dict, out_prefix: Path) -> list[Path]:
     import matplotlib
 
@@ -411,10 +442,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-speed", action="store_true", help="drift only")
     p.add_argument("--quick", action="store_true", help="tiny models, short timing (smoke run)")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/int8_portability[_quick])")
-    p.add_argument("--phase", choices=("all", "native", "emulated"), default="all",
+    p.add_argument("--phase", choices=("all", "native", "emulated", "report"), default="all",
                    help="native: build, native drift and speed (take the heavy lock); emulated: add the emulated "
                         "drift to the JSON a native run wrote (hours for the realistic models; run it niced, "
-                        "outside the lock); all: both (default)")
+                        "outside the lock); all: both (default); report: print the README tables from the JSON")
     p.add_argument("--worker", nargs=2, metavar=("WORK_DIR", "OUT_JSON"), help=argparse.SUPPRESS)
     p.add_argument("--cases", default="all", help=argparse.SUPPRESS)
     p.add_argument("--skip", default="", help=argparse.SUPPRESS)
@@ -437,6 +468,9 @@ def main(argv=None) -> int:
     out_prefix = Path(args.out) if args.out else common.RESULTS / ("int8_portability_quick" if args.quick
                                                                    else "int8_portability")
     out_json = out_prefix.with_suffix(".json")
+    if args.phase == "report":
+        print(markdown(json.loads(out_json.read_text(encoding="utf-8"))))
+        return 0
     if args.phase == "emulated":
         if not out_json.is_file():
             raise SystemExit(f"--phase emulated adds to {out_json}: run --phase native first")
