@@ -391,7 +391,8 @@ def cache_dir() -> Path:
 
 _MODEL_CODE = ("export/demo_models.py", "export/synthetic.py", "export/tokenizers.py")
 _EXPORT_CODE = _MODEL_CODE + ("export/onnx_export.py", "export/validate.py", "export/fp16.py", "export/quantize.py",
-                              "runtime/specs.py", "runtime/preprocess.py")
+                              "export/int8_check.py", "runtime/int8_path.py", "runtime/specs.py",
+                              "runtime/preprocess.py")
 
 
 def _code_hash(files: Sequence[str], *parts: Any) -> str:

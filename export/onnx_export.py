@@ -14,7 +14,9 @@
    gate (max |Δlogit| and held-out decision agreement) is not written, and ExportGateError is raised at the end,
    unless `force=True`;
 6. tokenizer files, config.json, `guardrt.json` and `validation.json` written next to the models
-   (layout: `guardrt.runtime.export_dir`).
+   (layout: `guardrt.runtime.export_dir`); int8 precisions also record the CPU int8 path they were validated on
+   (`guardrt.json` → `int8`) and carry a held-out check set (`int8_check.npz`) that loading them on a CPU with
+   another int8 path re-runs (`guardrt.runtime.int8_path`).
 
 Graphs larger than `external_data_threshold` bytes keep their weights in one `model.onnx.data` file next to
 `model.onnx` (Triton loads a directory; thousands of per-tensor files make loading slow).
@@ -179,18 +181,26 @@ def export_onnx(
     validation_long_tokens: int | None = None,
     calibration_examples: int = 32,
     intra_op_threads: int | None = None,
+    int8_dynamic_weights: str | None = None,
 ):
     """Export `model_dir` for `spec` into `out_dir` (see module docstring). Returns the loaded ExportManifest.
 
-    Raises ModelFilesError for a bad checkpoint/out dir and ExportGateError when a precision fails its gate
-    (the others are written; validation.json records every result)."""
+    int8_dynamic_weights: weight format of int8-dynamic (`guardrt.export.quantize.DYNAMIC_WEIGHT_FORMATS`; default
+    7-bit s8, exact on every x86-64 int8 path). Raises ModelFilesError for a bad checkpoint/out dir and ExportGateError
+    when a precision fails its gate (the others are written; validation.json records every result)."""
     import onnx  # noqa: F401  (fail early with the export extra's message when missing)
 
     from guardrt import __version__
+    from guardrt.export.int8_check import write_int8_check
     from guardrt.export.progress import Progress
+    from guardrt.export.quantize import DYNAMIC_WEIGHT_FORMAT, DYNAMIC_WEIGHT_FORMATS
     from guardrt.export.validate import build_validation_set, torch_reference, validate_onnx
 
     spec = get_spec(spec) if isinstance(spec, str) else spec
+    int8_dynamic_weights = int8_dynamic_weights or DYNAMIC_WEIGHT_FORMAT
+    if int8_dynamic_weights not in DYNAMIC_WEIGHT_FORMATS:
+        raise GuardrtError(f"unknown int8-dynamic weight format {int8_dynamic_weights!r}; choose from "
+                           f"{', '.join(DYNAMIC_WEIGHT_FORMATS)}")
     precisions = parse_precisions(precisions)
     model_dir, out = Path(model_dir), Path(out_dir)
     cfg = check_checkpoint(model_dir, spec)
@@ -236,7 +246,7 @@ def export_onnx(
                 with Progress.step(f"{spec.name}: {precision} conversion", log) as info:
                     with _quiet_libraries():
                         _derive(precision, model, fp32_path, path, spec, model_dir, large, external_data_threshold,
-                                calibration_examples, log)
+                                calibration_examples, log, int8_dynamic_weights)
                 timings[precision] = info["seconds"]
             with Progress.step(f"{spec.name}: validating {precision} against PyTorch", log):
                 res = validate_onnx(path, precision, vset, reference, log=log, intra_op_threads=intra_op_threads)
@@ -245,8 +255,11 @@ def export_onnx(
             results[precision] = res
             verdict = "ok" if res["passed"] else "FAILED " + ",".join(res["failed_checks"])
             if log:
+                cpu = res.get("ort_cpu")
+                on_cpu = (f" (ORT CPU kernels, {cpu['int8_path']}: {cpu['max_abs_diff']:.3g}, "
+                          f"{cpu['heldout_agreement']:.3f})" if cpu else "")
                 log(f"{spec.name} {precision}: max|Δlogit| {res['max_abs_diff']:.3g} (gate {res['atol']:g}), "
-                    f"agreement {res['heldout_agreement']:.3f} (gate {res['min_agreement']:g}), "
+                    f"agreement {res['heldout_agreement']:.3f} (gate {res['min_agreement']:g}){on_cpu}, "
                     f"{res['size_bytes'] / 1e6:.1f} MB: {verdict}")
             if res["passed"] or force:
                 dest = out / precision
@@ -257,12 +270,7 @@ def export_onnx(
                     shutil.move(str(path.parent), str(dest))
                 written[precision] = f"{precision}/model.onnx"
             else:
-                failures.append(
-                    f"{precision}: " + "; ".join(
-                        ([f"max |Δlogit| {res['max_abs_diff']:.3g} > {res['atol']:g}"]
-                         if "max_abs_diff" in res["failed_checks"] else [])
-                        + ([f"agreement {res['heldout_agreement']:.3f} < {res['min_agreement']:g}"]
-                           if "agreement" in res["failed_checks"] else [])))
+                failures.append(f"{precision}: {_failed_checks_text(res)}")
                 shutil.rmtree(out / precision, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -292,14 +300,21 @@ def export_onnx(
         "guardrt_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    rebuilt = set(results)
     # Updating an export: precisions not rebuilt this time stay, with their earlier validation.
     for precision in PRECISIONS:
         if precision not in results and precision in previous["precisions"]:
             written.setdefault(precision, previous["precisions"][precision])
             if precision in previous["validation"]:
                 results[precision] = previous["validation"][precision]
+    fresh_int8 = [p for p in written if p.startswith("int8") and p in rebuilt]
     written = {p: written[p] for p in PRECISIONS if p in written}
     manifest["precisions"] = written
+    int8 = write_int8_check(out, spec, vset, reference, fresh_int8,
+                            [p for p in written if p.startswith("int8") and p not in fresh_int8],
+                            previous["int8"], int8_dynamic_weights, intra_op_threads)
+    if int8:
+        manifest["int8"] = int8
     manifest["forced_precisions"] = [p for p in written if not results.get(p, {}).get("passed", True)]
     validation = {"spec": spec.name, "settings": vset.settings, "precisions": results,
                   "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -344,19 +359,31 @@ def _quiet_libraries():
                 hf_logging.set_verbosity(hf_level)
 
 
+def _failed_checks_text(res: dict) -> str:
+    """"max |Δlogit| 0.65 > 0.25; ORT CPU agreement 0.92 < 0.95" for a validation result that missed its gate."""
+    parts = []
+    for prefix, where, label in (("", res, ""), ("ort_cpu_", res.get("ort_cpu") or {}, "ORT CPU ")):
+        if f"{prefix}max_abs_diff" in res["failed_checks"]:
+            parts.append(f"{label}max |Δlogit| {where['max_abs_diff']:.3g} > {res['atol']:g}")
+        if f"{prefix}agreement" in res["failed_checks"]:
+            parts.append(f"{label}agreement {where['heldout_agreement']:.3f} < {res['min_agreement']:g}")
+    return "; ".join(parts)
+
+
 def _previous_export(out: Path, spec: ModelSpec) -> dict:
     """Precisions (and their validation) of an export already in `out`, for updates; ModelFilesError when that
     export belongs to another spec."""
     if not (out / MANIFEST_NAME).is_file():
-        return {"precisions": {}, "validation": {}}
+        return {"precisions": {}, "validation": {}, "int8": {}}
     try:
         manifest = load_export_dir(out)
     except ModelFilesError:
-        return {"precisions": {}, "validation": {}}  # a broken earlier export is simply replaced
+        return {"precisions": {}, "validation": {}, "int8": {}}  # a broken earlier export is simply replaced
     if manifest.spec != spec.name:
         raise ModelFilesError(f"{out} holds an export of spec {manifest.spec!r}; choose another --out for {spec.name}")
     return {"precisions": dict(manifest.raw.get("precisions", {})),
-            "validation": dict(manifest.validation().get("precisions", {}))}
+            "validation": dict(manifest.validation().get("precisions", {})),
+            "int8": dict(manifest.raw.get("int8") or {})}
 
 
 def _torch_model(model_dir: Path, spec: ModelSpec):
@@ -370,7 +397,7 @@ def _torch_model(model_dir: Path, spec: ModelSpec):
 
 
 def _derive(precision: str, fp32_model, fp32_path: Path, path: Path, spec: ModelSpec, model_dir: Path, large: bool,
-            threshold: int, calibration_examples: int, log) -> None:
+            threshold: int, calibration_examples: int, log, int8_dynamic_weights: str) -> None:
     from guardrt.export.progress import Progress
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,7 +417,8 @@ def _derive(precision: str, fp32_model, fp32_path: Path, path: Path, spec: Model
         from guardrt.export.quantize import quantize_int8_dynamic
 
         raw = path.with_name("raw.onnx")
-        quantize_int8_dynamic(fp32_path, raw, large=large, nodes_to_exclude=_int8_excluded(fp32_model))
+        quantize_int8_dynamic(fp32_path, raw, large=large, nodes_to_exclude=_int8_excluded(fp32_model),
+                              weight_format=int8_dynamic_weights)
         model = _load(raw)
     else:
         raise GuardrtError(f"unknown precision {precision!r}")

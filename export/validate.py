@@ -5,7 +5,9 @@ runtime sends): single unpadded sequences (short and long), a left-padded and a 
 (HF's pooling and RoBERTa's position ids must both survive either side), and a held-out set of synthetic labelled
 payloads in batches padded on the spec's side. `torch_reference` runs the checkpoint once; `validate_onnx` runs one
 exported graph and reports max |Δlogit| per case, decision agreement with PyTorch on the held-out set (decisions as
-the card makes them: threshold or argmax), and whether the spec's gate for that precision holds.
+the card makes them: threshold or argmax), and whether the spec's gate for that precision holds. The static QDQ
+`int8` graph is measured as a graph (Q/DQ as float ops, independent of the CPU's int8 kernels) and as ONNX Runtime
+CPU runs it here. `check_set` picks the held-out rows an int8 export carries for the load-time re-check.
 
 The tests reuse these functions on the tiny demo models.
 """
@@ -21,7 +23,7 @@ import numpy as np
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = ["ValidationCase", "ValidationSet", "build_validation_set", "torch_reference", "validate_onnx",
-           "decisions"]
+           "decisions", "QDQ_AS_FLOAT"]
 
 
 @dataclass
@@ -110,36 +112,65 @@ def decisions(spec: ModelSpec, logits: np.ndarray) -> np.ndarray:
     return np.asarray([r["label"] for r in postprocess(spec, logits)], dtype=np.int64)
 
 
-def validate_onnx(onnx_path: str | Path, precision: str, vset: ValidationSet, reference: dict[str, np.ndarray],
-                  log: Callable[[str], None] | None = None, intra_op_threads: int | None = None) -> dict[str, Any]:
-    """Run `onnx_path` on every case; return the report written to validation.json for this precision."""
+# Session config that makes ONNX Runtime run Q/DQ nodes as the float ops they define (no fusion into integer
+# kernels): the QDQ graph's own semantics, which TensorRT's explicit-precision int8 computes with exact int32 sums,
+# independent of this CPU's int8 kernels (ORT's U8S8 kernels saturate without VNNI; see guardrt.runtime.int8_path).
+QDQ_AS_FLOAT = {"session.disable_quant_qdq": "1"}
+
+
+def _run_cases(onnx_path, label: str, vset: ValidationSet, reference: dict[str, np.ndarray], log,
+               intra_op_threads: int | None, session_config: dict[str, str] | None):
+    """Max |Δlogit| per case and the held-out (reference, onnx) logits of one ONNX Runtime session."""
     from guardrt.export.progress import Progress
+    from guardrt.runtime.errors import require
     from guardrt.runtime.onnxrt import OnnxRunner
 
     spec = vset.spec
-    atol = float(spec.atol[precision])
-    min_agreement = float(spec.min_agreement[precision])
-    t0 = time.perf_counter()
+    so = None
+    if session_config:
+        so = require("onnxruntime", "export").SessionOptions()
+        for key, value in session_config.items():
+            so.add_session_config_entry(key, value)
     per_case: dict[str, float] = {}
     held_ref, held_onnx = [], []
-    report = Progress.count(log, f"ORT {precision}", len(vset.cases))
-    with OnnxRunner(onnx_path, intra_op_threads=intra_op_threads) as runner:
+    report = Progress.count(log, f"ORT {label}", len(vset.cases))
+    with OnnxRunner(onnx_path, intra_op_threads=intra_op_threads, session_options=so) as runner:
         for i, c in enumerate(vset.cases, 1):
             out = runner.infer(c.feeds(spec))[spec.output_names[0]]
             ref = reference[c.name]
             if out.shape != ref.shape or out.dtype != np.float32:
-                raise AssertionError(f"{precision} {c.name}: logits {out.dtype}{out.shape}, expected float32{ref.shape}")
+                raise AssertionError(f"{label} {c.name}: logits {out.dtype}{out.shape}, expected float32{ref.shape}")
             per_case[c.name] = float(np.max(np.abs(out - ref))) if np.all(np.isfinite(out)) else float("inf")
             if c.heldout:
                 held_ref.append(ref)
                 held_onnx.append(out)
             report(i)
-    held_ref_l, held_onnx_l = np.concatenate(held_ref), np.concatenate(held_onnx)
+    return per_case, np.concatenate(held_ref), np.concatenate(held_onnx)
+
+
+def validate_onnx(onnx_path: str | Path, precision: str, vset: ValidationSet, reference: dict[str, np.ndarray],
+                  log: Callable[[str], None] | None = None, intra_op_threads: int | None = None) -> dict[str, Any]:
+    """Run `onnx_path` on every case; return the report written to validation.json for this precision.
+
+    Every precision runs in an ONNX Runtime CPU session as guardrt serves it (`OnnxRunner`); its int8 path is
+    recorded (`int8_path`). The static QDQ `int8` graph is gated twice: as a graph (Q/DQ as float ops,
+    `QDQ_AS_FLOAT`: what TensorRT runs, the same on every CPU) and as ONNX Runtime CPU runs it here (`ort_cpu`:
+    fused integer kernels); both must pass."""
+    from guardrt.runtime.int8_path import int8_path
+
+    spec = vset.spec
+    atol = float(spec.atol[precision])
+    min_agreement = float(spec.min_agreement[precision])
+    t0 = time.perf_counter()
+    as_graph = precision == "int8"
+    per_case, held_ref_l, held_onnx_l = _run_cases(onnx_path, precision + (" (Q/DQ as float)" if as_graph else ""),
+                                                   vset, reference, log, intra_op_threads,
+                                                   QDQ_AS_FLOAT if as_graph else None)
     d_ref, d_onnx = decisions(spec, held_ref_l), decisions(spec, held_onnx_l)
     agreement = float(np.mean(d_ref == d_onnx))
     max_diff = max(per_case.values())
     checks = {"max_abs_diff": max_diff <= atol, "agreement": agreement >= min_agreement}
-    return {
+    result: dict[str, Any] = {
         "precision": precision,
         "model": str(Path(onnx_path).name),
         "max_abs_diff": max_diff,
@@ -152,7 +183,22 @@ def validate_onnx(onnx_path: str | Path, precision: str, vset: ValidationSet, re
         "heldout_accuracy_onnx": float(np.mean(d_onnx == vset.heldout_labels)),
         "heldout_accuracy_torch": float(np.mean(d_ref == vset.heldout_labels)),
         "cases": per_case,
+    }
+    if precision.startswith("int8"):
+        result["int8_path"] = int8_path()
+    if as_graph:
+        result["measured_as"] = "QDQ graph, Q/DQ as float ops (session.disable_quant_qdq=1)"
+        cpu_cases, _, cpu_held = _run_cases(onnx_path, f"{precision} (ORT CPU kernels)", vset, reference, log,
+                                            intra_op_threads, None)
+        cpu_diff = max(cpu_cases.values())
+        cpu_agreement = float(np.mean(decisions(spec, cpu_held) == d_ref))
+        result["ort_cpu"] = {"max_abs_diff": cpu_diff, "heldout_agreement": cpu_agreement,
+                             "int8_path": result["int8_path"], "cases": cpu_cases}
+        checks["ort_cpu_max_abs_diff"] = cpu_diff <= atol
+        checks["ort_cpu_agreement"] = cpu_agreement >= min_agreement
+    result.update({
         "passed": all(checks.values()),
         "failed_checks": [k for k, ok in checks.items() if not ok],
         "seconds": round(time.perf_counter() - t0, 2),
-    }
+    })
+    return result

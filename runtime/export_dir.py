@@ -8,6 +8,13 @@ Layout (self-contained; everything a server or an in-process classifier needs)::
     DIR/<precision>/model.onnx  one graph per precision (fp32, fp16, int8, int8-dynamic), plus
                                 `model.onnx.data` (one external-data file) when the graph is large
     DIR/validation.json         ORT-vs-PyTorch validation results, per precision
+    DIR/int8_check.npz          int8 precisions only: held-out rows, their PyTorch fp32 logits, each int8
+                                precision's logits at export, and meta (gates, the CPU int8 path each int8 precision
+                                was validated on); re-run when an int8 precision loads on another int8 path
+                                (`guardrt.runtime.int8_path`)
+
+`guardrt.json` has an `int8` section when the export holds an int8 precision: `validated_on` (precision -> the int8
+code path, CPU, relevant CPU flags and onnxruntime version it was validated with), `check_set` and `formats`.
 
 Every classifier graph takes `input_ids` and `attention_mask` (int64 [batch, sequence]) and returns `logits`
 (float32 [batch, num_labels]), whatever its internal precision.
@@ -72,6 +79,18 @@ class ExportManifest:
     @property
     def tokenizer_dir(self) -> Path:
         return self.path
+
+    def int8_validated_on(self, precision: str) -> dict[str, Any] | None:
+        """The CPU int8 path record `precision` was validated with (None: not int8, or an export made before
+        guardrt recorded it)."""
+        return ((self.raw.get("int8") or {}).get("validated_on") or {}).get(precision)
+
+    @property
+    def int8_check_file(self) -> Path | None:
+        """The held-out int8 check set (int8_check.npz), when the export carries one."""
+        name = (self.raw.get("int8") or {}).get("check_set")
+        file = self.path / str(name) if name else None
+        return file if file is not None and file.is_file() else None
 
     def validation(self) -> dict[str, Any]:
         """validation.json as a dict ({} when absent)."""

@@ -39,6 +39,21 @@ __all__ = [
 ]
 
 
+
+def _exact_int8(so) -> None:
+    """Exact int8 GEMMs on CPUs whose U8S8 kernels saturate (no VNNI): `session.x64quantprecision=1` there, unless the
+    caller set it (guardrt.runtime.int8_path.exact_int8_session_config). It matters for graphs with full-range int8
+    weights (the static QDQ `int8`, exports made before issue 9); guardrt's int8-dynamic weights fit 7 bits and cannot
+    saturate. Not set on VNNI / AMX CPUs, where it would only slow int8 down."""
+    from guardrt.runtime.int8_path import exact_int8_session_config
+
+    for key, value in exact_int8_session_config().items():
+        try:
+            so.get_session_config_entry(key)
+        except Exception:  # ORT raises when the entry is not set
+            so.add_session_config_entry(key, value)
+
+
 class OnnxRunner(BaseRunner):
     """One ONNX Runtime session. `infer({"input_ids": ..., "attention_mask": ...}) -> {"logits": ...}`.
 
@@ -92,6 +107,7 @@ class OnnxRunner(BaseRunner):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
         so.graph_optimization_level = levels[self.graph_optimization]
+        _exact_int8(so)
         available = set(ort.get_available_providers())
         # A provider the caller asked for must exist (no silent CPU fallback on a GPU host); the fallbacks that
         # resolve_providers appends are dropped when absent.
@@ -158,9 +174,14 @@ class InProcessClassifier:
         intra_op_threads: int | None = None,
         max_batch_size: int | None = None,
         threshold: float | None = None,
+        int8_recheck: str | None = None,
     ) -> "InProcessClassifier":
         """Load `export_dir` (a `guardrt export` output). `spec`, when given, must match the directory's spec;
-        the tokenizer defaults to the one stored in the export directory."""
+        the tokenizer defaults to the one stored in the export directory.
+
+        An int8 precision validated on another CPU int8 path is re-checked on the export's held-out set first
+        (`guardrt.runtime.int8_path.recheck`; one warning line on the `guardrt` logger). Over its gate it is refused
+        (ModelFilesError) unless int8_recheck (default $GUARDRT_INT8_RECHECK, else "refuse") is "warn" or "off"."""
         from guardrt.runtime.export_dir import load_export_dir
         from guardrt.runtime.preprocess import build_preprocessor
 
@@ -169,6 +190,8 @@ class InProcessClassifier:
         pre = build_preprocessor(model_spec, tokenizer_dir or manifest.tokenizer_dir, task_description)
         runner = OnnxRunner(manifest.model_path(precision), providers=providers, intra_op_threads=intra_op_threads,
                             spec=model_spec, precision=precision)
+        if precision.startswith("int8"):
+            _recheck_int8(manifest, precision, runner, model_spec, int8_recheck)
         return cls(model_spec, runner, pre, max_batch_size=max_batch_size, threshold=threshold)
 
     def encode(self, payloads: Sequence[Any]) -> list[list[int]]:
@@ -211,3 +234,26 @@ class InProcessClassifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+def _recheck_int8(manifest, precision: str, runner: OnnxRunner, spec: ModelSpec, mode: str | None) -> None:
+    """The load-time int8 re-check of `from_export_dir` (see there); nothing when the export has no check set."""
+    import logging
+
+    from guardrt.runtime.int8_path import recheck, recheck_mode, session_int8_path
+
+    check = manifest.int8_check_file
+    if check is None:
+        return
+    try:
+        mode = recheck_mode(mode)
+        result = recheck(check, precision, lambda feeds: runner.infer(feeds)[spec.output_names[0]],
+                         session_int8_path(runner.session), model_name=spec.name, mode=mode)
+    except ValueError as exc:
+        runner.close()
+        raise ModelFilesError(str(exc)) from None
+    if not result.ok and mode == "refuse":
+        runner.close()
+        raise ModelFilesError(result.line)
+    if result.ran:
+        logging.getLogger("guardrt").warning(result.line)

@@ -44,6 +44,7 @@ __all__ = [
 FLAVORS = ("python", "onnxruntime", "tensorrt")
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 BACKEND_TEMPLATE = Path(__file__).with_name("triton_backend") / "model.py"
+INT8_CHECKER = Path(__file__).with_name("int8_path.py")  # self-contained; the backend imports it from its version dir
 
 
 # -- config text --------------------------------------------------------------------------------------------------
@@ -423,6 +424,11 @@ def write_model(
             _place(src, version / rel)
         if flavor == "python":
             shutil.copy2(BACKEND_TEMPLATE, version / "model.py")
+            # int8: the held-out check set and its re-check, which the backend runs at load on another int8 path.
+            check = manifest.int8_check_file if manifest is not None and precision.startswith("int8") else None
+            if check is not None and onnx_path is None:
+                shutil.copy2(check, version / check.name)
+                shutil.copy2(INT8_CHECKER, version / "guardrt_int8_path.py")
         target = repo / name
         old = None
         if target.exists():

@@ -16,6 +16,24 @@ def _gpu_available() -> bool:
     return os.system("nvidia-smi -L >/dev/null 2>&1") == 0
 
 
+def _int8_path_line() -> str:
+    """Which ONNX Runtime int8 code path this run exercises (int8 results depend on it; see runtime/int8_path.py)."""
+    from guardrt.runtime.int8_path import describe, int8_path, saturates
+
+    path = int8_path()
+    how = {True: "U8S8 saturates here; guardrt sessions set session.x64quantprecision=1 (exact U8U8)",
+           False: "exact U8S8 fast path", None: "not characterised"}[saturates(path)]
+    return f"int8 path: {describe(path)}; {how}"
+
+
+def pytest_report_header(config):
+    return _int8_path_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(_int8_path_line())  # also under -q (make test), where the header is not printed
+
+
 def pytest_collection_modifyitems(config, items):
     if not _gpu_available():
         skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT (none on this machine)")

@@ -11,6 +11,9 @@ guardrt installed. Everything it needs comes from config.pbtxt `parameters`, wri
   ort_providers        the providers with their options, as JSON (GPU providers; see `_providers`)
   intra_op_threads     ONNX Runtime intra-op threads per instance (0: ORT default)
   trt_fp16 / trt_int8  TensorRT EP precision flags; trt_cache_dir: engine cache directory (also in ort_providers)
+  guardrt_precision    the export precision; int8 ones re-run `int8_check.npz` at load when this CPU's int8 path
+                       differs from the one they were validated on (guardrt_int8_path.py, copied by `guardrt repo`)
+  int8_recheck         optional: refuse (default) | warn | off over the gate (else $GUARDRT_INT8_RECHECK)
 
 Inputs are declared `allow_ragged_batch: true`, so Triton hands `execute` requests of different lengths together.
 Each request carries `input_ids` / `attention_mask` [b, L]; the real tokens of each row (mask == 1, one contiguous
@@ -364,6 +367,20 @@ class TritonPythonModel:
         if threads > 0:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # int8 exports ship guardrt_int8_path.py: exact int8 GEMMs where this CPU's U8S8 kernels saturate (no VNNI),
+        # and below, the re-check of the export on this CPU's int8 path.
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        check = os.path.join(version_dir, "int8_check.npz")
+        checker = os.path.join(version_dir, "guardrt_int8_path.py")
+        int8 = None
+        if params.get("guardrt_precision", "").startswith("int8") and os.path.isfile(checker):
+            import importlib.util
+
+            loader = importlib.util.spec_from_file_location(f"guardrt_int8_path_{self.name}", checker)
+            int8 = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(int8)
+            for key, value in int8.exact_int8_session_config().items():
+                opts.add_session_config_entry(key, value)
         device_id = int(args.get("model_instance_device_id", 0) or 0)
         providers = _providers(params.get("execution_providers"), device_id, params)
         self.session = ort.InferenceSession(path, opts, providers=providers)
@@ -376,6 +393,16 @@ class TritonPythonModel:
             f"guardrt {self.name}: {path} on {self.session.get_providers()}, pad {self.side}/{self.pad_id}, "
             f"max_length {self.max_length}, {vocab}"
         )
+        # An int8 export validated on another CPU int8 path: re-run its held-out check set here, log one line, and
+        # refuse to load over the gate unless parameter int8_recheck / $GUARDRT_INT8_RECHECK says warn or off.
+        if int8 is not None and os.path.isfile(check):
+            mode = int8.recheck_mode(params.get("int8_recheck"))
+            result = int8.recheck(check, params["guardrt_precision"], lambda feeds: self.session.run(None, feeds)[0],
+                                  int8.session_int8_path(self.session), model_name=self.name, mode=mode)
+            if not result.ok and mode == "refuse":
+                raise RuntimeError(result.line)
+            if result.ran:
+                (pb_utils.Logger.log_info if result.ok else pb_utils.Logger.log_warn)(result.line)
 
     def _run_group(self, rows):
         ids, mask = pad_rows(rows, self.pad_id, self.side)

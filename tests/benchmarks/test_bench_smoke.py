@@ -112,3 +112,20 @@ def test_score_quick_single_process_writes_json_and_plot(tmp_path):
     for r in data["results"]:
         assert r["rows"] == 300 and r["identical_non_float_fields"] and r["rows_per_s_steady"] > 0
     assert (tmp_path / "score_quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_int8_portability_quick_writes_json_and_plots(tmp_path):
+    out = tmp_path / "int8"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "int8_portability.py"), "--quick", "--specs", "rejection",
+         "--emulator", "none", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    block = data["models"][0]
+    rows = {(r["variant"], r["session"]): r for r in block["drift"][0]["rows"]}
+    assert rows[("int8-dynamic/s8-7bit", "ort-default")]["passes_gate"]  # the exporter's format, plain ORT session
+    assert {r["variant"] for r in block["speed"]} >= {"fp32", "int8-dynamic/s8-7bit", "int8/qdq-s8s8"}
+    assert (tmp_path / "int8_drift.png").is_file() and (tmp_path / "int8_speed.png").is_file()

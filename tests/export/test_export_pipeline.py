@@ -146,6 +146,13 @@ def test_updating_an_export_keeps_other_precisions(tmp_path, demo_checkpoint):
     assert set(manifest.precisions) == {"fp32", "int8-dynamic"}
     report = json.loads((out / "validation.json").read_text())
     assert set(report["precisions"]) == {"fp32", "int8-dynamic"}
+    # Rebuilding fp32 alone keeps int8-dynamic's record of the CPU it was validated on, and its check-set logits.
+    record = manifest.int8_validated_on("int8-dynamic")
+    manifest = export_onnx(demo_checkpoint("rejection"), "rejection", out, "fp32", **FAST)
+    assert manifest.int8_validated_on("int8-dynamic") == record and record["path"]
+    from guardrt.runtime.int8_path import load_check_set
+
+    assert "logits_int8-dynamic" in load_check_set(manifest.int8_check_file)
     with pytest.raises(ModelFilesError, match="holds an export of spec 'rejection'"):
         export_onnx(demo_checkpoint("intent-safety"), "intent-safety", out, "fp32", **FAST)
 
