@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 __all__ = ["QUANTIZED_OPS", "DYNAMIC_WEIGHT_FORMATS", "DYNAMIC_WEIGHT_FORMAT", "quantize_qdq_static",
-           "quantize_int8_dynamic", "FeedsReader"]
+           "quantize_int8_dynamic", "FeedsReader", "calibration_stride"]
 
 QUANTIZED_OPS = ("MatMul", "Gemm")
 
@@ -55,26 +55,37 @@ def _extra_options(extra: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 class FeedsReader:
-    """An onnxruntime CalibrationDataReader over a fixed list of feeds (ids + mask batches)."""
+    """An onnxruntime CalibrationDataReader over a fixed list of feeds (ids + mask batches); `set_range` serves a
+    slice of them (ORT's `CalibStridedMinMax` protocol: calibrate a few feeds, merge their ranges, go on)."""
 
     def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]], report=None):
         self._feeds = [dict(f) for f in feeds]
+        self._start, self._end = 0, len(self._feeds)
         self._i = 0
         self._report = report
 
     def get_next(self):
-        if self._i >= len(self._feeds):
+        if self._start + self._i >= self._end:
             return None
         self._i += 1
         if self._report:
-            self._report(self._i)
-        return self._feeds[self._i - 1]
+            self._report(self._start + self._i)
+        return self._feeds[self._start + self._i - 1]
 
     def rewind(self) -> None:
         self._i = 0
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._start, self._end = start_index, min(end_index, len(self._feeds))
+        self._i = 0
+
     def __len__(self) -> int:
         return len(self._feeds)
+
+
+def calibration_stride(n_feeds: int, most: int = 4) -> int:
+    """The largest stride <= `most` that divides `n_feeds` (ORT requires it to divide the total)."""
+    return next(s for s in range(min(most, max(n_feeds, 1)), 0, -1) if n_feeds % s == 0)
 
 
 def quantize_qdq_static(fp32_path: str | Path, out_path: str | Path, calibration: FeedsReader,
@@ -102,8 +113,10 @@ def quantize_qdq_static(fp32_path: str | Path, out_path: str | Path, calibration
             "WeightSymmetric": True,
             # Bias stays fp32 (TensorRT fuses it; int32 bias quantization adds error for nothing here).
             "QuantizeBias": False,
-            # Bounded memory on large models: flush min/max every few calibration batches.
-            "CalibMaxIntermediateOutputs": 4,
+            # Bounded memory on large models: ranges are computed and merged every few calibration batches.
+            # (Not "CalibMaxIntermediateOutputs": in onnxruntime 1.32 MinMaxCalibrater drops the collected outputs
+            # at that count without merging them, so only the last len % N batches were calibrated.)
+            "CalibStridedMinMax": calibration_stride(len(calibration)),
         }),
     )
     return Path(out_path)
