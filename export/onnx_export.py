@@ -246,7 +246,7 @@ def export_onnx(
                                 _derive(precision, fp32_path, path, spec, model_dir, large, external_data_threshold,
                                         calibration_examples, log, graphs.int8_excluded[graph])
                         timings[precision] = timings.get(precision, 0.0) + info["seconds"]
-                    with Progress.step(f"{spec.name}: validating {precision} ({graph} graph) against PyTorch", log):
+                    with Progress.step(f"{spec.name}: validating {precision} against PyTorch ({graph} graph)", log):
                         res = validate_onnx(path, precision, vset, reference, log=log,
                                             intra_op_threads=intra_op_threads)
                 except Exception as exc:  # noqa: BLE001 - a fused graph that cannot be built or run falls back
@@ -365,7 +365,10 @@ def resolve_graph_pass(graph_pass: GraphPass | str | None) -> GraphPass | None:
 def _fp32_graphs(model, spec: ModelSpec, graph_pass, work: Path, threshold: int, log) -> _FP32Graphs:
     """Save the plain fp32 graph, apply the graph pass (in place: no second copy of the weights in memory) and
     save its result; a pass that does not apply to the spec, or fails, leaves the plain graph only (logged)."""
-    save_onnx(model, work / "plain" / "fp32" / "model.onnx", threshold)
+    plain_path = work / "plain" / "fp32" / "model.onnx"
+    if len(save_onnx(model, plain_path, threshold)) > 1:
+        # Saving with external data moved the weights out of the in-memory protos: the pass needs them back.
+        model = _load(plain_path)
     plain_excluded = _int8_excluded(model)
     fn = resolve_graph_pass(graph_pass)
     if fn is None:
