@@ -77,7 +77,8 @@ def right_align_inputs(model: onnx.ModelProto, ids_input: str = "input_ids",
     ]
     rename = {ids_input: f"{p}/input_ids", mask_input: f"{p}/attention_mask"}
     _rewire(graph, rename)
-    graph.node.extend(nodes)
+    for i, node in enumerate(nodes):  # first: they read only graph inputs and initializers (stays sorted)
+        graph.node.insert(i, node)
     return RightAligned(seqlens_k=f"{p}/seqlens_k", total_sequence_length=f"{p}/total_sequence_length")
 
 
