@@ -339,8 +339,8 @@ def cache_dir() -> Path:
 
 
 _MODEL_CODE = ("export/demo_models.py", "export/synthetic.py", "export/tokenizers.py")
-_EXPORT_CODE = _MODEL_CODE + ("export/onnx_export.py", "export/validate.py", "export/fp16.py", "export/quantize.py",
-                              "runtime/specs.py", "runtime/preprocess.py") + tuple(
+_EXPORT_CODE = _MODEL_CODE + ("export/onnx_export.py", "export/graph_pass.py", "export/validate.py", "export/fp16.py",
+                              "export/quantize.py", "runtime/specs.py", "runtime/preprocess.py") + tuple(
     # the exporter's default graph pass lives in kernels/
     sorted(f"kernels/{p.name}" for p in (_REPO_ROOT / "kernels").glob("*.py")))
 

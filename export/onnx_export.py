@@ -29,10 +29,10 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from guardrt.export.graph_pass import DEFAULT_GRAPH_PASS, GraphPass, fp32_graphs, one_line
 from guardrt.runtime.errors import GuardrtError, ModelFilesError, read_json_file
 from guardrt.runtime.export_dir import MANIFEST_NAME, PRECISIONS, VALIDATION_NAME, load_export_dir
 from guardrt.runtime.specs import ModelSpec, get_spec
@@ -53,9 +53,6 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "added_tokens.json", "chat_template.jinja")
 
-GraphPass = Callable[[Any, ModelSpec], Any]
-# `export_onnx(graph_pass=DEFAULT_GRAPH_PASS)`: guardrt.kernels.graph_pass (imported when used).
-DEFAULT_GRAPH_PASS = "default"
 
 
 class ExportGateError(GuardrtError):
@@ -223,7 +220,7 @@ def export_onnx(
             model = _load(work / "optimum" / "model.onnx")
             check_graph_contract(model, spec)
             large = _weights_bytes(model) > external_data_threshold
-            graphs = _fp32_graphs(model, spec, graph_pass, work, external_data_threshold, log)
+            graphs = fp32_graphs(model, spec, graph_pass, work, external_data_threshold, log)
             del model
             shutil.rmtree(work / "optimum", ignore_errors=True)
         timings["fp32"] = info["seconds"]
@@ -252,7 +249,7 @@ def export_onnx(
                 except Exception as exc:  # noqa: BLE001 - a fused graph that cannot be built or run falls back
                     if graph == graphs.candidates[-1]:
                         raise
-                    graphs.fallbacks[precision] = f"failed to build or run: {_one_line(exc)}"
+                    graphs.fallbacks[precision] = f"failed to build or run: {one_line(exc)}"
                 else:
                     res["graph"] = graph
                     if res["passed"] or graph == graphs.candidates[-1]:
@@ -337,70 +334,11 @@ def export_onnx(
     return load_export_dir(out)
 
 
-@dataclass
-class _FP32Graphs:
-    """The fp32 graphs an export builds its precisions from: `candidates` in the order tried ("fused" first when
-    a graph pass produced one, "plain" last), saved as work/<graph>/fp32/model.onnx."""
-
-    candidates: tuple[str, ...]
-    int8_excluded: dict[str, list[str]]
-    pass_name: str | None = None
-    report: dict | None = None
-    fallbacks: dict[str, str] = field(default_factory=dict)  # precision -> why the fused graph was not kept
-
-
-def resolve_graph_pass(graph_pass: GraphPass | str | None) -> GraphPass | None:
-    """DEFAULT_GRAPH_PASS / "default" -> guardrt.kernels.graph_pass; None / "none" -> None; a callable as is."""
-    if graph_pass is None or graph_pass == "none":
-        return None
-    if graph_pass == DEFAULT_GRAPH_PASS:
-        from guardrt.kernels import graph_pass as default_pass
-
-        return default_pass
-    if callable(graph_pass):
-        return graph_pass
-    raise GuardrtError(f"graph pass {graph_pass!r} is not callable")
-
-
-def _fp32_graphs(model, spec: ModelSpec, graph_pass, work: Path, threshold: int, log) -> _FP32Graphs:
-    """Save the plain fp32 graph, apply the graph pass (in place: no second copy of the weights in memory) and
-    save its result; a pass that does not apply to the spec, or fails, leaves the plain graph only (logged)."""
-    plain_path = work / "plain" / "fp32" / "model.onnx"
-    if len(save_onnx(model, plain_path, threshold)) > 1:
-        # Saving with external data moved the weights out of the in-memory protos: the pass needs them back.
-        model = _load(plain_path)
-    plain_excluded = _int8_excluded(model)
-    fn = resolve_graph_pass(graph_pass)
-    if fn is None:
-        return _FP32Graphs(("plain",), {"plain": plain_excluded})
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-    skip_reason = getattr(fn, "skip_reason", None)
-    reason = skip_reason(spec) if skip_reason is not None else None
-    if reason:  # the pass says it leaves this spec as exported (e.g. RoBERTa: measured faster unfused)
-        return _FP32Graphs(("plain",), {"plain": plain_excluded}, report={"skipped": reason})
-    try:
-        fused = fn(model, spec)
-        check_graph_contract(fused, spec)
-    except Exception as exc:  # noqa: BLE001 - any failure of the pass: export the plain graph, and say so
-        if log:
-            log(f"{spec.name}: graph pass {name} failed ({_one_line(exc)}); exporting the plain graph")
-        return _FP32Graphs(("plain",), {"plain": plain_excluded}, report={"error": _one_line(exc)})
-    save_onnx(fused, work / "fused" / "fp32" / "model.onnx", threshold)
-    report = getattr(fn, "last_report", None)
-    return _FP32Graphs(("fused", "plain"), {"fused": _int8_excluded(fused), "plain": plain_excluded},
-                       pass_name=name, report=dict(report) if isinstance(report, dict) else None)
-
-
 def _gate_failure(res: dict) -> str:
     return "; ".join(
         ([f"max |Δlogit| {res['max_abs_diff']:.3g} > {res['atol']:g}"] if "max_abs_diff" in res["failed_checks"] else [])
         + ([f"agreement {res['heldout_agreement']:.3f} < {res['min_agreement']:g}"]
            if "agreement" in res["failed_checks"] else []))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 @contextlib.contextmanager

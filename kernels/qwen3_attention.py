@@ -41,7 +41,7 @@ import onnx
 from onnx import helper
 
 from .graph_utils import GraphIndex, add_initializer, const_value, perm_of, prune_and_sort
-from .right_align import RightAligned, right_align_inputs
+from .right_align import right_align_inputs
 
 log = logging.getLogger(__name__)
 
@@ -207,5 +207,3 @@ def _replace_input(graph: onnx.GraphProto, old: str, new: str) -> None:
         if out.name == old:
             raise AttentionFusionError(f"attention output {old} is a graph output")
 
-
-__all__ += ["RightAligned"]

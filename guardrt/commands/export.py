@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
 def load_graph_pass(ref: str | None, target: str = "onnx"):
     """--graph-pass value -> what export_onnx takes: unset -> the default pass for --target onnx, none for tensorrt;
     'default' / 'none' as they are; 'module:function' -> the callable (GuardrtError when it cannot be imported)."""
-    from guardrt.export.onnx_export import DEFAULT_GRAPH_PASS
+    from guardrt.export.graph_pass import DEFAULT_GRAPH_PASS
     from guardrt.runtime.errors import GuardrtError
 
     ref = (ref or "").strip()

@@ -76,7 +76,7 @@ def test_cli_graph_pass_defaults_per_target(monkeypatch):
     operators); 'none' / 'default' / module:function on request; GUARDRT_GRAPH_PASS is the flag's env twin."""
     from guardrt.cli import build_parser
     from guardrt.commands.export import load_graph_pass
-    from guardrt.export.onnx_export import DEFAULT_GRAPH_PASS
+    from guardrt.export.graph_pass import DEFAULT_GRAPH_PASS
     from guardrt.kernels import graph_pass
     from guardrt.runtime.errors import GuardrtError
 
