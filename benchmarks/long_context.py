@@ -7,7 +7,8 @@ Engines (one child process per engine and batch, so every peak is its own):
   ort-<precision>-fused  the default `guardrt export` graph (GroupQueryAttention, rows right-aligned)
 
 Per cell (batch of B rows of about 4,096 tokens, left-padded like the runtime pads: lengths 4096, 4088, 4088,
-4080, ...): a short warm-up call, then long calls until --budget-s (at least one); time of the first long call and
+4080, ...; plus --extra-cells such as B=1 S=1024, the in-process benchmark's intent-safety target cell): a short
+warm-up call, then long calls until --budget-s (at least one); time of the first long call and
 the median of the others, time per row, peak RSS (VmHWM) and the working memory of the long calls (peak minus the
 RSS after the warm-up), user/sys CPU seconds (sys is page faulting on huge buffers). A cell whose estimated working
 memory does not fit in 80% of the available memory is skipped with its estimate. Then the issue's end-to-end case:
@@ -170,20 +171,21 @@ def run_size(size: str, args) -> dict:
                             "validation": {k: m.validation()["precisions"][precision].get(k)
                                            for k in ("max_abs_diff", "atol", "passed")}})
     rows = []
-    progress = common.Progress(len(engines) * len(args.batches))
+    cells = [(batch, args.seq) for batch in args.batches] + list(args.extra_cells)
+    progress = common.Progress(len(engines) * len(cells))
     for engine in engines:
         engine["vocab_size"] = int(cfg["vocab_size"])
-        for batch in args.batches:
-            label = f"{size} {engine['name']} B={batch}"
+        for batch, seq in cells:
+            label = f"{size} {engine['name']} B={batch} S={seq}"
             row = {"size": size, "engine": engine["name"], "graph": engine["graph"], "precision": engine["precision"],
-                   "batch": batch, "seq": args.seq, "validation": engine.get("validation")}
-            est = (_estimated_plain_mib(cfg, engine["kind"], batch, args.seq)
+                   "batch": batch, "seq": seq, "validation": engine.get("validation")}
+            est = (_estimated_plain_mib(cfg, engine["kind"], batch, seq)
                    if engine["graph"] in ("plain", "pytorch") else 0.0)
             if est > 0.8 * _available_mib():
                 row["skipped"] = f"estimated working memory {est / 1024:.1f} GiB > 80% of available"
             else:
                 try:
-                    row.update(_in_child(measure_cell, engine, batch, args.seq, args.budget_s, args.threads))
+                    row.update(_in_child(measure_cell, engine, batch, seq, args.budget_s, args.threads))
                 except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
                     row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
@@ -191,14 +193,21 @@ def run_size(size: str, args) -> dict:
                                      if "per_row_s" in row else f": {row.get('skipped') or row.get('error')}"))
     progress.close()
     # the same row through every engine: fused vs plain vs PyTorch
-    ref = {r["engine"]: np.asarray(r["row0_logits"]) for r in rows if r["batch"] == args.batches[0] and "row0_logits" in r}
+    first = (args.batches[0], args.seq)
+    ref = {r["engine"]: np.asarray(r["row0_logits"]) for r in rows
+           if (r["batch"], r["seq"]) == first and "row0_logits" in r}
     for r in rows:
-        if r.get("row0_logits") is not None and r["batch"] == args.batches[0]:
+        if r.get("row0_logits") is not None and (r["batch"], r["seq"]) == first:
             mine = np.asarray(r["row0_logits"])
             plain = ref.get(f"ort-{r['precision']}-plain")
             r["max_abs_diff_vs_plain"] = float(np.abs(mine - plain).max()) if plain is not None else None
             r["max_abs_diff_vs_pytorch"] = (float(np.abs(mine - ref["pytorch-eager"]).max())
                                             if "pytorch-eager" in ref else None)
+    # speed-up over PyTorch eager in the same cell (p50-like: the steady call time)
+    torch_time = {(r["batch"], r["seq"]): r["steady_s"] for r in rows if r["engine"] == "pytorch-eager" and "steady_s" in r}
+    for r in rows:
+        if "steady_s" in r and (r["batch"], r["seq"]) in torch_time:
+            r["speedup_vs_pytorch"] = torch_time[r["batch"], r["seq"]] / r["steady_s"]
     return {"config": {k: cfg.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                "num_key_value_heads", "head_dim", "intermediate_size")},
             "exports": {g: str(d) for g, d in dirs.items()},
@@ -266,8 +275,9 @@ def classify_case(args) -> dict:
     return out
 
 
-COLUMNS = [("size", "size", ""), ("engine", "engine", ""), ("batch", "B", ""), ("first_s", "first call s", "{:.2f}"),
-           ("per_row_s", "s/row (steady)", "{:.2f}"), ("sys_s_per_call", "sys s/call", "{:.2f}"),
+COLUMNS = [("size", "size", ""), ("engine", "engine", ""), ("batch", "B", ""), ("seq", "S", ""),
+           ("first_s", "first call s", "{:.2f}"), ("per_row_s", "s/row (steady)", "{:.3f}"),
+           ("speedup_vs_pytorch", "x PyTorch", "{:.2f}"), ("sys_s_per_call", "sys s/call", "{:.2f}"),
            ("working_mib", "working MiB", "{:.0f}"), ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
            ("max_abs_diff_vs_plain", "|Δ| vs plain", "{:.1e}"), ("max_abs_diff_vs_pytorch", "|Δ| vs torch", "{:.1e}"),
            ("note", "note", "")]
@@ -307,14 +317,14 @@ def plot(payload: dict, prefix: Path) -> Path | None:
     fig, axes = plt.subplots(2, len(sizes), figsize=(6.5 * len(sizes), 7.5), squeeze=False)
     for col, size in enumerate(sizes):
         rows = [r for r in payload["sizes"][size]["rows"] if "per_row_s" in r]
-        labels = [f"{r['engine']}\nB={r['batch']}" for r in rows]
+        labels = [f"{r['engine']}\nB={r['batch']} S={r['seq']}" for r in rows]
         colors = ["tab:gray" if r["graph"] == "pytorch" else "tab:red" if r["graph"] == "plain" else "tab:green"
                   for r in rows]
         for ax, key, title in ((axes[0][col], "per_row_s", "seconds per row (steady)"),
                                (axes[1][col], "working_mib", "working memory of the call, MiB")):
             ax.bar(range(len(rows)), [r[key] for r in rows], color=colors)
             ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
-            ax.set_title(f"{size}: {title} at {payload['seq']} tokens", fontsize=9)
+            ax.set_title(f"{size}: {title}", fontsize=9)
             if key == "working_mib":
                 ax.set_yscale("log")
     return common.save_spec_figure(fig, prefix, SPEC)
@@ -326,6 +336,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", default="fp32,int8-dynamic")
     ap.add_argument("--batches", default="1,4", help="rows per call (default 1,4)")
     ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--extra-cells", default="1x1024",
+                    help="more BxS cells, e.g. 1x1024 (the in-process benchmark's intent-safety target cell); '' for none")
     ap.add_argument("--budget-s", type=float, default=float(os.environ.get("GUARDRT_BENCH_BUDGET_S", 30)),
                     help="time per cell after the first long call (default 30)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("GUARDRT_BENCH_THREADS", os.cpu_count() or 1)))
@@ -341,10 +353,12 @@ def main(argv=None) -> int:
     if args.quick:
         args.sizes, args.seq, args.batches, args.budget_s, args.classify_rows = "tiny", 256, "1,2", 0.0, 2
         args.classify_words = 200
+        args.extra_cells = ""
         args.export_precisions = ALL_PRECISIONS
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.extra_cells = [tuple(int(x) for x in c.lower().split("x")) for c in args.extra_cells.split(",") if c.strip()]
     payload = {"benchmark": "long_context", "spec": SPEC, "seq": args.seq, "batches": args.batches,
                "machine": common.machine_description(args.threads), "versions": common.versions(),
                "settings": {k: v for k, v in vars(args).items() if k != "out"},
