@@ -235,7 +235,7 @@ def optimize_onnx(
 
     `spec` is a runtime.specs.ModelSpec (or a spec name, or a model_type string); `config` is the HF config (dict,
     file or directory), by default the config.json next to the model or its parent, else read off the graph.
-    `fuse_attention=False` keeps attention as plain MatMul/Softmax while still fusing norms, rotary and GELU;
+    `fuse_attention=False` keeps attention as plain MatMul/Softmax while still fusing norms (and GELU);
     `attention_op` ("MultiHeadAttention" or "Attention") turns on BERT-family attention fusion with that operator
     (off by default: slower than ORT's own handling of the plain graph on CPU, see optimize_model_proto).
     """
