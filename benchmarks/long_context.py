@@ -18,7 +18,9 @@ demo, plain vs fused. Logits of the fused graph are compared with the plain grap
     python benchmarks/long_context.py                 # tiny + realistic, B = 1 and 4 (run under the heavy lock)
     python benchmarks/long_context.py --quick         # tiny, 256 tokens, smoke test
 
-Writes benchmarks/results/long_context[_quick].json, .txt and long_context[_quick]_intent-safety.png.
+Both exports hold every precision (fp32, fp16, int8, int8-dynamic), so the JSON also records each precision's
+validation gate on both graphs. Writes benchmarks/results/long_context[_quick].json, .txt and
+long_context[_quick]_intent-safety.png.
 """
 from __future__ import annotations
 
@@ -211,7 +213,12 @@ def run_size(size: str, args) -> dict:
     return {"config": {k: cfg.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                "num_key_value_heads", "head_dim", "intermediate_size")},
             "exports": {g: str(d) for g, d in dirs.items()},
-            "graphs": {g: m.raw.get("graphs") for g, m in manifests.items()}, "rows": rows}
+            "graphs": {g: m.raw.get("graphs") for g, m in manifests.items()},
+            # the exporter's gates, every precision, both graphs (the fused one falls back to plain when it misses)
+            "validation": {g: {p: {k: v.get(k) for k in ("graph", "max_abs_diff", "atol", "heldout_agreement",
+                                                          "min_agreement", "passed", "fused_graph_rejected")}
+                               for p, v in m.validation()["precisions"].items()} for g, m in manifests.items()},
+            "rows": rows}
 
 
 CLASSIFY_PROBE = (
@@ -293,6 +300,11 @@ def report(payload: dict) -> str:
     text = [f"Long contexts, {payload['spec']}, {payload['seq']} tokens per row "
             f"({payload['machine']['peak'].get('cpu', '?')}, {payload['machine']['threads_used']} threads, "
             f"load {payload['machine']['loadavg_at_start']})", common.format_table(rows, COLUMNS)]
+    for size_name, size in payload["sizes"].items():
+        for graph, per_precision in size.get("validation", {}).items():
+            text.append(f"{size_name} export, {graph}: " + ", ".join(
+                f"{p} {v['graph']} graph |Δ| {v['max_abs_diff']:.2g} (gate {v['atol']:g}) "
+                f"{'ok' if v['passed'] else 'MISSED'}" for p, v in per_precision.items()))
     c = payload.get("classify")
     if c:
         for graph, r in c["runs"].items():
@@ -348,13 +360,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/long_context[_quick].json)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
-    # exports: the benchmarked precisions; --quick uses the test suite's cached tiny exports (every precision)
-    args.export_precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    # every precision is exported (and its gate recorded) for both graphs; the benchmarked ones are --precisions
+    args.export_precisions = ALL_PRECISIONS
     if args.quick:
         args.sizes, args.seq, args.batches, args.budget_s, args.classify_rows = "tiny", 256, "1,2", 0.0, 2
         args.classify_words = 200
         args.extra_cells = ""
-        args.export_precisions = ALL_PRECISIONS
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     args.batches = [int(b) for b in args.batches.split(",")]
