@@ -65,16 +65,16 @@ def fused_export(spec_name: str, size: str, precisions, log=None, model_dir: Pat
 
 
 def plain_export(spec_name: str, size: str, precisions, log=None) -> Path:
-    """The exporter's cached demo export; when a precision misses its gate, the forced export (benchmarked anyway,
+    """The exporter's cached demo export of the plain graph (no graph pass); when a precision misses its gate, the forced export (benchmarked anyway,
     its validation result reported next to the numbers)."""
     from guardrt.export import demo_models
     from guardrt.export.onnx_export import ExportGateError
 
     try:
-        return demo_models.cached_demo_export(spec_name, size, precisions, log=log)
+        return demo_models.cached_demo_export(spec_name, size, precisions, log=log, graph_pass=None)
     except ExportGateError as exc:
         _log(f"note: {exc}; benchmarking the forced export")
-        return demo_models.cached_demo_export(spec_name, size, precisions, log=log, force=True)
+        return demo_models.cached_demo_export(spec_name, size, precisions, log=log, graph_pass=None, force=True)
 
 
 def build_engines(spec_name: str, size: str, threads: int, fused: bool, engines_filter, log,

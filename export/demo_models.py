@@ -390,9 +390,11 @@ def cache_dir() -> Path:
 
 
 _MODEL_CODE = ("export/demo_models.py", "export/synthetic.py", "export/tokenizers.py")
-_EXPORT_CODE = _MODEL_CODE + ("export/onnx_export.py", "export/validate.py", "export/fp16.py", "export/quantize.py",
-                              "export/int8_check.py", "runtime/int8_path.py", "runtime/specs.py",
-                              "runtime/preprocess.py")
+_EXPORT_CODE = _MODEL_CODE + ("export/onnx_export.py", "export/graph_pass.py", "export/validate.py", "export/fp16.py",
+                              "export/quantize.py", "export/int8_check.py", "runtime/int8_path.py", "runtime/specs.py",
+                              "runtime/preprocess.py") + tuple(
+    # the exporter's default graph pass lives in kernels/
+    sorted(f"kernels/{p.name}" for p in (_REPO_ROOT / "kernels").glob("*.py")))
 
 
 def _code_hash(files: Sequence[str], *parts: Any) -> str:

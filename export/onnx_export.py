@@ -5,9 +5,12 @@
 1. check the checkpoint against the spec (architecture, model type, number of labels, tokenizer present);
 2. fp32 graph through optimum's exporter (task `text-classification`, the spec's opset; the pad id passed so the
    graph keeps HF's pooling: the last token that is not the pad id), checked against the spec's tensor contract;
-3. optional `graph_pass(model, spec) -> model` (the hook for issue 6's fusions in `guardrt.kernels`): applied to
-   the fp32 graph before anything is derived from it, so fp16 and int8 start from the optimised graph and every
-   precision, fp32 included, is validated after it;
+3. the graph pass `graph_pass(model, spec) -> model`, by default guardrt.kernels' (`DEFAULT_GRAPH_PASS`: Qwen3
+   attention fused into GroupQueryAttention without S x S scores; RoBERTa left as exported): applied to the fp32
+   graph, and fp16 / int8 are derived from the fused graph. Both graphs are kept: a precision whose fused graph
+   misses its gate (or fails to build or run) is rebuilt from the plain graph, with a log line saying so, and
+   `guardrt.json` records which graph each precision holds (`graphs`). `graph_pass=None` exports the plain
+   graph only (what TensorRT needs: its parser refuses ONNX Runtime's com.microsoft operators);
 4. fp16 (`guardrt.export.fp16`), int8 QDQ static calibrated on preprocessed spec inputs and int8 dynamic
    (`guardrt.export.quantize`);
 5. every precision validated against PyTorch fp32 (`guardrt.export.validate`); a precision that misses the spec's
@@ -29,13 +32,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from guardrt.export.graph_pass import DEFAULT_GRAPH_PASS, GraphPass, fp32_graphs, one_line
 from guardrt.runtime.errors import GuardrtError, ModelFilesError, read_json_file
 from guardrt.runtime.export_dir import MANIFEST_NAME, PRECISIONS, VALIDATION_NAME, load_export_dir
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = [
+    "DEFAULT_GRAPH_PASS",
     "EXTERNAL_DATA_THRESHOLD",
     "ExportGateError",
     "check_checkpoint",
@@ -50,7 +55,6 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "added_tokens.json", "chat_template.jinja")
 
-GraphPass = Callable[[Any, ModelSpec], Any]
 
 
 class ExportGateError(GuardrtError):
@@ -174,7 +178,7 @@ def export_onnx(
     precisions: Sequence[str] | str = ("fp32",),
     *,
     force: bool = False,
-    graph_pass: GraphPass | None = None,
+    graph_pass: GraphPass | str | None = DEFAULT_GRAPH_PASS,
     log: Callable[[str], None] | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     validation_heldout: int = 64,
@@ -225,31 +229,48 @@ def export_onnx(
                             library_name="transformers")
             model = _load(work / "optimum" / "model.onnx")
             check_graph_contract(model, spec)
-            if graph_pass is not None:
-                model = graph_pass(model, spec)
-                check_graph_contract(model, spec)
-            fp32_path = work / "fp32" / "model.onnx"
-            save_onnx(model, fp32_path, external_data_threshold)
+            large = _weights_bytes(model) > external_data_threshold
+            graphs = fp32_graphs(model, spec, graph_pass, work, external_data_threshold, log)
+            del model
             shutil.rmtree(work / "optimum", ignore_errors=True)
         timings["fp32"] = info["seconds"]
-        large = _weights_bytes(model) > external_data_threshold
         # 2. the PyTorch reference, once.
         with Progress.step(f"{spec.name}: PyTorch fp32 reference on the validation set", log) as info:
             vset = build_validation_set(spec, model_dir, n_heldout=validation_heldout,
                                         long_tokens=validation_long_tokens)
             reference = torch_reference(model_dir, vset, log=log, model=_torch_model(model_dir, spec))
         timings["reference"] = info["seconds"]
-        # 3. each precision: build, validate, keep or refuse.
+        # 3. each precision: build from the fused graph (then the plain one if that misses), validate, keep/refuse.
         for precision in precisions:
-            path = work / precision / "model.onnx"
-            if precision != "fp32":
-                with Progress.step(f"{spec.name}: {precision} conversion", log) as info:
-                    with _quiet_libraries():
-                        _derive(precision, model, fp32_path, path, spec, model_dir, large, external_data_threshold,
-                                calibration_examples, log, int8_dynamic_weights)
-                timings[precision] = info["seconds"]
-            with Progress.step(f"{spec.name}: validating {precision} against PyTorch", log):
-                res = validate_onnx(path, precision, vset, reference, log=log, intra_op_threads=intra_op_threads)
+            res, path = None, None
+            for graph in graphs.candidates:
+                fp32_path = work / graph / "fp32" / "model.onnx"
+                path = work / graph / precision / "model.onnx"
+                try:
+                    if precision != "fp32":
+                        with Progress.step(f"{spec.name}: {precision} conversion ({graph} graph)", log) as info:
+                            with _quiet_libraries():
+                                _derive(precision, fp32_path, path, spec, model_dir, large, external_data_threshold,
+                                        calibration_examples, log, graphs.int8_excluded[graph],
+                                        int8_dynamic_weights)
+                        timings[precision] = timings.get(precision, 0.0) + info["seconds"]
+                    with Progress.step(f"{spec.name}: validating {precision} against PyTorch ({graph} graph)", log):
+                        res = validate_onnx(path, precision, vset, reference, log=log,
+                                            intra_op_threads=intra_op_threads)
+                except Exception as exc:  # noqa: BLE001 - a fused graph that cannot be built or run falls back
+                    if graph == graphs.candidates[-1]:
+                        raise
+                    graphs.fallbacks[precision] = f"failed to build or run: {one_line(exc)}"
+                else:
+                    res["graph"] = graph
+                    if res["passed"] or graph == graphs.candidates[-1]:
+                        break
+                    graphs.fallbacks[precision] = "missed its gate: " + _failed_checks_text(res)
+                if log:
+                    log(f"{spec.name} {precision}: the {graph} graph {graphs.fallbacks[precision]}; "
+                        f"falling back to the plain graph")
+            if precision in graphs.fallbacks:
+                res["fused_graph_rejected"] = graphs.fallbacks[precision]
             res["size_bytes"] = _dir_bytes(path.parent)
             res["export_seconds"] = round(timings.get(precision, 0.0), 2)
             results[precision] = res
@@ -258,9 +279,9 @@ def export_onnx(
                 cpu = res.get("ort_cpu")
                 on_cpu = (f" (ORT CPU kernels, {cpu['int8_path']}: {cpu['max_abs_diff']:.3g}, "
                           f"{cpu['heldout_agreement']:.3f})" if cpu else "")
-                log(f"{spec.name} {precision}: max|Δlogit| {res['max_abs_diff']:.3g} (gate {res['atol']:g}), "
-                    f"agreement {res['heldout_agreement']:.3f} (gate {res['min_agreement']:g}){on_cpu}, "
-                    f"{res['size_bytes'] / 1e6:.1f} MB: {verdict}")
+                log(f"{spec.name} {precision} ({res['graph']} graph): max|Δlogit| {res['max_abs_diff']:.3g} "
+                    f"(gate {res['atol']:g}), agreement {res['heldout_agreement']:.3f} "
+                    f"(gate {res['min_agreement']:g}){on_cpu}, {res['size_bytes'] / 1e6:.1f} MB: {verdict}")
             if res["passed"] or force:
                 dest = out / precision
                 shutil.rmtree(dest, ignore_errors=True)
@@ -294,7 +315,11 @@ def export_onnx(
         "padding_side": spec.padding_side,
         "max_length": spec.max_length,
         "source_model_dir": str(model_dir.resolve()),
-        "graph_pass": getattr(graph_pass, "__qualname__", None) if graph_pass else None,
+        # The fp32 graph pass applied (None: plain graphs only) and the graph each precision holds: "fused" (the
+        # pass's output) or "plain" (as optimum exported it; TensorRT's format).
+        "graph_pass": graphs.pass_name,
+        "graph_pass_report": graphs.report,
+        "precision_graphs": {p: results[p]["graph"] for p in written if p in results},
         # Precisions kept with --force although they missed their gate.
         "forced_precisions": [p for p in written if not results[p]["passed"]],
         "guardrt_version": __version__,
@@ -315,6 +340,7 @@ def export_onnx(
                             previous["int8"], int8_dynamic_weights, intra_op_threads)
     if int8:
         manifest["int8"] = int8
+    manifest["precision_graphs"] = {p: results.get(p, {}).get("graph") or previous["precision_graphs"].get(p, "plain") for p in written}
     manifest["forced_precisions"] = [p for p in written if not results.get(p, {}).get("passed", True)]
     validation = {"spec": spec.name, "settings": vset.settings, "precisions": results,
                   "timings_seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -373,17 +399,19 @@ def _failed_checks_text(res: dict) -> str:
 def _previous_export(out: Path, spec: ModelSpec) -> dict:
     """Precisions (and their validation) of an export already in `out`, for updates; ModelFilesError when that
     export belongs to another spec."""
+    empty = {"precisions": {}, "validation": {}, "int8": {}, "precision_graphs": {}}
     if not (out / MANIFEST_NAME).is_file():
-        return {"precisions": {}, "validation": {}, "int8": {}}
+        return empty
     try:
         manifest = load_export_dir(out)
     except ModelFilesError:
-        return {"precisions": {}, "validation": {}, "int8": {}}  # a broken earlier export is simply replaced
+        return empty  # a broken earlier export is simply replaced
     if manifest.spec != spec.name:
         raise ModelFilesError(f"{out} holds an export of spec {manifest.spec!r}; choose another --out for {spec.name}")
     return {"precisions": dict(manifest.raw.get("precisions", {})),
             "validation": dict(manifest.validation().get("precisions", {})),
-            "int8": dict(manifest.raw.get("int8") or {})}
+            "int8": dict(manifest.raw.get("int8") or {}),
+            "precision_graphs": dict(manifest.raw.get("precision_graphs") or {})}
 
 
 def _torch_model(model_dir: Path, spec: ModelSpec):
@@ -396,8 +424,8 @@ def _torch_model(model_dir: Path, spec: ModelSpec):
     return model.eval()
 
 
-def _derive(precision: str, fp32_model, fp32_path: Path, path: Path, spec: ModelSpec, model_dir: Path, large: bool,
-            threshold: int, calibration_examples: int, log, int8_dynamic_weights: str) -> None:
+def _derive(precision: str, fp32_path: Path, path: Path, spec: ModelSpec, model_dir: Path, large: bool,
+            threshold: int, calibration_examples: int, log, int8_excluded: list[str], int8_dynamic_weights: str) -> None:
     from guardrt.export.progress import Progress
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,13 +439,13 @@ def _derive(precision: str, fp32_model, fp32_path: Path, path: Path, spec: Model
         feeds = _calibration_feeds(spec, model_dir, calibration_examples)
         reader = FeedsReader(feeds, Progress.count(log, "calibration batches", len(feeds)))
         raw = path.with_name("raw.onnx")
-        quantize_qdq_static(fp32_path, raw, reader, large=large, nodes_to_exclude=_int8_excluded(fp32_model))
+        quantize_qdq_static(fp32_path, raw, reader, large=large, nodes_to_exclude=int8_excluded)
         model = _load(raw)
     elif precision == "int8-dynamic":
         from guardrt.export.quantize import quantize_int8_dynamic
 
         raw = path.with_name("raw.onnx")
-        quantize_int8_dynamic(fp32_path, raw, large=large, nodes_to_exclude=_int8_excluded(fp32_model),
+        quantize_int8_dynamic(fp32_path, raw, large=large, nodes_to_exclude=int8_excluded,
                               weight_format=int8_dynamic_weights)
         model = _load(raw)
     else:

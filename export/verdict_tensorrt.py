@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from guardrt.runtime.errors import GuardrtError, ModelFilesError
-from guardrt.runtime.specs import ModelSpec
+from guardrt.runtime.specs import GraphContract, InputFormat, ModelSpec, OutputParser, ServingPolicy
 
 __all__ = ["VERDICT_ENGINE_SPEC", "check_verdict_graph", "build_verdict_engines"]
 
@@ -30,20 +30,14 @@ __all__ = ["VERDICT_ENGINE_SPEC", "check_verdict_graph", "build_verdict_engines"
 VERDICT_ENGINE_SPEC = ModelSpec(
     name="qwen3guard-gen-verdict",
     seed_card="Qwen3Guard-Gen.model-card.txt",
-    architecture="Qwen3ForCausalLM",
-    model_type="qwen3",
-    task="text-generation",
-    preprocessor="chat_template",
-    max_length=32768,
-    padding_side="left",
-    truncation_side="left",
-    pad_token_id=151643,
-    labels=("p_safe", "p_unsafe", "p_controversial", "p_other", "greedy_id_safety", "greedy_id_colon",
-            "greedy_id_label"),
-    output_names=("verdict",),
-    max_batch_size=8,
-    preferred_batch_sizes=(4, 8),
-    length_buckets=(512, 1024, 2048, 4096, 8192, 16384, 32768),
+    input=InputFormat(kind="chat_template", request_field="messages", max_length=32768, padding_side="left",
+                      truncation_side="none", pad_token_id=151643),
+    graph=GraphContract(kind="classifier_logits", architecture="Qwen3ForCausalLM", model_type="qwen3",
+                        task="text-generation", output_names=("verdict",)),
+    output=OutputParser(kind="classifier", labels=("p_safe", "p_unsafe", "p_controversial", "p_other",
+                                                   "greedy_id_safety", "greedy_id_colon", "greedy_id_label")),
+    serving=ServingPolicy(max_batch_size=8, preferred_batch_sizes=(4, 8),
+                          length_buckets=(512, 1024, 2048, 4096, 8192, 16384, 32768)),
 )
 
 

@@ -6,10 +6,11 @@ CPU/GPU operators:
 - RoBERTa (`rejection`): onnxruntime.transformers' BERT fusions — `SkipLayerNormalization`, `BiasGelu`, and on
   request (`attention_op=`) `MultiHeadAttention` / `Attention`. Measured slower on CPU than ONNX Runtime's own
   session-level optimisation of the plain graph, so the exporter hook (`graph_pass`) leaves RoBERTa as exported.
-- Qwen3 (`intent-safety`): onnxruntime.transformers' `qwen3` fusions — `SimplifiedLayerNormalization` /
-  `SkipSimplifiedLayerNormalization` (RMSNorm, residual + RMSNorm), `RotaryEmbedding` — then guardrt's own pass
-  (kernels/qwen3_attention.py) folding q/k norm, rotary, repeat_kv, causal+padding mask, softmax and both attention
-  matmuls into `GroupQueryAttention`.
+- Qwen3 (`intent-safety`): onnxruntime.transformers' `qwen3` norm fusions — `SimplifiedLayerNormalization` /
+  `SkipSimplifiedLayerNormalization` (RMSNorm, residual + RMSNorm) — then guardrt's own pass
+  (kernels/qwen3_attention.py): padded rows right-aligned at the graph inputs (kernels/right_align.py) and each
+  layer's repeat_kv, causal+padding mask, softmax and both attention matmuls replaced by one `GroupQueryAttention`
+  whose CPU kernel tiles (no [B, heads, S, S] scores, no [B, 1, S, S] mask), for every head_dim.
 
 The graph contract is unchanged (`input_ids`, `attention_mask` int64 [B, S] → `logits` float32 [B, num_labels]);
 callers validate the result against PyTorch exactly like any export (tests/kernels/). Build time only: needs onnx
@@ -25,12 +26,8 @@ from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
-__all__ = ["optimize_onnx", "optimize_model_proto", "graph_pass", "OPTIMIZER_MODEL_TYPE", "FusionReport",
-           "QUANTIZE_EXTRA_OPTIONS"]
-
-# onnxruntime.quantization cannot infer types through com.microsoft ops (GroupQueryAttention, RotaryEmbedding,
-# SkipSimplifiedLayerNormalization): quantizing a fused graph needs the default tensor type stated.
-QUANTIZE_EXTRA_OPTIONS = {"DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
+__all__ = ["optimize_onnx", "optimize_model_proto", "graph_pass", "GRAPH_PASS_SKIP", "OPTIMIZER_MODEL_TYPE",
+           "FusionReport"]
 
 # spec.model_type (HF config.model_type) -> onnxruntime.transformers optimizer model_type
 OPTIMIZER_MODEL_TYPE = {"roberta": "bert", "bert": "bert", "qwen3": "qwen3"}
@@ -153,31 +150,26 @@ def optimize_model_proto(model, spec, *, config: Mapping[str, Any] | None = None
         # mask + pad id), so keep the embedding subgraph as exported.
         options.enable_embed_layer_norm = False
     if model_type == "qwen3":
-        from .qwen3_attention import GQA_HEAD_DIM_MULTIPLE
-
-        head_dim = int(cfg.get("head_dim") or (hidden_size // num_heads if num_heads else 0))
-        fuse_attention = fuse_attention and head_dim > 0 and head_dim % GQA_HEAD_DIM_MULTIPLE == 0
-        # The RotaryEmbedding fusion feeds position_ids of shape [1, S], which ORT's kernel rejects for batch > 1;
-        # GQA absorbs the rotary nodes, so fuse them only when attention is fused too.
-        options.enable_rotary_embeddings = fuse_attention
+        # Norm fusions only: attention is guardrt's own pass below, and rotary stays as exported (ORT's
+        # RotaryEmbedding fusion feeds position_ids [1, S], which its kernel rejects for batch > 1).
+        options.enable_attention = False
+        options.enable_rotary_embeddings = False
     nodes_before = len(model.graph.node)
     # opt_level=0: python fusions only. ORT's own graph optimisers run at session creation anyway, and running them
-    # here would bake CPU-specific layouts into a graph that TensorRT and the CUDA EP also consume.
+    # here would bake CPU-specific layouts into a graph that the CUDA EP also consumes.
     logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
     fused = optimize_model(model, model_type=opt_type, num_heads=num_heads, hidden_size=hidden_size,
                            optimization_options=options, opt_level=0, use_gpu=False)
     attention_layers = 0
-    if model_type == "qwen3":
-        from .qwen3_attention import fuse_qwen3_attention, trim_rotary_caches
+    if model_type == "qwen3" and fuse_attention:
+        from .qwen3_attention import fuse_qwen3_attention
 
-        if fuse_attention:
-            kv_heads = int(cfg.get("num_key_value_heads") or num_heads)
-            attention_layers = fuse_qwen3_attention(fused, num_heads=num_heads, kv_num_heads=kv_heads)
-        max_positions = getattr(spec, "max_length", None) or int(cfg.get("max_position_embeddings", 0)) or None
-        if max_positions:
-            trim_rotary_caches(fused, int(max_positions))
+        head_dim = int(cfg.get("head_dim") or (hidden_size // num_heads if num_heads else 0))
+        kv_heads = int(cfg.get("num_key_value_heads") or num_heads)
+        attention_layers = fuse_qwen3_attention(fused.model, num_heads=num_heads, kv_num_heads=kv_heads,
+                                                head_dim=head_dim)
     stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
-    from .qwen3_attention import count_ops
+    from .graph_utils import count_ops
 
     for op in ("GroupQueryAttention", "MultiHeadAttention", "Attention"):
         count = count_ops(fused.model.graph, op)
@@ -199,6 +191,10 @@ def optimize_model_proto(model, spec, *, config: Mapping[str, Any] | None = None
         "nodes_before": nodes_before,
         "nodes_after": len(out.graph.node),
     }
+    if model_type == "qwen3" and attention_layers:
+        report["attention"] = ("GroupQueryAttention per layer (rows right-aligned at the inputs; no S x S tensor: "
+                               "flash kernel on CPU for fp32)")
+        report["head_dim"] = head_dim
     return out, report
 
 
@@ -239,7 +235,7 @@ def optimize_onnx(
 
     `spec` is a runtime.specs.ModelSpec (or a spec name, or a model_type string); `config` is the HF config (dict,
     file or directory), by default the config.json next to the model or its parent, else read off the graph.
-    `fuse_attention=False` keeps attention as plain MatMul/Softmax while still fusing norms, rotary and GELU;
+    `fuse_attention=False` keeps attention as plain MatMul/Softmax while still fusing norms (and GELU);
     `attention_op` ("MultiHeadAttention" or "Attention") turns on BERT-family attention fusion with that operator
     (off by default: slower than ORT's own handling of the plain graph on CPU, see optimize_model_proto).
     """

@@ -72,7 +72,8 @@ def demo_checkpoint():
 
 @pytest.fixture(scope="session")
 def demo_export():
-    """demo_export(spec_name, precisions=ALL_PRECISIONS) -> validated export dir of the tiny demo model (cached)."""
+    """demo_export(spec_name, precisions=ALL_PRECISIONS, **export_onnx_kwargs) -> validated export dir of the tiny
+    demo model (cached; e.g. graph_pass=None for the plain graph TensorRT takes)."""
     from guardrt.export.demo_models import cached_demo_export
 
-    return lambda spec_name, precisions=ALL_PRECISIONS: cached_demo_export(spec_name, "tiny", precisions)
+    return lambda spec_name, precisions=ALL_PRECISIONS, **kw: cached_demo_export(spec_name, "tiny", precisions, **kw)

@@ -1,9 +1,10 @@
 """`guardrt export`: a Hugging Face checkpoint directory -> a validated, self-contained export directory.
 
 ONNX at every requested precision (fp32, fp16, int8 QDQ static, int8-dynamic), each validated against PyTorch and
-refused when it misses the spec's gate (exit 2, one line, nothing written for it) unless --force. With
-`--target tensorrt` the ONNX export is followed by TensorRT engines built from it (GPU hosts; elsewhere a one-line
-error saying what was written instead). Progress goes to stderr; the export directory path to stdout.
+refused when it misses the spec's gate (exit 2, one line, nothing written for it) unless --force. `--target onnx`
+applies guardrt.kernels' graph pass by default (Qwen3 attention without S x S tensors); `--target tensorrt` exports
+the plain graph and builds TensorRT engines from it (GPU hosts; elsewhere a one-line error saying what was written
+instead). Progress goes to stderr; the export directory path to stdout.
 """
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ def add_arguments(p) -> None:
     p.add_argument("--target", default="onnx", choices=["onnx", "tensorrt"],
                    help="onnx (default) or tensorrt (ONNX first, then engines; needs an NVIDIA GPU)")
     p.add_argument("--force", action="store_true", help="keep precisions that miss their validation gate")
-    p.add_argument("--graph-pass", help="optional fp32 graph pass applied before fp16/int8, as module:function "
-                                       "(e.g. guardrt.kernels:graph_pass)")
+    p.add_argument("--graph-pass", default=None,
+                   help="fp32 graph pass applied before fp16/int8: 'default' (guardrt.kernels: Qwen3 attention in "
+                        "linear memory; the default for --target onnx), 'none' (the plain graph; the default for "
+                        "--target tensorrt, whose ONNX parser refuses ONNX Runtime's operators) or module:function. "
+                        "A precision whose fused graph misses its gate is exported from the plain graph (logged; "
+                        "guardrt.json 'precision_graphs' says which)")
     p.add_argument("--external-data-threshold", type=int, default=None,
                    help="weights above this many bytes go to one model.onnx.data file (default: 1 GiB)")
     p.add_argument("--validation-samples", type=int, default=64,
@@ -39,13 +44,20 @@ def add_arguments(p) -> None:
     add_tensorrt_arguments(p)  # --repo and the --trt-* engine options of --target tensorrt
 
 
-def load_graph_pass(ref: str | None):
-    """'module:function' -> the callable (GuardrtError when it cannot be imported)."""
-    if not ref:
-        return None
-    import importlib
-
+def load_graph_pass(ref: str | None, target: str = "onnx"):
+    """--graph-pass value -> what export_onnx takes: unset -> the default pass for --target onnx, none for tensorrt;
+    'default' / 'none' as they are; 'module:function' -> the callable (GuardrtError when it cannot be imported)."""
+    from guardrt.export.graph_pass import DEFAULT_GRAPH_PASS
     from guardrt.runtime.errors import GuardrtError
+
+    ref = (ref or "").strip()
+    if not ref:
+        return DEFAULT_GRAPH_PASS if target == "onnx" else None
+    if ref.lower() == "none":
+        return None
+    if ref.lower() == DEFAULT_GRAPH_PASS:
+        return DEFAULT_GRAPH_PASS
+    import importlib
 
     module, _, func = ref.partition(":")
     try:
@@ -78,7 +90,7 @@ def run(args) -> int:
         onnx_precisions = parse_precisions(("fp32",) + requested)
     threshold = EXTERNAL_DATA_THRESHOLD if args.external_data_threshold is None else args.external_data_threshold
     manifest = export_onnx(args.model_dir, spec, args.out, onnx_precisions, force=args.force,
-                           graph_pass=load_graph_pass(args.graph_pass), log=log,
+                           graph_pass=load_graph_pass(args.graph_pass, args.target), log=log,
                            external_data_threshold=threshold, intra_op_threads=args.threads,
                            validation_heldout=args.validation_samples,
                            validation_long_tokens=args.validation_long_tokens,

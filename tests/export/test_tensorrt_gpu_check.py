@@ -125,7 +125,7 @@ def test_orchestration_with_onnx_runtime_standing_in_for_tensorrt(gpu_check, tmp
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.5.0.18"))
     monkeypatch.setattr(et, "export_tensorrt", fake_export_tensorrt)
     monkeypatch.setattr(et, "gpu_facts", lambda probe: {"gpu": "stand-in", "compute_capability": "9.0"})
-    monkeypatch.setattr(demo_models, "cached_demo_export", lambda spec, size, precisions, log=None: export_dir)
+    monkeypatch.setattr(demo_models, "cached_demo_export", lambda spec, size, precisions, log=None, **kw: export_dir)
     out = tmp_path / "gpu_check.json"
     code = gpu_check.main(["--specs", "rejection", "--size", "tiny", "--n", "24", "--iters", "2",
                            "--repo", str(tmp_path / "repo"), "--out", str(out)])

@@ -1,6 +1,7 @@
 """Graph passes in kernels/ are validated like any export: parity with PyTorch on tiny models at the real
 architectures (random weights, perturbed norm weights and biases so that a wrong wiring shows), padded batches,
-batched == single, and the fused operators actually present."""
+batched == single, and the fused operators actually present. The long-context properties of the Qwen3 pass (no
+S x S tensor, every head_dim, lengths at the kernel's block boundaries) are in test_long_context.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -75,7 +76,7 @@ def _run(path, ids, mask):
 
 def test_fused_operators_present(fused):
     kind, spec, model, _, fused_path, report = fused
-    from guardrt.kernels.qwen3_attention import count_ops
+    from guardrt.kernels.graph_utils import count_ops
 
     graph = onnx.load(str(fused_path)).graph
     ops = {n.op_type for n in graph.node} | {op for op in ("GroupQueryAttention",) if count_ops(graph, op)}
@@ -175,52 +176,6 @@ def test_graph_pass_hook_reads_dims_off_the_graph(fused):
     assert np.abs(a - _run(fused_path, ids, mask)).max() <= 1e-5
     _, rep = optimize_model_proto(onnx.load(str(onnx_path)), spec)
     assert rep["num_layers"] == model.config.num_hidden_layers
-
-
-def test_qwen3_head_dim_not_multiple_of_16_stays_unfused_and_exact(tmp_path):
-    """GroupQueryAttention needs head_size % 16 == 0: other shapes keep plain attention (and stay exact)."""
-    from optimum.exporters.onnx import main_export
-
-    torch.manual_seed(1)
-    cfg = transformers.Qwen3Config(vocab_size=256, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                                   head_dim=8, intermediate_size=64, num_hidden_layers=1, num_labels=2,
-                                   pad_token_id=0, max_position_embeddings=512)
-    model = transformers.Qwen3ForSequenceClassification(cfg).eval()
-    model.save_pretrained(tmp_path / "hf")
-    main_export(str(tmp_path / "hf"), output=str(tmp_path / "onnx"), task="text-classification", opset=18,
-                do_validation=False, library_name="transformers")
-    report = optimize_onnx(tmp_path / "onnx" / "model.onnx", get_spec("intent-safety"), tmp_path / "f.onnx",
-                           config=tmp_path / "hf")
-    assert report["attention_layers"] == 0 and "GroupQueryAttention" not in report["fused_ops"]
-    ids, mask, _ = _padded_batch("qwen3", 0)
-    ids = ids % 250 + 1
-    ids[mask == 0] = 0
-    with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
-    assert np.abs(_run(tmp_path / "f.onnx", ids, mask) - ref).max() <= 1e-4
-
-
-@pytest.mark.parametrize("fused", ["qwen3"], indirect=True)
-@pytest.mark.parametrize("seq", [1, 2, 3, 4, 5, 8, 13, 23])
-def test_qwen3_chunked_attention_single_request_lengths(fused, seq):
-    """Batch-1 requests take the query-chunked GQA path (S >= 4); every length, chunk boundaries included, equals
-    PyTorch."""
-    kind, spec, model, _, fused_path, _ = fused
-    ids = np.random.default_rng(seq).integers(5, 500, (1, seq)).astype(np.int64)
-    mask = np.ones_like(ids)
-    with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
-    assert np.abs(_run(fused_path, ids, mask) - ref).max() <= spec.atol["fp32"]
-
-
-@pytest.mark.parametrize("fused", ["qwen3"], indirect=True)
-def test_qwen3_rotary_caches_trimmed_to_spec_max_length(fused):
-    """The rotary cos/sin caches (sized for 131072 positions by the optimizer) are cut to the spec's max_length,
-    also when the GQA nodes that read them sit inside the batch-1 If branches."""
-    kind, spec, model, _, fused_path, _ = fused
-    assert kind == "qwen3"
-    inits = {t.name: t for t in onnx.load(str(fused_path)).graph.initializer}
-    assert inits["cos_cache"].dims[0] == spec.max_length and inits["sin_cache"].dims[0] == spec.max_length
 
 
 def test_roberta_multihead_attention_fusion_on_request(tmp_path):
