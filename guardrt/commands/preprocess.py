@@ -1,6 +1,7 @@
 """`guardrt preprocess`: JSON lines in, token ids out (a stable contract other tools rely on).
 
-Input lines: `{"turns": [{"role": ..., "content": ...}, ...]}` (dialogue specs) or `{"text": ...}` (text specs).
+Input lines: `{"turns": [{"role": ..., "content": ...}, ...]}` (dialogue specs) or `{"text": ...}` (text specs): the
+payload format of runtime/payloads.py, also what a `<spec>-text` Triton model takes.
 Output: one `{"input_ids": [...]}` line per input line, same order, flushed line by line. A malformed line stops
 the run with an error naming its line number (exit 2); the lines before it are already written.
 """
@@ -37,20 +38,19 @@ def read_task_description(path: str | None) -> str | None:
 
 
 def iter_jsonl_inputs(stream, spec):
-    """Yield (line_number, payload) where payload is the dialogue turns or the text; InputError on a bad line."""
+    """Yield (line_number, payload) where payload is the spec's payload field (runtime/payloads.py: the dialogue
+    turns, the text, ...); InputError naming the line when it is not a JSON object with that field."""
     from guardrt.runtime.errors import InputError
+    from guardrt.runtime.payloads import parse_payload
 
-    key = "turns" if spec.preprocessor == "dialogue_ctx" else "text"
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict) or key not in obj:
-            raise InputError(f'line {lineno}: expected an object with a "{key}" field')
-        yield lineno, obj[key]
+            payload = parse_payload(line, spec)
+        except InputError as exc:
+            raise InputError(f"line {lineno}: {exc}") from None
+        yield lineno, payload
 
 
 def run(args) -> int:

@@ -3,6 +3,9 @@
 Flavors: `python` (default; Triton's python backend running ONNX Runtime, ragged dynamic batching, runs on CPU
 here), `onnxruntime` (native `onnxruntime_onnx`, TensorRT accelerator on GPU) and `tensorrt` (`tensorrt_plan`,
 with --plan, or the config alone when the engine is built later on a GPU host).
+
+From an export directory it also writes the text-in model `<name>-text` (python backend: JSON payload rows in, the
+card's JSON results out, for any KServe v2 client; `--no-text` skips it).
 """
 from __future__ import annotations
 
@@ -30,11 +33,22 @@ def add_arguments(p) -> None:
     p.add_argument("--queue-timeout-us", type=int,
                    help="python flavor: queue timeout of a request that sets none (default: 30 s)")
     p.add_argument("--plan", help="tensorrt flavor: the engine file (model.plan) to place in the repository")
+    p.add_argument("--no-text", action="store_true",
+                   help="do not write the text-in model <name>-text (written by default from an export directory)")
+    p.add_argument("--task-description",
+                   help="text-in model: file with the task description it builds inputs with (intent-safety; "
+                        "default: the card's)")
+    p.add_argument("--max-payload-bytes", type=int,
+                   help="text-in model: largest payload row accepted (default: 4 MiB)")
+    p.add_argument("--profile-budget-s", type=float,
+                   help="python flavor: seconds each instance spends at load timing shapes for its batch planner "
+                        "(default: 3; 0: no profile, equal lengths batched together, never padded)")
 
 
 def run(args) -> int:
+    from guardrt.commands.preprocess import read_task_description
     from guardrt.runtime.errors import InputError
-    from guardrt.runtime.triton_repo import write_model
+    from guardrt.runtime.triton_repo import text_model_name, write_model, write_text_model
 
     if args.flavor != "tensorrt" and not args.model:
         raise InputError(f"the {args.flavor} flavor needs --model EXPORT_DIR")
@@ -43,10 +57,10 @@ def run(args) -> int:
     options = {}
     if args.max_queue_delay_us is not None:
         options["max_queue_delay_us"] = args.max_queue_delay_us
+    python_options = {"intra_op_threads": args.intra_op_threads, "max_queue_size": args.max_queue_size,
+                      "queue_timeout_us": args.queue_timeout_us, "profile_budget_s": args.profile_budget_s}
     if args.flavor == "python":
-        options["intra_op_threads"] = args.intra_op_threads
-        options["max_queue_size"] = args.max_queue_size
-        options["queue_timeout_us"] = args.queue_timeout_us
+        options.update(python_options)
     elif args.max_queue_size is not None or args.queue_timeout_us is not None:
         raise InputError("--max-queue-size / --queue-timeout-us apply to the python flavor")
     path = write_model(
@@ -62,4 +76,13 @@ def run(args) -> int:
         **options,
     )
     print(f"wrote {path} ({args.flavor} flavor, {args.precision})")
+    if args.model and not args.no_text:
+        text_options = dict(python_options, max_payload_bytes=args.max_payload_bytes)
+        if args.max_queue_delay_us is not None:
+            text_options["max_queue_delay_us"] = args.max_queue_delay_us
+        text = write_text_model(args.out, args.model, precision=args.precision,
+                                name=text_model_name(path.name), instance_count=args.instances,
+                                providers=args.providers, task_description=read_task_description(args.task_description),
+                                **text_options)
+        print(f"wrote {text} (text in: BYTES payload -> BYTES result, python backend, {args.precision})")
     return 0
