@@ -204,6 +204,7 @@ def python_config(
     max_group_tokens: int | None = None,
     max_payload_bytes: int | None = None,
     warmup: bool = True,
+    cost_model: dict[str, float] | None = None,
 ) -> str:
     """config.pbtxt for the python backend running ONNX Runtime (ragged dynamic batching, padding in the model).
 
@@ -211,8 +212,9 @@ def python_config(
     `intra_op_threads` 0 lets the backend give each instance its share of the cores it may use. The backend's batch
     planner times shapes for `profile_budget_s` seconds at load (default PROFILE_BUDGET_S; 0 disables it: equal
     lengths together, never padding) and never puts more than `max_group_tokens` padded tokens in one call (default:
-    max_batch_size x max_length / GROUP_TOKENS_FRACTION). `warmup` adds the `model_warmup` request (its data files
-    come from `warmup_files`; write_model writes them).
+    max_batch_size x max_length / GROUP_TOKENS_FRACTION); `cost_model` (coefficients of the planner's CostModel:
+    per_call, per_position, per_token, per_token_pair, in seconds) pins the planner's model instead of timing at
+    load. `warmup` adds the `model_warmup` request (its data files come from `warmup_files`; write_model writes them).
 
     GPU providers: the provider list with its options (`ort_providers.python_backend_providers`: the spec's
     TensorRT profile, precision flags, engine cache in `trt_cache_dir`, default /tmp/guardrt-trt-cache/<name>) goes
@@ -240,6 +242,8 @@ def python_config(
         profile_budget_s=PROFILE_BUDGET_S if profile_budget_s is None else float(profile_budget_s),
         max_group_tokens=int(max_group_tokens or spec.max_batch_size * spec.max_length // GROUP_TOKENS_FRACTION),
     )
+    if cost_model is not None:
+        params["cost_model"] = json.dumps({k: float(v) for k, v in cost_model.items()}, sort_keys=True)
     if input_kind == "text":
         from guardrt.runtime.text_serving import DEFAULT_MAX_PAYLOAD_BYTES
 

@@ -98,11 +98,13 @@ def fit_cost_model(samples) -> CostModel:
 
 
 def profile_shapes(run, max_rows, max_length, *, max_group_tokens=None, budget_s=5.0, repeats=3,
-                   clock=time.perf_counter):
+                   clock=time.perf_counter, failures=None):
     """[(rows, length, seconds)]: `run(rows, length)` timed on a grid of shapes, the minimum of `repeats` calls each
     (the least disturbed by other work on the machine). Lengths 8, 32, 128, ... max_length, rows 1, 4, 16 (within
     max_rows and max_group_tokens), cheapest shapes first; a shape whose calls would overrun `budget_s` in total is
-    skipped, so a big model profiles fewer, shorter shapes (never fewer than four)."""
+    skipped, so a big model profiles fewer, shorter shapes (never fewer than four). A shape whose call raises (out
+    of memory, a graph that cannot take that length) is skipped with every shape at least as large, and the
+    exception is appended to `failures` when given: profiling never fails a model load."""
     lengths, L = [], 8
     while L < max_length:
         lengths.append(L)
@@ -111,16 +113,24 @@ def profile_shapes(run, max_rows, max_length, *, max_group_tokens=None, budget_s
     cap = max_group_tokens or max(1, max_rows) * max_length
     shapes = sorted(((n, L) for L in lengths for n in (1, 4, 16) if n <= max(1, max_rows) and (n == 1 or n * L <= cap)),
                     key=lambda s: (s[0] * s[1] * s[1], s[0]))
-    samples, start = [], clock()
+    samples, failed, start = [], [], clock()
     for n, L in shapes:
+        if any(n >= fn and L >= fL for fn, fL in failed):
+            continue
         if len(samples) >= 4 and clock() - start + (repeats + 1) * _estimate(samples, n, L) > budget_s:
             continue
-        run(n, L)  # warm this shape (ORT's arena grows, kernels pick their paths)
-        times = []
-        for _ in range(repeats):
-            t0 = clock()
-            run(n, L)
-            times.append(clock() - t0)
+        try:
+            run(n, L)  # warm this shape (ORT's arena grows, kernels pick their paths)
+            times = []
+            for _ in range(repeats):
+                t0 = clock()
+                run(n, L)
+                times.append(clock() - t0)
+        except Exception as exc:  # noqa: BLE001 - recorded; larger shapes are not tried
+            failed.append((n, L))
+            if failures is not None:
+                failures.append((n, L, exc))
+            continue
         samples.append((n, L, min(times)))
     return samples
 

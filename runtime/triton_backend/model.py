@@ -18,6 +18,8 @@ from config.pbtxt `parameters`, written by `guardrt repo`:
   intra_op_spinning    "0" (default): ORT's idle threads sleep instead of spinning, so a spinning instance never
                        steals the cores the gRPC threads, the client or another instance need
   profile_budget_s     seconds spent at load timing shapes for the batch planner (0: no profile, equal lengths only)
+  cost_model           the planner's cost model as JSON coefficients ({"per_call": ..., "per_token": ...}): used
+                       as given instead of timing shapes (a model measured once, pinned)
   max_group_tokens     the most padded tokens one ONNX Runtime call may hold (bounds memory)
   trt_fp16 / trt_int8  TensorRT EP precision flags; trt_cache_dir: engine cache directory (also in ort_providers)
 
@@ -287,7 +289,12 @@ class TritonPythonModel:
         self.vocab_size = embedding_rows(path)
         if self.text_input:
             self.text = self._text_frontend(args, params)
-        self.cost, profiled = self._profile(float(params.get("profile_budget_s") or DEFAULT_PROFILE_BUDGET_S))
+        if params.get("cost_model"):
+            self.cost = batch_plan.CostModel(**json.loads(params["cost_model"]))
+            profiled = f"{self.cost.describe()}, as configured"
+        else:
+            budget = params.get("profile_budget_s")
+            self.cost, profiled = self._profile(DEFAULT_PROFILE_BUDGET_S if budget in (None, "") else float(budget))
         vocab = (f"token ids checked against a vocabulary of {self.vocab_size} (embedding rows in the graph)"
                  if self.vocab_size else "token ids NOT range-checked (no embedding Gather on input_ids found)")
         pb_utils.Logger.log_info(
@@ -331,7 +338,8 @@ class TritonPythonModel:
         return TextFrontend.from_model_dir(params["guardrt_spec"], version_dir, max_payload_bytes=limit)
 
     def _profile(self, budget_s):
-        """The batch planner's cost model, timed on synthetic rows of in-vocabulary ids (also primes ORT)."""
+        """The batch planner's cost model, timed on synthetic rows of in-vocabulary ids (also primes ORT). Shapes
+        that fail are left out (and logged); with too few shapes left, the safe plan: equal lengths only."""
         if budget_s <= 0:
             return batch_plan.EXACT_LENGTHS, "no profile (profile_budget_s 0): equal lengths together, no padding"
         token = min(100, (self.vocab_size or 101) - 1)
@@ -339,9 +347,14 @@ class TritonPythonModel:
         def run(n, length):
             self._run_group([np.full(length, token, dtype=np.int64)] * n)
 
-        t0 = time.perf_counter()
-        samples = batch_plan.profile_shapes(run, self.max_rows, self.max_length,
-                                            max_group_tokens=self.max_group_tokens, budget_s=budget_s)
+        t0, failures = time.perf_counter(), []
+        samples = batch_plan.profile_shapes(run, self.max_rows, self.max_length, max_group_tokens=self.max_group_tokens,
+                                            budget_s=budget_s, failures=failures)
+        for n, length, exc in failures:
+            pb_utils.Logger.log_warn(f"guardrt {self.name}: profiling {n} x {length} tokens failed, not planned for: "
+                                     f"{one_line(exc)[:300]}")
+        if len(samples) < 2:
+            return batch_plan.EXACT_LENGTHS, f"profile failed ({len(failures)} shapes): equal lengths together, no padding"
         cost = batch_plan.fit_cost_model(samples)
         return cost, f"{cost.describe()} in {time.perf_counter() - t0:.1f} s"
 

@@ -137,3 +137,15 @@ def test_profiling_times_the_grid_within_its_budget(bp):
     assert len(small) >= 4 and now[0] <= 0.5 + 4 * truth.predict(1, 512)
     assert all(n <= 4 and (n == 1 or n * L <= 1024) for n, L in calls)
     assert max(L for _, L, _ in small) < 4096
+
+
+def test_profiling_skips_shapes_that_fail_and_everything_larger(bp):
+    def run(n, L):
+        if L > 100:
+            raise RuntimeError("Gather: indices element out of data bounds")
+
+    failures = []
+    samples = bp.profile_shapes(run, 16, 512, budget_s=100.0, failures=failures, clock=iter(range(10**6)).__next__)
+    assert samples and max(L for _, L, _ in samples) == 32
+    assert [(n, L) for n, L, _ in failures] == [(1, 128)]  # (4, 128), (1, 512) ... never tried
+    assert "out of data bounds" in str(failures[0][2])
