@@ -66,6 +66,19 @@ TEXT_SUFFIX = "-text"
 GROUP_TOKENS_FRACTION = 4
 # Seconds the python backend spends at load timing shapes for its batch planner (per instance).
 PROFILE_BUDGET_S = 3.0
+# Instances of a python-flavor model. With ONE instance, Triton 2.51's dynamic batcher now and then leaves a request
+# queued for its 500 ms idle wait: the response reaches a fast client before the instance's slot is released, the
+# next request's enqueue finds no free slot and does not wake the batcher, and nothing else does (measured with the
+# tiny rejection model, closed loop: max latency 503 ms at every concurrency 1..64 with one instance - main's
+# backend too -, never over 75 ms with two; throughput 2,057 vs 980 req/s at concurrency 64). Two instances keep a
+# free slot for the next request. benchmarks/serve.py measures the instance x thread layouts on the demo models.
+PYTHON_INSTANCES = 2
+# Dynamic-batching queue delay of python-flavor models on CPU. The batch planner makes any batch at least as cheap
+# as its requests one by one, so waiting for a bigger batch buys nothing on a CPU and costs up to the delay on
+# every request at low load (measured: +1.3 ms p50 at concurrency 1 with the spec's 1,000 us); requests that arrive
+# while both instances are busy are still batched (mean executed batch 7 at concurrency 64). GPU providers keep the
+# spec's delay, where bigger batches pay.
+CPU_QUEUE_DELAY_US = 0
 
 
 # -- config text --------------------------------------------------------------------------------------------------
@@ -190,7 +203,7 @@ def python_config(
     *,
     name: str | None = None,
     precision: str = "fp32",
-    instance_count: int = 1,
+    instance_count: int | None = None,
     providers: str = "cpu",
     intra_op_threads: int = 0,
     max_queue_delay_us: int | None = None,
@@ -209,7 +222,8 @@ def python_config(
     """config.pbtxt for the python backend running ONNX Runtime (ragged dynamic batching, padding in the model).
 
     `input_kind="text"`: the text-in model (BYTES `payload` -> BYTES `result`, see write_text_model).
-    `intra_op_threads` 0 lets the backend give each instance its share of the cores it may use. The backend's batch
+    `instance_count` defaults to PYTHON_INSTANCES and `max_queue_delay_us` to 0 on CPU (the spec's on a GPU): see
+    those constants for the measurements. `intra_op_threads` 0 lets the backend pick (see runtime/triton_backend). The backend's batch
     planner times shapes for `profile_budget_s` seconds at load (default PROFILE_BUDGET_S; 0 disables it: equal
     lengths together, never padding) and never puts more than `max_group_tokens` padded tokens in one call (default:
     max_batch_size x max_length / GROUP_TOKENS_FRACTION); `cost_model` (coefficients of the planner's CostModel:
@@ -226,8 +240,11 @@ def python_config(
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if providers not in PROVIDERS:
         raise InputError(f"providers must be one of {', '.join(PROVIDERS)}, got {providers!r}")
+    instance_count = PYTHON_INSTANCES if instance_count is None else int(instance_count)
     if instance_count < 1:
         raise InputError(f"instance count must be >= 1, got {instance_count}")
+    if max_queue_delay_us is None and providers == "cpu":
+        max_queue_delay_us = CPU_QUEUE_DELAY_US
     if input_kind not in ("ids", "text"):
         raise InputError(f"input_kind must be ids or text, got {input_kind!r}")
     params = _common_params(spec, "python", precision)
@@ -442,11 +459,12 @@ def write_model(
     onnx_path: str | Path | None = None,
     plan_path: str | Path | None = None,
     name: str | None = None,
-    instance_count: int = 1,
+    instance_count: int | None = None,
     providers: str = "cpu",
     **options,
 ) -> Path:
     """Write `repo/<name>/config.pbtxt` and `repo/<name>/1/...` for one model; other models in `repo` are kept.
+    `instance_count` None: PYTHON_INSTANCES for the python flavor, 1 for the native ones.
 
     The ONNX file comes from `export_dir` (its guardrt.json, at `precision`) or `onnx_path`; the `tensorrt` flavor
     takes `plan_path` (or writes the config alone when the engine is built later, e.g. on a GPU host), with the
@@ -487,7 +505,7 @@ def write_model(
             text = config_text(spec, "python", name=name, precision=precision, instance_count=instance_count,
                                providers=providers, **options)
         else:
-            text = config_text(spec, "onnxruntime", name=name, precision=precision, instance_count=instance_count,
+            text = config_text(spec, "onnxruntime", name=name, precision=precision, instance_count=instance_count or 1,
                                gpu=providers != "cpu", **options)
     else:
         if plan_path is not None:
@@ -496,7 +514,8 @@ def write_model(
                 raise ModelFilesError(f"TensorRT plan {plan} does not exist")
             files["model.plan"] = plan
             options.setdefault("num_profiles", _built_profile_count(plan))
-        text = config_text(spec, "tensorrt", name=name, precision=precision, instance_count=instance_count, **options)
+        text = config_text(spec, "tensorrt", name=name, precision=precision, instance_count=instance_count or 1,
+                           **options)
 
     blobs: dict[str, bytes] = {}
     if flavor == "python":
@@ -551,7 +570,7 @@ def write_text_model(
     precision: str = "fp32",
     name: str | None = None,
     task_description: str | None = None,
-    instance_count: int = 1,
+    instance_count: int | None = None,
     providers: str = "cpu",
     **options,
 ) -> Path:

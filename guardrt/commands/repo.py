@@ -23,10 +23,13 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", default="fp32", help="which exported model to serve (fp32, fp16, int8, int8-dynamic)")
     p.add_argument("--out", default="triton_repo", help="model repository directory (default: triton_repo)")
     p.add_argument("--name", help="model name in the repository (default: the spec name)")
-    p.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    p.add_argument("--instances", type=int, default=None,
+                   help="model instances (default: 2 for the python flavor and the text-in model, see the README; "
+                        "1 for the native flavors)")
     p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="execution providers: python flavor ORT providers; for onnxruntime, cpu means KIND_CPU")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="python flavor: ORT intra-op threads (0: default)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="python flavor: ORT intra-op threads per instance (0: the backend's default, see the README)")
     p.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay (default: the spec's)")
     p.add_argument("--max-queue-size", type=int,
                    help="python flavor: queued requests before Triton refuses more (default: 4 x max_batch_size)")

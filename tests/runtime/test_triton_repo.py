@@ -15,6 +15,8 @@ from guardrt.runtime.triton_repo import (
     config_parameters,
     config_text,
     default_configs,
+    CPU_QUEUE_DELAY_US,
+    PYTHON_INSTANCES,
     WARMUP_DIR,
     write_default_configs,
     parse_config,
@@ -39,7 +41,10 @@ def test_every_flavor_config_parses_with_tritons_protobuf(spec_name, flavor):
     assert all(list(i.dims) == [-1] for i in cfg.input)
     assert list(cfg.output[0].dims) == [len(spec.labels)]
     assert list(cfg.dynamic_batching.preferred_batch_size) == list(spec.preferred_batch_sizes)
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == spec.max_queue_delay_us
+    # the python flavor on CPU does not wait for bigger batches (its planner makes any batch pay); GPUs do
+    delay = CPU_QUEUE_DELAY_US if flavor == "python" else spec.max_queue_delay_us
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == delay
+    assert cfg.instance_group[0].count == (PYTHON_INSTANCES if flavor == "python" else 1)
     params = config_parameters(cfg)
     assert params["guardrt_spec"] == spec_name and params["guardrt_flavor"] == flavor
     if flavor == "python":
@@ -79,6 +84,8 @@ def test_invalid_config_text_is_a_clear_error():
 
 
 def test_python_flavor_options():
+    gpu = parse_config(config_text("rejection", "python", providers="cuda"))
+    assert gpu.dynamic_batching.max_queue_delay_microseconds == get_spec("rejection").max_queue_delay_us
     cfg = parse_config(config_text("rejection", "python", instance_count=3, providers="tensorrt", precision="fp16",
                                    max_queue_delay_us=500))
     assert cfg.instance_group[0].count == 3
