@@ -14,7 +14,8 @@ from config.pbtxt `parameters`, written by `guardrt repo`:
   max_payload_bytes    text: the largest payload row accepted
   execution_providers  "cpu" | "cuda" | "tensorrt" (CUDA / TensorRT execution providers on a GPU host)
   ort_providers        the providers with their options, as JSON (GPU providers; see `_providers`)
-  intra_op_threads     ONNX Runtime intra-op threads per instance (0: the usable cores / this model's instances)
+  intra_op_threads     ONNX Runtime intra-op threads per instance (0: every core this process may use, in each
+                       instance - see `_session`)
   intra_op_spinning    "0" (default): ORT's idle threads sleep instead of spinning, so a spinning instance never
                        steals the cores the gRPC threads, the client or another instance need
   profile_budget_s     seconds spent at load timing shapes for the batch planner (0: no profile, equal lengths only)
@@ -308,9 +309,12 @@ class TritonPythonModel:
 
         opts = ort.SessionOptions()
         threads = int(params.get("intra_op_threads", "0") or 0)
-        if threads <= 0:  # the cores this process may use, shared by this model's instances
-            instances = sum(int(g.get("count", 1) or 1) for g in config.get("instance_group", [])) or 1
-            threads = max(1, usable_cores() // instances)
+        if threads <= 0:
+            # Every instance may use every core: a dynamic batch runs on ONE instance (its groups one after the
+            # other), so an instance with a share of the cores would leave the rest idle while the other instance
+            # has nothing to do; when both run, their threads (not spinning) share the cores. Measured in
+            # benchmarks/serve.py (layouts); `intra_op_threads` overrides it.
+            threads = usable_cores()
         self.threads = threads
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
