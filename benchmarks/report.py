@@ -78,37 +78,72 @@ def inprocess_md(data: dict) -> str:
 
 
 def serve_md(data: dict) -> str:
+    """The serving benchmark (benchmarks/serve.py): per spec, the on/off table with ratios, the interleaved overhead
+    of every path, equality with the thin client, and the instance x thread layouts."""
     out = [f"**Machine**: {machine_line(data)}", ""]
     for spec in data["specs"]:
         lm = spec["length_mix"]
-        out.append(f"### {spec['spec']} over gRPC — {spec['model']} ({spec['model_size_mb']:.1f} MB), Triton python "
-                   f"backend; request lengths: seeded log-normal, mean {lm['mean']:.0f}, p50 {lm['p50']:.0f}, "
-                   f"p90 {lm['p90']:.0f}, max {lm['max']} tokens")
+        out.append(f"### {spec['spec']} ({spec['precision']}, {spec.get('model_size_mb') or 0:.1f} MB), Triton python "
+                   f"backend, layout {spec['layout']}; request lengths: seeded log-normal, mean {lm['mean']:.0f}, "
+                   f"p50 {lm['p50']:.0f}, p90 {lm['p90']:.0f}, max {lm['max']} tokens")
         out.append("")
-        out.append("| dynamic batching | concurrency | req/s | p50 ms | p90 ms | p99 ms | stable (windows) | mean executed batch | executed batch sizes (size: count) |")
-        out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
-        for mode, levels in spec["sweep"].items():
-            for r in levels:
-                sizes = ", ".join(f"{k}: {v}" for k, v in r["server"]["executed_batch_sizes"].items())
-                out.append(f"| {mode} | {r['concurrency']} | {r['throughput_rps']:.1f} | {_fmt(r['p50_ms'], '{:.1f}')} | "
-                           f"{_fmt(r['p90_ms'], '{:.1f}')} | {_fmt(r['p99_ms'], '{:.1f}')} | "
-                           f"{'yes' if r['stable'] else 'no'} ({r['windows']}) | "
-                           f"{_fmt(r['server']['mean_executed_batch'], '{:.2f}')} | {sizes} |")
-        ip = spec["inprocess"]
+        ip = spec["inprocess"]["sequential"]
+        out.append(f"In-process (preprocessing + ONNX Runtime, one request at a time): {ip['throughput_rps']:.1f} req/s, "
+                   f"p50 {ip['p50_ms']:.1f} ms, p99 {ip['p99_ms']:.1f} ms; batches of 16: "
+                   f"{spec['inprocess']['batch16_throughput_rps']:.1f} req/s.")
         out.append("")
-        line = f"- in-process batch-16 throughput on the same mix and model: {ip['batch16_throughput_rps']:.1f} req/s"
-        if "c16_throughput_vs_inprocess_b16" in spec:
-            ratio = spec["c16_throughput_vs_inprocess_b16"]
-            line += (f"; concurrency 16 over gRPC reaches **{100 * ratio:.0f}%** of it (target ≥ 80% — "
-                     f"{'met' if ratio >= 0.8 else 'missed'})")
-        out.append(line)
-        ov = spec["grpc_overhead_p50_ms"]
-        out.append(f"- short requests (16 tokens), one at a time: in-process p50 {ip['short_single']['p50_ms']:.2f} ms, "
-                   f"gRPC p50 {spec['grpc_short_single']['p50_ms']:.2f} ms → round trip adds **{ov:.2f} ms** "
-                   f"(target ≤ 1.5 ms — {'met' if ov <= 1.5 else 'missed'})")
-        rss = spec.get("server_peak_rss_mib", {})
-        out.append(f"- Triton server peak RSS (tritonserver + python-backend stub): {rss.get('total', 0):.0f} MiB; "
-                   f"server start {spec.get('server_start_s', 0):.1f} s")
+        out.append("| path | batching | conc. | req/s | p50 ms | p90 ms | p95 ms | p99 ms | server queue ms | server compute "
+                   "infer ms | mean executed batch | stable | req/s on/off | p99 on/off |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+        for path, modes in spec["sweep"].items():
+            ratio = {r["concurrency"]: r for r in spec["ratios"].get(path, [])}
+            for mode, levels in modes.items():
+                for r in levels:
+                    s_ = r["server"]
+                    rr = ratio.get(r["concurrency"]) if mode == "on" else None
+                    out.append(
+                        f"| {path} | {mode} | {r['concurrency']} | {r['throughput_rps']:.1f} | {_fmt(r['p50_ms'], '{:.1f}')} | "
+                        f"{_fmt(r['p90_ms'], '{:.1f}')} | {_fmt(r['p95_ms'], '{:.1f}')} | {_fmt(r['p99_ms'], '{:.1f}')} | "
+                        f"{_fmt(s_['queue_ms'], '{:.2f}')} | {_fmt(s_['compute_infer_ms'], '{:.1f}')} | "
+                        f"{_fmt(s_['mean_executed_batch'], '{:.2f}')} | {'yes' if r['stable'] else 'no'} ({r['windows']}) | "
+                        f"{'**' + format(rr['throughput_on_over_off'], '.2f') + '**' if rr else ''} | "
+                        f"{format(rr['p99_on_over_off'], '.2f') if rr else ''} |")
+        out.append("")
+        if "overhead" in spec:
+            o = spec["overhead"]
+            out.append(f"Interleaved single requests ({o['request_tokens']} tokens, {o['reps']} rounds, the paths "
+                       "alternating call by call; batching on):")
+            out.append("")
+            out.append("| path | p50 ms | p99 ms | added p50 over in-process |")
+            out.append("|---|---:|---:|---:|")
+            for name, st in o["paths"].items():
+                added = o["added_p50_ms"].get(name)
+                out.append(f"| {name} | {st['p50_ms']:.2f} | {st['p99_ms']:.2f} | "
+                           f"{'' if added is None else format(added, '+.2f') + ' ms'} |")
+            if "overhead_server_spinning" in spec:
+                sp = spec["overhead_server_spinning"]["added_p50_ms"]["gRPC thin client, ids"]
+                out.append(f"| gRPC thin client, ids — server's ORT threads spinning (ORT's default) | | | {sp:+.2f} ms |")
+            out.append("")
+            where = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in o["where_the_grpc_hop_goes"].items()
+                              if v is not None)
+            out.append(f"Where the gRPC hop goes (means, ms): {where}.")
+            out.append("")
+        if "equality" in spec:
+            e = spec["equality"]
+            for client, label in (("curl", "curl over HTTP, up to max_batch_size rows per request"),
+                                  ("tritonclient_http", "tritonclient.http, one row per request")):
+                c = e[client]
+                out.append(f"- {label}: {c['identical']}/{e['rows']} byte-identical to the thin client, "
+                           f"{c['same_decision']}/{e['rows']} same decision, {c['errors']} errors, max |Δprob| "
+                           f"{c['max_abs_prob_diff']:.1e}")
+        for lay in spec.get("layouts", []):
+            cells = ", ".join(f"c={r['concurrency']}: {r['throughput_rps']:.1f} req/s, p99 {r['p99_ms']:.0f} ms"
+                              for r in lay["levels"])
+            out.append(f"- layout {lay['layout']} (instances x threads, thin client, batching on): {cells}")
+        rss = spec.get("server", {}).get("peak_rss_mib", {})
+        if rss:
+            out.append(f"- Triton server peak RSS (tritonserver + stubs, token-id and text-in models): "
+                       f"{rss.get('total', 0):.0f} MiB")
         out.append("")
     return "\n".join(out)
 

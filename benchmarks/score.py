@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     from guardrt.export.demo_models import cached_demo_export
     from guardrt.export.synthetic import synthetic_payloads
-    from guardrt.runtime.preprocess import payload_field
+    from guardrt.runtime.payloads import payload_field
     from guardrt.runtime.score_engines import EngineConfig
     from guardrt.runtime.scoring import run_score_job
 

@@ -1,23 +1,30 @@
-"""Serving benchmark: guardrt models in the real Triton server, over gRPC with the asyncio thin client.
+"""Serving benchmark: guardrt models in the real Triton server, measured the way perf_analyzer reports (throughput,
+p50/p90/p95/p99 latency, the server-side queue / compute split from Triton's statistics API).
 
-For each spec it writes a Triton repository with two copies of the same model — `<spec>` (dynamic batching, the
-spec's preferred sizes and queue delay) and `<spec>-nobatch` (no dynamic_batching block: one request = one
-execution) — starts `tritonserver` (guardrt's launcher, 127.0.0.1, a free port), and measures:
+Per spec (realistic demo models by default, `make bench-serve`), one request stream of JSON payloads whose token
+lengths follow a seeded realistic mix, and four paths:
 
-* a concurrency sweep (default 1 2 4 8 16 32 64 in-flight requests, each request one sequence, as a service sends
-  them) over a seeded realistic mix of request lengths; per level, measurement windows are repeated until the last
-  three windows' throughputs are within ±10% of their mean (Triton perf_analyzer's stability rule) or a window cap
-  is hit; p50/p90/p99 latency and throughput from the stable windows; dynamic batching on vs off;
-* the batch sizes Triton actually executed at each level (statistics API: batch_stats, inference vs execution count);
-* in-process ONNX Runtime on the same model file, same threads, batch 16 of the same length mix (the throughput the
-  server should approach at concurrency 16), and single short requests in-process vs over gRPC (the round trip's
-  added latency);
-* peak RSS of the server process tree and the model size on disk.
+* in-process: exact preprocessing + ONNX Runtime in this process (sequential single requests; batches of 16 as a
+  reference);
+* gRPC thin client: guardrt's `AsyncTritonClassifier` (preprocessing here, token ids over gRPC) -> `<spec>`;
+* text-in over gRPC and over HTTP: KServe v2 clients (tritonclient.grpc.aio / tritonclient.http.aio) sending the
+  payload line as BYTES -> `<spec>-text`.
 
-Writes benchmarks/results/serve[_quick].json and serve[_quick]_<spec>.png (latency vs throughput, on/off).
+Measured:
+1. closed-loop sweeps (concurrency 1, 4, 16, 64; text paths 1, 16 by default) with dynamic batching on (the shipped
+   config) and off (no dynamic_batching block: one request = one execution), the on/off ratio per cell;
+2. the interleaved single-request overhead of every path: one short request (rejection: a 110-token text), the
+   paths alternating call by call in one loop, each against in-process; where the time goes (client + gRPC +
+   Triton core vs queue vs the python backend's execute, from the statistics API), and the same hop with the
+   server's ONNX Runtime threads spinning (ORT's default) to show what not spinning buys;
+3. equality with the thin client on hidden-case corpora (export/corpus.py): curl over HTTP (KServe v2 JSON, up to
+   max_batch_size rows per request) and tritonclient.http (one row per request), counted;
+4. instance x thread layouts of the python backend (thin client, batching on) - what the default was chosen from.
 
-    python benchmarks/serve.py                  # realistic demo models (make bench-serve)
-    python benchmarks/serve.py --quick          # tiny models, a short sweep (smoke test)
+Writes benchmarks/results/serve[_quick].json and serve[_quick]_<spec>.png.
+
+    python benchmarks/serve.py            # realistic demo models (make bench-serve); run it under the heavy lock
+    python benchmarks/serve.py --quick    # tiny models, short windows (smoke test)
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,201 +44,460 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import serve_load  # noqa: E402
 
-# Request length mixes (tokens), seeded: LLM answers for `rejection` (short to a few paragraphs), dialogue contexts
-# for `intent-safety` (task description + recent turns; long tails cut at what 2 cores serve in seconds).
+# Request token lengths, seeded log-normal: LLM answers for `rejection` (short to a few paragraphs); for
+# intent-safety the dialogue context on top of the card's task description (169 tokens with the shipped one).
 LENGTH_MIX = {
     "rejection": dict(median=64, sigma=0.8, low=8, high=512),
-    "intent-safety": dict(median=128, sigma=0.6, low=48, high=768),
+    "intent-safety": dict(median=96, sigma=0.9, low=4, high=1500, on_top_of_prefix=True),
 }
-SHORT_LEN = 16
+SHORT_TOKENS = {"rejection": 110, "intent-safety": 200}  # the single short request of the overhead measurement
+PATHS = ("grpc", "text-grpc", "text-http")
+_WORDS = ("the model answers every question about the weather and the road to the old city while the knight waits "
+          "near the door she laughs and asks whether we should stay or leave before the guards come back tomorrow "
+          "I cannot help with that request but here is a recipe for bread with flour water salt and yeast").split()
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def request_stream(spec, vocab_size: int, n: int, seed: int = 0, quick: bool = False) -> list[list[int]]:
+# -- inputs -------------------------------------------------------------------------------------------------------------
+def _payload(spec_name: str, words: list[str]):
+    text = " ".join(words)
+    if spec_name == "intent-safety":
+        half = max(1, len(words) // 2)
+        return [{"role": "user", "content": " ".join(words[:half])},
+                {"role": "assistant", "content": " ".join(words[half:]) or "ok"},
+                {"role": "user", "content": "and then?"}]
+    return text
+
+
+def payload_of_length(spec_name: str, preprocessor, target: int, rng) -> tuple[object, list[int]]:
+    """A payload whose preprocessed ids are as close to `target` tokens as words allow (never above), and its ids."""
+    pool = [_WORDS[i] for i in rng.integers(0, len(_WORDS), 4 * target + 8)]
+    lo, hi = 1, len(pool)
+    while lo < hi:  # the most words whose ids fit in target
+        mid = (lo + hi + 1) // 2
+        if len(preprocessor.encode(_payload(spec_name, pool[:mid]))) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    payload = _payload(spec_name, pool[:lo])
+    return payload, preprocessor.encode(payload)
+
+
+def request_stream(spec, preprocessor, n: int, seed: int, quick: bool) -> list[dict]:
+    """[{payload, line, ids}] with token lengths drawn from LENGTH_MIX (seeded)."""
+    from guardrt.runtime.payloads import payload_field
+
     mix = dict(LENGTH_MIX[spec.name])
     if quick:
-        mix.update(median=16, high=48, low=4)
+        mix.update(median=16, high=64)
     rng = np.random.default_rng(seed)
     lengths = np.clip(np.round(rng.lognormal(np.log(mix["median"]), mix["sigma"], n)), mix["low"], mix["high"])
-    top = max(11, min(vocab_size, 150000) - 10)
-    return [rng.integers(10, top, int(k)).tolist() for k in lengths]
-
-
-# -- repository + server ----------------------------------------------------------------------------------------------
-def write_repo(repo: Path, spec, model_path: Path, precision: str, threads: int) -> dict[str, str]:
-    """Two models for one ONNX file: dynamic batching on (`<spec>`) and off (`<spec>-nobatch`)."""
-    from guardrt.runtime.triton_repo import write_model
-
-    names = {"on": spec.name, "off": f"{spec.name}-nobatch"}
-    for mode, name in names.items():
-        write_model(repo, spec=spec, flavor="python", precision=precision, onnx_path=model_path, name=name,
-                    intra_op_threads=threads, dynamic_batching=mode == "on")
-    return names
-
-
-async def _stats(client, model: str) -> dict:
-    raw = await client.client.get_inference_statistics(model, as_json=True)
-    ms = raw["model_stats"][0]
-    batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in ms.get("batch_stats", [])}
-    return {"inference_count": int(ms.get("inference_count", 0)), "execution_count": int(ms.get("execution_count", 0)),
-            "batches": batches,
-            "queue_ns": int(ms.get("inference_stats", {}).get("queue", {}).get("ns", 0)),
-            "compute_ns": int(ms.get("inference_stats", {}).get("compute_infer", {}).get("ns", 0))}
-
-
-def _stats_diff(a: dict, b: dict) -> dict:
-    batches = {k: b["batches"].get(k, 0) - a["batches"].get(k, 0) for k in b["batches"]}
-    batches = {k: v for k, v in sorted(batches.items()) if v}
-    inf = b["inference_count"] - a["inference_count"]
-    ex = b["execution_count"] - a["execution_count"]
-    return {"inferences": inf, "executions": ex, "mean_executed_batch": inf / ex if ex else None,
-            "executed_batch_sizes": {str(k): v for k, v in batches.items()},
-            "mean_queue_ms": (b["queue_ns"] - a["queue_ns"]) / 1e6 / inf if inf else None,
-            "mean_compute_ms_per_request": (b["compute_ns"] - a["compute_ns"]) / 1e6 / inf if inf else None}
-
-
-async def sweep_level(client, stream, concurrency: int, window_s: float, min_windows: int, max_windows: int,
-                      stability: float, offset: int, min_requests: int = 30) -> dict:
-    """Closed loop: `concurrency` workers, each sends its next request as soon as the previous answer arrives."""
-    lock_index = [offset]
-    records: list[tuple[float, float]] = []  # (end time, latency)
-    stop = asyncio.Event()
-    errors: list[str] = []
-
-    async def worker():
-        while not stop.is_set():
-            i = lock_index[0]
-            lock_index[0] += 1
-            ids = stream[i % len(stream)]
-            t = time.perf_counter()
-            try:
-                await client.logits_for_ids([ids])
-            except Exception as exc:  # noqa: BLE001
-                errors.append(str(exc).splitlines()[0])
-                if len(errors) > 20:
-                    stop.set()
-                continue
-            end = time.perf_counter()
-            records.append((end, end - t))
-
-    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    # warm-up: let the pipeline fill (one latency's worth of requests per worker)
-    t_start = time.perf_counter()
-    while len(records) < concurrency and time.perf_counter() - t_start < 30 and not stop.is_set():
-        await asyncio.sleep(0.01)
-    windows = []
-    stable = False
-    while len(windows) < max_windows and not stop.is_set():
-        w0 = time.perf_counter()
-        n0 = len(records)
-        # a window holds at least 2 requests per worker (closed-loop throughput is not quantised away) and
-        # `min_requests` (a heavy-tailed length mix needs enough requests for a stable mean)
-        while not stop.is_set():
-            await asyncio.sleep(0.02)
-            if time.perf_counter() - w0 >= window_s and len(records) - n0 >= max(2 * concurrency, min_requests):
-                break
-            if time.perf_counter() - w0 > 20 * window_s:
-                break
-        w1 = time.perf_counter()
-        lat = [l for e, l in records[n0:] if w0 <= e <= w1]
-        windows.append({"seconds": w1 - w0, "requests": len(lat), "throughput": len(lat) / (w1 - w0), "latencies": lat})
-        if len(windows) >= min_windows:
-            last = [w["throughput"] for w in windows[-3:]]
-            mean = float(np.mean(last))
-            if mean > 0 and all(abs(x - mean) <= stability * mean for x in last):
-                stable = True
-                break
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    used = windows[-3:] if len(windows) >= 3 else windows
-    lat = np.asarray([l for w in used for l in w["latencies"]]) * 1000.0
-    secs = sum(w["seconds"] for w in used)
-    return {
-        "concurrency": concurrency,
-        "stable": stable,
-        "windows": len(windows),
-        "window_throughputs": [round(w["throughput"], 2) for w in windows],
-        "requests": int(lat.size),
-        "throughput_rps": float(lat.size / secs) if secs else 0.0,
-        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-        "p90_ms": float(np.percentile(lat, 90)) if lat.size else None,
-        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
-        "mean_ms": float(lat.mean()) if lat.size else None,
-        "errors": errors[:3],
-        "next_offset": lock_index[0],
-    }
-
-
-async def run_sweep(url, spec, model_name, stream, levels, args, progress, label) -> list[dict]:
-    from guardrt.runtime.triton_client import AsyncTritonClassifier
-
+    base = len(preprocessor.encode(_payload(spec.name, ["hi"]))) - 1 if mix.get("on_top_of_prefix") else 0
+    field = payload_field(spec)
     out = []
-    offset = 0
-    async with AsyncTritonClassifier(url, spec, model_name=model_name, timeout_s=600.0, retries=2) as client:
-        await client.check_ready()
-        for c in levels:
-            before = await _stats(client, model_name)
-            res = await sweep_level(client, stream, c, args.window_s, args.min_windows, args.max_windows,
-                                    args.stability, offset, args.min_requests)
-            offset = res.pop("next_offset")
-            after = await _stats(client, model_name)
-            res["server"] = _stats_diff(before, after)
-            out.append(res)
-            progress.update(f"{spec.name} {label} c={c}: {res['throughput_rps']:.1f} req/s, "
-                            f"p50 {res['p50_ms'] or 0:.1f} ms, mean batch {res['server']['mean_executed_batch'] or 0:.1f}"
-                            f"{'' if res['stable'] else ' (not stable)'}")
+    for k in lengths:
+        payload, ids = payload_of_length(spec.name, preprocessor, int(base + k), rng)
+        out.append({"payload": payload, "line": json.dumps({field: payload}, ensure_ascii=False), "ids": ids})
     return out
 
 
-async def grpc_short_latency(url, spec, model_name, seqs, reps) -> list[float]:
+def corpus_lines(spec, preprocessor, quick: bool) -> list[str]:
+    """Hidden-case corpus rows (export/corpus.py) for the equality check: generated texts (rejection), or generated
+    dialogues of up to 2,000 tokens plus the two longest (trimmed at token precision) for intent-safety."""
+    from guardrt.export.corpus import generate_dialogues, generate_texts
+    from guardrt.runtime.payloads import payload_field
+
+    field = payload_field(spec)
+    if spec.name == "rejection":
+        items = generate_texts(16 if quick else 64, seed=21)
+    else:
+        dialogues = generate_dialogues(12 if quick else 40, seed=21)
+        lengths = [len(preprocessor.encode(d)) for d in dialogues]
+        order = sorted(range(len(dialogues)), key=lambda i: lengths[i])
+        items = [dialogues[i] for i in order if lengths[i] <= 2000] + [dialogues[i] for i in order[-2:]]
+    return [json.dumps({field: p}, ensure_ascii=False) for p in items]
+
+
+# -- models and servers ---------------------------------------------------------------------------------------------
+def resolve_export(spec_name: str, args) -> Path:
+    """The export directory to serve: --export-dir SPEC=DIR, else the cached demo export (fp32 + the precision)."""
+    from guardrt.export.demo_models import cached_demo_export
+
+    pins = dict(p.split("=", 1) for p in (args.export_dir or "").split(",") if "=" in p)
+    if spec_name in pins:
+        return Path(pins[spec_name])
+    precisions = tuple(dict.fromkeys(("fp32", args.precision)))
+    return cached_demo_export(spec_name, "tiny" if args.quick else args.size, precisions, log=_log)
+
+
+def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None):
+    """A Triton server on free 127.0.0.1 ports serving `models` {name: write options (text=True for a text-in
+    model, the rest for python_config)} written from `export`; `extra_parameters` {key: value} are added to every
+    model's config parameters (e.g. intra_op_spinning)."""
+    from guardrt.runtime.server import TritonServer, free_port
+    from guardrt.runtime.triton_repo import write_model, write_text_model
+
+    shutil.rmtree(repo, ignore_errors=True)
+    for name, options in models.items():
+        options = dict(options)
+        if options.pop("text", False):
+            path = write_text_model(repo, export, precision=precision, name=name, **options)
+        else:
+            path = write_model(repo, export_dir=export, precision=precision, name=name, **options)
+        config = path / "config.pbtxt"
+        for key, value in (extra_parameters or {}).items():
+            config.write_text(config.read_text().replace(
+                "parameters [\n", f'parameters [\n  {{ key: "{key}" value: {{ string_value: "{value}" }} }},\n', 1))
+    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=None)
+    t0 = time.perf_counter()
+    server.start()
+    server.start_seconds = time.perf_counter() - t0
+    return server
+
+
+def layout_options(layout: str) -> dict:
+    """'2x1' -> instance_count 2, intra_op_threads 1 ('default': the writer's and the backend's defaults)."""
+    if layout == "default":
+        return {}
+    instances, threads = (int(x) for x in layout.split("x"))
+    return {"instance_count": instances, "intra_op_threads": threads}
+
+
+# -- measurements ---------------------------------------------------------------------------------------------------
+def inprocess_baseline(spec, export: Path, precision: str, stream: list[dict], threads: int, budget_s: float) -> dict:
+    """In-process throughput: sequential single requests (preprocess + ORT + postprocess, the stream in order) and
+    batches of 16."""
+    from guardrt.runtime.onnxrt import InProcessClassifier
+
+    clf = InProcessClassifier.from_export_dir(export, precision=precision, intra_op_threads=threads)
+    with clf:
+        clf.classify([stream[0]["payload"]])
+        lat, t0, i = [], time.perf_counter(), 0
+        while (time.perf_counter() - t0 < budget_s or i < 5) and i < 4 * len(stream):
+            t = time.perf_counter()
+            clf.classify([stream[i % len(stream)]["payload"]])
+            lat.append(time.perf_counter() - t)
+            i += 1
+        sequential = {"concurrency": 1, "requests": len(lat), "throughput_rps": len(lat) / sum(lat),
+                      **serve_load.latency_summary(lat)}
+        n, t0, b = 0, time.perf_counter(), 0
+        while (time.perf_counter() - t0 < budget_s or b < 3) and b < len(stream) // 16 * 4:
+            batch = [stream[(16 * b + k) % len(stream)]["payload"] for k in range(16)]
+            clf.classify(batch)
+            n += 16
+            b += 1
+        return {"sequential": sequential, "batch16_throughput_rps": n / (time.perf_counter() - t0)}
+
+
+async def run_sweeps(server, spec, export: Path, stream: list[dict], paths, levels: dict, args, progress,
+                     label: str) -> dict:
+    """{path: [level rows]} for one server: each path's closed-loop levels, with the server-side split."""
+    import tritonclient.grpc.aio as grpcaio
+    import tritonclient.http.aio as httpaio
+
     from guardrt.runtime.triton_client import AsyncTritonClassifier
 
-    async with AsyncTritonClassifier(url, spec, model_name=model_name, timeout_s=60.0) as client:
-        await client.check_ready()
-        for s in seqs[:5]:
-            await client.logits_for_ids([s])
-        times = []
-        for i in range(reps):
-            t = time.perf_counter()
-            await client.logits_for_ids([seqs[i % len(seqs)]])
-            times.append(time.perf_counter() - t)
-        return times
+    grpc = grpcaio.InferenceServerClient(server.grpc_url)
+    http = httpaio.InferenceServerClient(f"127.0.0.1:{server.http_port}", conn_limit=256)
+    thin = AsyncTritonClassifier(server.grpc_url, spec, export, timeout_s=600.0, retries=2,
+                                 max_in_flight=max(levels.get("grpc", [1])))
+    out: dict[str, list] = {}
+    try:
+        await thin.check_ready()
+        senders = {"grpc": (serve_load.thin_sender(thin), spec.name, "payload"),
+                   "text-grpc": (serve_load.text_grpc_sender(grpc, f"{spec.name}-text"), f"{spec.name}-text", "line"),
+                   "text-http": (serve_load.text_http_sender(http, f"{spec.name}-text"), f"{spec.name}-text", "line")}
+        for path in paths:
+            send, model, key = senders[path]
+            items = [s[key] for s in stream]
+            stats = serve_load.ModelStats(grpc, model)
+            rows, offset = [], 0
+            for c in levels[path]:
+                before = await stats.read()
+                row = await serve_load.sweep_level(send, items, c, window_s=args.window_s, min_windows=args.min_windows,
+                                                   max_windows=args.max_windows, stability=args.stability,
+                                                   min_requests=args.min_requests, offset=offset)
+                offset = row.pop("next_offset")
+                row["server"] = serve_load.stats_diff(before, await stats.settled(before, 1, timeout_s=0.5))
+                rows.append(row)
+                progress.update(f"{spec.name} {path} {label} c={c}: {row['throughput_rps']:.1f} req/s, p99 "
+                                f"{row['p99_ms'] or 0:.0f} ms, mean batch {row['server']['mean_executed_batch'] or 0:.1f}"
+                                f"{'' if row['stable'] else ' (not stable)'}")
+            out[path] = rows
+    finally:
+        await thin.close()
+        await grpc.close()
+        await http.close()
+    return out
 
 
-def inprocess_baselines(spec, model_path: Path, stream, threads: int, reps: int, short: list[list[int]],
-                        budget_s: float) -> dict:
-    """The same model file in-process: batch-16 throughput on the length mix, and single short requests."""
-    from guardrt.runtime.onnxrt import OnnxRunner
-    from guardrt.runtime.preprocess import pad_batch
+def overhead(server, spec, export: Path, precision: str, short: dict, threads: int, reps: int,
+             text: bool = True) -> dict:
+    """Interleaved single requests: in-process (ORT defaults and with its threads not spinning) vs each path, and
+    where the time of the gRPC hop goes (statistics API)."""
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
 
-    runner = OnnxRunner(model_path, intra_op_threads=threads)
-    def run(seqs):
-        ids, mask = pad_batch(seqs, spec.pad_token_id, spec.padding_side)
-        return runner.infer({"input_ids": ids, "attention_mask": mask})
+    from guardrt.runtime.export_dir import load_export_dir
+    from guardrt.runtime.onnxrt import InProcessClassifier, OnnxRunner
+    from guardrt.runtime.triton_client import TritonClassifier
 
-    batch = 16
-    batches = [stream[i:i + batch] for i in range(0, len(stream) - batch + 1, batch)]
-    run(batches[0])
-    n_req, t0 = 0, time.perf_counter()
-    i = 0
-    while (time.perf_counter() - t0 < budget_s or i < 3) and i < len(batches) * 4:
-        run(batches[i % len(batches)])
-        n_req += batch
-        i += 1
-    b16 = n_req / (time.perf_counter() - t0)
-    for s in short[:5]:
-        run([s])
-    times = []
-    for k in range(reps):
-        t = time.perf_counter()
-        run([short[k % len(short)]])
-        times.append(time.perf_counter() - t)
-    runner.close()
-    return {"batch16_throughput_rps": b16, "batch16_batches": i, "short_single": common.summarize(times)}
+    model_path = load_export_dir(export).model_path(precision)
+    quiet = ort.SessionOptions()
+    quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    runners = {"default": OnnxRunner(model_path, intra_op_threads=threads),
+               "no-spin": OnnxRunner(model_path, intra_op_threads=threads, session_options=quiet)}
+    ids = np.array([short["ids"]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    thin = TritonClassifier(server.grpc_url, spec, export, timeout_s=60.0)
+    thin.check_ready()
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    calls = {"in-process ids (ORT defaults)": lambda: runners["default"].infer(feeds),
+             "in-process ids (ORT threads not spinning)": lambda: runners["no-spin"].infer(feeds),
+             "gRPC thin client, ids": lambda: thin.logits_for_ids([short["ids"]])}
+    clf = http = None
+    if text:
+        clf = InProcessClassifier.from_export_dir(export, precision=precision, intra_op_threads=threads)
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        line = short["line"].encode("utf-8")
+
+        def text_call(client, module):
+            def call():
+                inp = module.InferInput("payload", [1, 1], "BYTES")
+                inp.set_data_from_numpy(np.array([[line]], dtype=np.object_))
+                return client.infer(f"{spec.name}-text", [inp]).as_numpy("result")
+            return call
+
+        calls.update({"in-process text (preprocess + ORT + postprocess)": lambda: clf.classify([short["payload"]]),
+                      "gRPC thin client, text": lambda: thin.classify_batch([short["payload"]]),
+                      "text-in over gRPC": text_call(grpc, grpcclient),
+                      "text-in over HTTP": text_call(http, httpclient)})
+    try:
+        before = _sync_stats(grpc, spec.name)
+        times = serve_load.interleaved(calls, reps)
+        after = _sync_stats(grpc, spec.name)
+    finally:
+        thin.close()
+        grpc.close()
+        if http is not None:
+            http.close()
+        for r in runners.values():
+            r.close()
+        if clf is not None:
+            clf.close()
+    paths = {name: serve_load.latency_summary(t) for name, t in times.items()}
+    inproc_ids = min(paths["in-process ids (ORT defaults)"]["p50_ms"],
+                     paths["in-process ids (ORT threads not spinning)"]["p50_ms"])
+    added = {"gRPC thin client, ids": paths["gRPC thin client, ids"]["p50_ms"] - inproc_ids}
+    if text:
+        base = paths["in-process text (preprocess + ORT + postprocess)"]["p50_ms"]
+        added.update({k: paths[k]["p50_ms"] - base for k in ("gRPC thin client, text", "text-in over gRPC",
+                                                             "text-in over HTTP")})
+    # Only the "gRPC thin client, ids" calls reach the `<spec>` model, and each of them once per round.
+    split = serve_load.stats_diff(before, after)
+    grpc_mean = float(np.mean(times["gRPC thin client, ids"])) * 1000.0
+    where = {"server_queue_ms": split["queue_ms"], "server_compute_input_ms": split["compute_input_ms"],
+             "server_compute_infer_ms (python backend execute, ORT included)": split["compute_infer_ms"],
+             "server_compute_output_ms": split["compute_output_ms"],
+             "client_grpc_and_triton_core_ms (mean latency - server success)":
+                 grpc_mean - split["success_ms"] if split["success_ms"] is not None else None,
+             "in_process_ort_mean_ms": float(np.mean(times["in-process ids (ORT threads not spinning)"])) * 1000.0}
+    return {"request_tokens": len(short["ids"]), "reps": reps, "paths": paths, "added_p50_ms": added,
+            "baseline_ids_p50_ms": inproc_ids, "where_the_grpc_hop_goes": where}
+
+
+def _sync_stats(client, model: str) -> dict:
+    async def read():
+        class _Sync:  # ModelStats expects an awaitable client
+            async def get_inference_statistics(self, model, as_json):
+                return client.get_inference_statistics(model, as_json=as_json)
+        return await serve_load.ModelStats(_Sync(), model).read()
+    time.sleep(0.3)  # Triton counts a request just after its response
+    return asyncio.run(read())
+
+
+def equality(server, spec, export: Path, lines: list[str]) -> dict:
+    """curl (max_batch_size rows per request) and tritonclient.http (one row per request) vs the thin client (one
+    row per request): counts of byte-identical results, same decisions, and the largest probability difference."""
+    import tritonclient.http as httpclient
+
+    from guardrt.runtime.payloads import format_result, parse_payload
+    from guardrt.runtime.triton_client import TritonClassifier
+
+    with TritonClassifier(server.grpc_url, spec, export, timeout_s=120.0) as thin:
+        want = [format_result(thin.classify_ids([thin.preprocessor.encode(parse_payload(l, spec))])[0]) for l in lines]
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/{spec.name}-text/infer"
+    curl = []
+    for start in range(0, len(lines), spec.max_batch_size):
+        chunk = lines[start:start + spec.max_batch_size]
+        body = json.dumps({"inputs": [{"name": "payload", "shape": [len(chunk), 1], "datatype": "BYTES",
+                                       "data": chunk}]})
+        out = subprocess.run(["curl", "-sS", "-X", "POST", url, "-H", "Content-Type: application/json",
+                              "--data-binary", "@-"], input=body, capture_output=True, text=True, timeout=300)
+        curl += json.loads(out.stdout)["outputs"][0]["data"]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    http = []
+    try:
+        for line in lines:
+            inp = httpclient.InferInput("payload", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[line.encode("utf-8")]], dtype=np.object_))
+            http.append(client.infer(f"{spec.name}-text", [inp]).as_numpy("result")[0, 0].decode("utf-8"))
+    finally:
+        client.close()
+    return {"rows": len(lines), "curl": _compare(curl, want), "tritonclient_http": _compare(http, want)}
+
+
+def _compare(got: list[str], want: list[str]) -> dict:
+    same_label, diff, errors = 0, 0.0, 0
+    for g, w in zip(got, want):
+        gj, wj = json.loads(g), json.loads(w)
+        if "error" in gj:
+            errors += 1
+            continue
+        same_label += gj["label"] == wj["label"] and gj["label_text"] == wj["label_text"]
+        diff = max([diff] + [abs(gj[k] - v) for k, v in wj.items() if isinstance(v, float)])
+    return {"identical": sum(g == w for g, w in zip(got, want)), "same_decision": same_label, "errors": errors,
+            "max_abs_prob_diff": diff}
+
+
+def ratios(sweep: dict) -> dict:
+    """{path: [{concurrency, throughput on/off, p99 on/off}]} where both modes measured the level."""
+    out = {}
+    for path, modes in sweep.items():
+        on = {r["concurrency"]: r for r in modes.get("on", [])}
+        off = {r["concurrency"]: r for r in modes.get("off", [])}
+        out[path] = [{"concurrency": c, "throughput_on_over_off": on[c]["throughput_rps"] / off[c]["throughput_rps"],
+                      "p99_on_over_off": on[c]["p99_ms"] / off[c]["p99_ms"]}
+                     for c in sorted(set(on) & set(off)) if off[c]["throughput_rps"] and off[c]["p99_ms"]]
+    return out
+
+
+def run_spec(spec_name: str, args, progress) -> dict:
+    from guardrt.runtime.preprocess import build_preprocessor
+    from guardrt.runtime.specs import get_spec
+
+    spec = get_spec(spec_name)
+    export = resolve_export(spec_name, args)
+    pre = build_preprocessor(spec, export)
+    stream = request_stream(spec, pre, args.requests, args.seed, args.quick)
+    short_payload, short_ids = payload_of_length(spec_name, pre, SHORT_TOKENS[spec_name], np.random.default_rng(5))
+    from guardrt.runtime.payloads import payload_field
+
+    short = {"payload": short_payload, "ids": short_ids,
+             "line": json.dumps({payload_field(spec): short_payload}, ensure_ascii=False)}
+    lengths = np.array([len(s["ids"]) for s in stream])
+    result = {"spec": spec.name, "export": str(export), "precision": args.precision,
+              "model_size_mb": common.dir_bytes(export / args.precision) / 1e6 if (export / args.precision).exists()
+              else None,
+              "length_mix": {**LENGTH_MIX[spec.name], "seed": args.seed, "n": len(stream), "mean": float(lengths.mean()),
+                             "p50": float(np.median(lengths)), "p90": float(np.percentile(lengths, 90)),
+                             "max": int(lengths.max())},
+              "layout": args.layout}
+    progress.update(f"{spec.name}: in-process baseline", advance=0)
+    result["inprocess"] = inprocess_baseline(spec, export, args.precision, stream, args.threads, args.baseline_s)
+    repo = Path(tempfile.mkdtemp(prefix=f"guardrt-bench-{spec.name}-"))
+    levels = {"grpc": args.concurrency, "text-grpc": args.text_concurrency, "text-http": args.text_concurrency}
+    result["sweep"], result["server"] = {p: {} for p in args.paths}, {}
+    try:
+        for mode in args.modes:
+            opts = dict(layout_options(args.layout), dynamic_batching=mode == "on")
+            server = start_server(repo, {spec.name: opts, f"{spec.name}-text": dict(opts, text=True)}, export,
+                                  args.precision)
+            try:
+                result["server"][f"start_s_{mode}"] = server.start_seconds
+                sweeps = asyncio.run(run_sweeps(server, spec, export, stream, args.paths, levels, args, progress,
+                                                f"batching {mode}"))
+                for path, rows in sweeps.items():
+                    result["sweep"][path][mode] = rows
+                if mode == "on":
+                    progress.update(f"{spec.name}: interleaved single requests", advance=0)
+                    result["overhead"] = overhead(server, spec, export, args.precision, short, args.threads,
+                                                  args.overhead_reps)
+                    progress.update(f"{spec.name}: equality with the thin client", advance=0)
+                    result["equality"] = equality(server, spec, export, corpus_lines(spec, pre, args.quick))
+                    result["server"]["peak_rss_mib"] = common.tree_peak_rss_mib(server.process.pid)
+            finally:
+                server.stop()
+        if args.spin_check:
+            progress.update(f"{spec.name}: the hop with the server's ORT threads spinning", advance=0)
+            server = start_server(repo, {spec.name: layout_options(args.layout)}, export, args.precision,
+                                  extra_parameters={"intra_op_spinning": "1"})
+            try:
+                result["overhead_server_spinning"] = overhead(server, spec, export, args.precision, short,
+                                                              args.threads, args.overhead_reps, text=False)
+            finally:
+                server.stop()
+        result["layouts"] = []
+        for layout in args.layouts:
+            server = start_server(repo, {spec.name: layout_options(layout)}, export, args.precision)
+            try:
+                rows = asyncio.run(run_sweeps(server, spec, export, stream, ["grpc"], {"grpc": args.layout_concurrency},
+                                              args, progress, f"layout {layout}"))["grpc"]
+                result["layouts"].append({"layout": layout, "levels": rows})
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+    result["ratios"] = ratios(result["sweep"])
+    return result
+
+
+# -- report -----------------------------------------------------------------------------------------------------------
+def print_tables(result: dict) -> None:
+    for spec in result["specs"]:
+        mix = spec["length_mix"]
+        print(f"\n== {spec['spec']} ({spec['precision']}, {spec['export']}); request tokens mean {mix['mean']:.0f}, "
+              f"p50 {mix['p50']:.0f}, p90 {mix['p90']:.0f}, max {mix['max']}; layout {spec['layout']}")
+        ip = spec["inprocess"]
+        print(f"in-process: sequential {ip['sequential']['throughput_rps']:.1f} req/s (p50 "
+              f"{ip['sequential']['p50_ms']:.1f} ms, p99 {ip['sequential']['p99_ms']:.1f} ms); batches of 16 "
+              f"{ip['batch16_throughput_rps']:.1f} req/s")
+        rows = []
+        for path, modes in spec["sweep"].items():
+            ratio = {r["concurrency"]: r for r in spec["ratios"].get(path, [])}
+            for mode, levels in modes.items():
+                for r in levels:
+                    s = r["server"]
+                    rows.append({"path": path, "mode": mode, **{k: r[k] for k in ("concurrency", "throughput_rps",
+                                                                                     "p50_ms", "p90_ms", "p95_ms",
+                                                                                     "p99_ms")},
+                                 "queue": s["queue_ms"], "infer": s["compute_infer_ms"],
+                                 "batch": s["mean_executed_batch"], "stable": "yes" if r["stable"] else "no",
+                                 "tput_ratio": ratio.get(r["concurrency"], {}).get("throughput_on_over_off")
+                                 if mode == "on" else None,
+                                 "p99_ratio": ratio.get(r["concurrency"], {}).get("p99_on_over_off")
+                                 if mode == "on" else None})
+        print(common.format_table(rows, [
+            ("path", "path", ""), ("mode", "batching", ""), ("concurrency", "conc", "{}"),
+            ("throughput_rps", "req/s", "{:.1f}"), ("p50_ms", "p50", "{:.1f}"), ("p90_ms", "p90", "{:.1f}"),
+            ("p95_ms", "p95", "{:.1f}"), ("p99_ms", "p99", "{:.1f}"), ("queue", "srv queue ms", "{:.2f}"),
+            ("infer", "srv infer ms", "{:.1f}"), ("batch", "exec batch", "{:.2f}"), ("stable", "stable", ""),
+            ("tput_ratio", "on/off req/s", "{:.2f}"), ("p99_ratio", "on/off p99", "{:.2f}")]))
+        if "overhead" in spec:
+            o = spec["overhead"]
+            print(f"interleaved single requests ({o['request_tokens']} tokens, {o['reps']} rounds):")
+            for name, s in o["paths"].items():
+                added = o["added_p50_ms"].get(name)
+                print(f"  {name:50s} p50 {s['p50_ms']:8.2f} ms  p99 {s['p99_ms']:8.2f} ms"
+                      + (f"   +{added:.2f} ms over in-process" if added is not None else ""))
+            print("  where the gRPC hop goes: " + ", ".join(f"{k} {v:.3f}" for k, v in o["where_the_grpc_hop_goes"].items()
+                                                           if v is not None))
+        if "overhead_server_spinning" in spec:
+            print(f"  with the server's ORT threads spinning: gRPC thin client adds "
+                  f"{spec['overhead_server_spinning']['added_p50_ms']['gRPC thin client, ids']:.2f} ms")
+        if "equality" in spec:
+            e = spec["equality"]
+            print(f"equality with the thin client on {e['rows']} corpus rows: curl {e['curl']}, tritonclient.http "
+                  f"{e['tritonclient_http']}")
+        for lay in spec.get("layouts", []):
+            print(f"layout {lay['layout']}: " + ", ".join(f"c={r['concurrency']} {r['throughput_rps']:.1f} req/s p99 "
+                                                          f"{r['p99_ms']:.0f} ms" for r in lay["levels"]))
 
 
 def plot(result: dict, out_prefix: Path) -> list[Path]:
@@ -240,135 +507,52 @@ def plot(result: dict, out_prefix: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
+    styles = {"grpc": "o", "text-grpc": "s", "text-http": "^"}
     for spec in result["specs"]:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-        for mode, style in (("on", "o-"), ("off", "s--")):
-            rows = spec["sweep"].get(mode) or []
-            xs = [r["throughput_rps"] for r in rows]
-            axes[0].plot(xs, [r["p50_ms"] for r in rows], style, label=f"dynamic batching {mode}: p50")
-            axes[0].plot(xs, [r["p99_ms"] for r in rows], style, alpha=0.4, label=f"dynamic batching {mode}: p99")
-            for r in rows:
-                axes[0].annotate(str(r["concurrency"]), (r["throughput_rps"], r["p50_ms"]), fontsize=7)
-            axes[1].plot([r["concurrency"] for r in rows], xs, style, label=f"dynamic batching {mode}")
-        b16 = spec["inprocess"]["batch16_throughput_rps"]
-        axes[1].axhline(b16, color="k", lw=0.8, ls=":", label=f"in-process batch 16: {b16:.1f} req/s")
-        axes[0].set_xlabel("throughput (requests/s)")
-        axes[0].set_ylabel("latency (ms)")
-        axes[0].set_yscale("log")
-        axes[0].set_title(f"{spec['spec']} over gRPC: latency vs throughput (labels: concurrency)")
-        axes[0].legend(fontsize=7)
-        axes[0].grid(True, alpha=0.3)
-        axes[1].set_xscale("log", base=2)
-        axes[1].set_xlabel("concurrent requests")
-        axes[1].set_ylabel("throughput (requests/s)")
-        axes[1].set_title("throughput vs concurrency")
-        axes[1].legend(fontsize=7)
-        axes[1].grid(True, alpha=0.3)
-        fig.suptitle(f"{spec['model']} ({spec['precision']}), Triton {result['versions'].get('nvidia-pytriton')} "
-                     f"python backend, {result['machine']['peak']['cpu']} x{result['machine']['peak']['cores']}",
-                     fontsize=9)
+        fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+        for path, modes in spec["sweep"].items():
+            for mode, rows in modes.items():
+                ls = "-" if mode == "on" else "--"
+                xs = [r["concurrency"] for r in rows]
+                axes[0, 0].plot(xs, [r["throughput_rps"] for r in rows], styles[path] + ls,
+                                label=f"{path}, batching {mode}")
+                axes[0, 1].plot(xs, [r["p99_ms"] for r in rows], styles[path] + ls, label=f"{path}, batching {mode}")
+        seq = spec["inprocess"]["sequential"]["throughput_rps"]
+        axes[0, 0].axhline(seq, color="k", lw=0.8, ls=":", label=f"in-process sequential {seq:.1f} req/s")
+        for ax, ylabel, title in ((axes[0, 0], "throughput (requests/s)", "throughput vs concurrency"),
+                                  (axes[0, 1], "p99 latency (ms)", "p99 vs concurrency")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrent requests")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{spec['spec']}: {title}")
+            ax.legend(fontsize=7)
+            ax.grid(True, alpha=0.3)
+        axes[0, 1].set_yscale("log")
+        if "overhead" in spec:
+            names = list(spec["overhead"]["paths"])
+            p50 = [spec["overhead"]["paths"][n]["p50_ms"] for n in names]
+            axes[1, 0].barh(range(len(names)), p50, color="tab:blue")
+            axes[1, 0].set_yticks(range(len(names)), names, fontsize=7)
+            for k, n in enumerate(names):
+                added = spec["overhead"]["added_p50_ms"].get(n)
+                if added is not None:
+                    axes[1, 0].annotate(f"+{added:.2f} ms", (p50[k], k), fontsize=7, va="center")
+            axes[1, 0].set_xlabel("p50 latency (ms), interleaved single requests")
+            axes[1, 0].set_title(f"one {spec['overhead']['request_tokens']}-token request per path")
+        for lay in spec.get("layouts", []):
+            axes[1, 1].plot([r["concurrency"] for r in lay["levels"]], [r["throughput_rps"] for r in lay["levels"]],
+                            "o-", label=f"instances x threads {lay['layout']}")
+        axes[1, 1].set_xscale("log", base=2)
+        axes[1, 1].set_xlabel("concurrent requests")
+        axes[1, 1].set_ylabel("throughput (requests/s)")
+        axes[1, 1].set_title("python backend layouts (thin client, batching on)")
+        axes[1, 1].legend(fontsize=7)
+        axes[1, 1].grid(True, alpha=0.3)
+        peak = result["machine"]["peak"]
+        fig.suptitle(f"{spec['spec']} ({spec['precision']}), Triton {result['versions'].get('nvidia-pytriton')} python "
+                     f"backend, {peak['cpu']} x{peak['cores']} (AVX-512 VNNI: {peak['vnni']})", fontsize=9)
         files.append(common.save_spec_figure(fig, out_prefix, spec["spec"]))
     return files
-
-
-def resolve_model(spec_name: str, args) -> tuple[Path, str, dict]:
-    """(model.onnx, description, config) — the demo export (fused variant by default) at `args.precision`."""
-    from guardrt.runtime.export_dir import load_export_dir
-
-    import inprocess
-
-    pins = inprocess.parse_pins(args.export_dir or os.environ.get("GUARDRT_BENCH_EXPORT_DIRS", ""))
-    pin = pins.get(f"{spec_name}:fused" if args.fused else spec_name)
-    if pin:
-        export = load_export_dir(pin, spec_name)
-    else:
-        size = "tiny" if args.quick else args.size
-        plain = load_export_dir(inprocess.plain_export(spec_name, size, inprocess.PRECISIONS))
-        if args.fused:
-            source = Path(plain.raw.get("source_model_dir") or "")
-            export = load_export_dir(inprocess.fused_export(spec_name, size, inprocess.FUSED_PRECISIONS,
-                                                            model_dir=source if source.is_dir() else None))
-        else:
-            export = plain
-    cfg = json.loads((export.path / "config.json").read_text())
-    path = export.model_path(args.precision)
-    return path, f"guardrt-ort-{args.precision}{'-fused' if args.fused else ''}", cfg
-
-
-def run_spec(spec_name: str, args, progress) -> dict:
-    from guardrt.runtime.server import TritonServer, free_port
-    from guardrt.runtime.specs import get_spec
-
-    spec = get_spec(spec_name)
-    model_path, label, cfg = resolve_model(spec_name, args)
-    stream = request_stream(spec, int(cfg["vocab_size"]), args.requests, seed=args.seed, quick=args.quick)
-    short = request_stream(spec, int(cfg["vocab_size"]), 64, seed=args.seed + 1, quick=True)
-    short = [s[:SHORT_LEN] + [s[0]] * max(0, SHORT_LEN - len(s)) for s in short]
-    lengths = np.asarray([len(s) for s in stream])
-    result = {"spec": spec.name, "model": label, "precision": args.precision, "model_path": str(model_path),
-              "model_size_mb": common.dir_bytes(model_path.parent) / 1e6,
-              "length_mix": {**LENGTH_MIX[spec.name], "seed": args.seed, "n": len(stream),
-                             "mean": float(lengths.mean()), "p50": float(np.median(lengths)),
-                             "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max())}}
-    progress.update(f"{spec.name}: in-process baseline", advance=0)
-    result["inprocess"] = inprocess_baselines(spec, model_path, stream, args.threads, args.short_reps, short,
-                                              args.baseline_s)
-    repo = Path(tempfile.mkdtemp(prefix=f"guardrt-bench-repo-{spec.name}-"))
-    try:
-        names = write_repo(repo, spec, model_path, args.precision, args.threads)
-        server = TritonServer(repo, grpc_port=free_port(), http_port=None, metrics_port=None,
-                              env={"OMP_NUM_THREADS": "1"})
-        t0 = time.perf_counter()
-        server.start()
-        result["server_start_s"] = time.perf_counter() - t0
-        try:
-            url = server.grpc_url
-            short_grpc = asyncio.run(grpc_short_latency(url, spec, names["off"], short, args.short_reps))
-            result["grpc_short_single"] = common.summarize(short_grpc)
-            result["grpc_overhead_p50_ms"] = (result["grpc_short_single"]["p50_ms"]
-                                              - result["inprocess"]["short_single"]["p50_ms"])
-            result["sweep"] = {}
-            for mode in args.modes:
-                levels = args.concurrency if mode == "on" else args.off_concurrency
-                result["sweep"][mode] = asyncio.run(run_sweep(url, spec, names[mode], stream, levels,
-                                                              args, progress, f"batching {mode}"))
-            result["server_peak_rss_mib"] = common.tree_peak_rss_mib(server.process.pid)
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(repo, ignore_errors=True)
-    on = {r["concurrency"]: r for r in result["sweep"].get("on", [])}
-    if 16 in on:
-        result["c16_throughput_vs_inprocess_b16"] = on[16]["throughput_rps"] / result["inprocess"]["batch16_throughput_rps"]
-    return result
-
-
-def print_tables(result: dict) -> None:
-    for spec in result["specs"]:
-        print(f"\n== {spec['spec']} over gRPC: {spec['model']} ({spec['model_size_mb']:.1f} MB), length mix mean "
-              f"{spec['length_mix']['mean']:.0f} / p90 {spec['length_mix']['p90']:.0f} tokens")
-        rows = []
-        for mode, levels in spec["sweep"].items():
-            for r in levels:
-                rows.append({"mode": f"batching {mode}", **{k: r[k] for k in ("concurrency", "throughput_rps", "p50_ms",
-                                                                              "p90_ms", "p99_ms", "windows")},
-                             "stable": "yes" if r["stable"] else "no",
-                             "mean_batch": r["server"]["mean_executed_batch"],
-                             "batches": " ".join(f"{k}:{v}" for k, v in r["server"]["executed_batch_sizes"].items())})
-        print(common.format_table(rows, [("mode", "mode", ""), ("concurrency", "conc", "{}"),
-                                         ("throughput_rps", "req/s", "{:.1f}"), ("p50_ms", "p50 ms", "{:.1f}"),
-                                         ("p90_ms", "p90 ms", "{:.1f}"), ("p99_ms", "p99 ms", "{:.1f}"),
-                                         ("windows", "win", "{}"), ("stable", "stable", ""),
-                                         ("mean_batch", "mean exec batch", "{:.2f}"),
-                                         ("batches", "executed batch sizes (size:count)", "")]))
-        ip = spec["inprocess"]
-        print(f"in-process batch-16 throughput: {ip['batch16_throughput_rps']:.1f} req/s"
-              + (f"; concurrency-16 over gRPC = {100 * spec['c16_throughput_vs_inprocess_b16']:.0f}% of it"
-                 if "c16_throughput_vs_inprocess_b16" in spec else ""))
-        print(f"short requests ({SHORT_LEN} tokens): in-process p50 {ip['short_single']['p50_ms']:.2f} ms, gRPC p50 "
-              f"{spec['grpc_short_single']['p50_ms']:.2f} ms -> round trip adds {spec['grpc_overhead_p50_ms']:.2f} ms")
-        rss = spec.get("server_peak_rss_mib", {})
-        print(f"Triton server peak RSS (process tree): {rss.get('total', float('nan')):.0f} MiB")
 
 
 def main(argv=None) -> int:
@@ -376,46 +560,56 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default=os.environ.get("GUARDRT_BENCH_SPECS", "rejection,intent-safety"))
     ap.add_argument("--size", default=os.environ.get("GUARDRT_BENCH_SIZE", "realistic"), choices=("tiny", "realistic"))
-    ap.add_argument("--export-dir", default=None,
-                    help="serve these export directories instead of the demo exports: SPEC=DIR[,SPEC:fused=DIR...] "
-                         "(env GUARDRT_BENCH_EXPORT_DIRS)")
+    ap.add_argument("--export-dir", default=os.environ.get("GUARDRT_BENCH_EXPORT_DIRS"),
+                    help="serve these export directories instead of the demo exports: SPEC=DIR[,SPEC=DIR]")
     ap.add_argument("--precision", default=os.environ.get("GUARDRT_BENCH_PRECISION", "int8-dynamic"))
-    ap.add_argument("--no-fused", dest="fused", action="store_false", help="serve the unfused export")
-    ap.add_argument("--quick", action="store_true", help="tiny models, short sweep (smoke test)")
-    ap.add_argument("--concurrency", default=None, help="comma-separated levels (default 1,2,4,8,16,32,64)")
-    ap.add_argument("--modes", default="on,off", help="dynamic batching modes to sweep: on,off")
-    ap.add_argument("--off-concurrency", default=None,
-                    help="levels for dynamic batching off (default 1,4,16,64: the contrast, at a quarter of the cost)")
-    ap.add_argument("--min-requests", type=int, default=30, help="minimum requests per measurement window")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("GUARDRT_BENCH_THREADS", "0")) or None)
-    ap.add_argument("--requests", type=int, default=2048, help="size of the seeded request stream (cycled)")
+    ap.add_argument("--quick", action="store_true", help="tiny models, short windows (smoke test)")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"sweep paths ({', '.join(PATHS)})")
+    ap.add_argument("--modes", default="on,off", help="dynamic batching modes: on,off")
+    ap.add_argument("--concurrency", default="1,4,16,64", help="levels of the gRPC thin-client sweep")
+    ap.add_argument("--text-concurrency", default="1,16", help="levels of the text-in sweeps")
+    ap.add_argument("--layout", default="default", help="instances x threads of the main server (e.g. 2x2)")
+    ap.add_argument("--layouts", default="1x2,2x1,2x2", help="layouts compared (thin client, batching on); '' skips")
+    ap.add_argument("--layout-concurrency", default="1,16,64")
+    ap.add_argument("--no-spin-check", dest="spin_check", action="store_false",
+                    help="skip the hop measured with the server's ORT threads spinning")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("GUARDRT_BENCH_THREADS", "0")) or None,
+                    help="in-process ONNX Runtime threads (default: all cores)")
+    ap.add_argument("--requests", type=int, default=512, help="size of the seeded request stream (cycled)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--window-s", type=float, default=3.0)
+    ap.add_argument("--window-s", type=float, default=2.0)
     ap.add_argument("--min-windows", type=int, default=3)
-    ap.add_argument("--max-windows", type=int, default=6)
+    ap.add_argument("--max-windows", type=int, default=5)
     ap.add_argument("--stability", type=float, default=0.10)
-    ap.add_argument("--short-reps", type=int, default=200)
-    ap.add_argument("--baseline-s", type=float, default=10.0)
+    ap.add_argument("--min-requests", type=int, default=20, help="minimum requests per window (at least concurrency)")
+    ap.add_argument("--overhead-reps", type=int, default=100)
+    ap.add_argument("--baseline-s", type=float, default=4.0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     args.threads = args.threads or (os.cpu_count() or 1)
     if args.quick:
         args.size = "tiny"
-        args.concurrency = args.concurrency or "1,4"
-        args.window_s, args.min_windows, args.max_windows = 0.3, 1, 2
-        args.short_reps, args.baseline_s, args.requests, args.min_requests = 10, 0.2, 128, 4
-    args.concurrency = [int(c) for c in (args.concurrency or "1,2,4,8,16,32,64").split(",")]
-    args.off_concurrency = ([int(c) for c in args.off_concurrency.split(",")] if args.off_concurrency else
-                            [c for c in args.concurrency if c in (1, 4, 16, 64)] or args.concurrency)
+        args.window_s, args.min_windows, args.max_windows, args.min_requests = 0.3, 1, 2, 4
+        args.overhead_reps, args.baseline_s, args.requests = 10, 0.3, 64
+        args.text_concurrency = "1"
+        args.layouts = args.layouts if "--layouts" in (argv or sys.argv) else "2x1"
+        args.layout_concurrency = "1"
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.text_concurrency = [int(c) for c in args.text_concurrency.split(",")]
+    args.layout_concurrency = [int(c) for c in args.layout_concurrency.split(",")]
+    args.layouts = [x for x in args.layouts.split(",") if x]
+    args.paths = [p for p in args.paths.split(",") if p in PATHS]
     args.modes = [m for m in args.modes.split(",") if m in ("on", "off")]
     out = args.out or common.RESULTS / ("serve_quick" if args.quick else "serve")
     specs = [s.strip() for s in args.spec.split(",") if s.strip()]
     result = {"benchmark": "serve", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": common.machine_description(args.threads), "versions": common.versions(),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "specs": []}
-    progress = common.Progress(len(specs) * (len(args.concurrency) * ("on" in args.modes)
-                                             + len(args.off_concurrency) * ("off" in args.modes)))
+    per_spec = (len(args.modes) * (len(args.concurrency) * ("grpc" in args.paths)
+                                   + len(args.text_concurrency) * sum(p != "grpc" for p in args.paths))
+                + len(args.layouts) * len(args.layout_concurrency))
+    progress = common.Progress(len(specs) * per_spec)
     t0 = time.perf_counter()
     for spec_name in specs:
         result["specs"].append(run_spec(spec_name, args, progress))

@@ -412,14 +412,6 @@ class SingleTextPreprocessor:
         return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=True)]
 
 
-# Every reader of input rows (`guardrt preprocess`, `classify`, `score`) asks `payload_field`; the field itself is
-# part of a spec's input format (`spec.input.request_field`: "turns", "text" or "messages").
-
-
-def payload_field(spec: ModelSpec | str) -> str:
-    """The input-row field holding `spec`'s payload: "turns", "text" or "messages"."""
-    spec = get_spec(spec) if isinstance(spec, str) else spec
-    return spec.input.request_field
 
 
 class ChatTemplatePreprocessor:

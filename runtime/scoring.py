@@ -43,7 +43,7 @@ def _bad_row_reason(record: dict | None, key: str, reserved: Sequence[str]) -> s
 
 def score_chunk(layout: JobLayout, chunk: Chunk, engine, field_prefix: str = "") -> ChunkSummary:
     """Read, score and write one chunk (its part file appears only once it is complete)."""
-    from guardrt.runtime.preprocess import payload_field
+    from guardrt.runtime.payloads import payload_field
 
     t0 = time.perf_counter()
     rows = read_chunk(layout, chunk)
@@ -171,7 +171,7 @@ def run_score_job(
 ) -> ScoreSummary:
     """Score `input_path` into `output_path` (see the module docstring); `ray_address` ("local" starts and stops a
     local Ray instance) runs the chunks on Ray actors instead of in this process."""
-    from guardrt.runtime.preprocess import payload_field
+    from guardrt.runtime.payloads import payload_field
 
     log = log or (lambda msg: print(f"[guardrt] {msg}", file=sys.stderr, flush=True))
     spec = get_spec(engine.spec)

@@ -13,6 +13,15 @@ Flavors:
 Every flavor's dynamic batcher carries a queue policy derived from the spec (`queue_policy`): a bounded queue, a
 default queue timeout that rejects, and per-request timeout overrides (the guardrt client sends its deadline).
 
+Text in (`write_text_model`, `guardrt repo` writes it next to every model it writes from an export): `<name>-text`, a
+python-backend model taking one BYTES input `payload` (one JSON line per row, what `guardrt classify` reads) and
+returning one BYTES output `result` (the JSON object `guardrt classify` prints, or `{"error": ...}`), for clients in
+any language (KServe v2 over HTTP or gRPC). It runs guardrt's own preprocessing and ONNX Runtime in one process; the
+tokenizer files and the task description travel in its version directory.
+
+Python-flavor models warm up at load: the backend times a few shapes for its batch planner (`profile_budget_s`),
+then Triton sends the `model_warmup` requests of the config (files in `<model>/warmup/`) through the whole path.
+
 Every generated config is checked by parsing it with Triton's own ModelConfig protobuf (shipped in tritonclient).
 The config `parameters` carry `guardrt_spec` and `guardrt_flavor`, which the client reads to pick its padding.
 """
@@ -29,6 +38,7 @@ from guardrt.runtime.specs import ModelSpec, get_spec
 
 __all__ = [
     "FLAVORS",
+    "TEXT_SUFFIX",
     "config_parameters",
     "config_text",
     "default_configs",
@@ -39,17 +49,47 @@ __all__ = [
     "tensorrt_config",
     "write_default_configs",
     "write_model",
+    "write_text_model",
+    "text_model_name",
 ]
 
 FLAVORS = ("python", "onnxruntime", "tensorrt")
 PROVIDERS = ("cpu", "cuda", "tensorrt")
-BACKEND_TEMPLATE = Path(__file__).with_name("triton_backend") / "model.py"
+BACKEND_DIR = Path(__file__).with_name("triton_backend")
+BACKEND_TEMPLATE = BACKEND_DIR / "model.py"
+# model.py loads these from its own directory: they are copied next to it.
+BACKEND_SIBLINGS = ("batch_plan.py", "onnx_graph.py")
+TEXT_SUFFIX = "-text"
+# Padded tokens one ONNX Runtime call may hold in the python backend, as a fraction of the largest batch the config
+# admits (max_batch_size x max_length): rejection 64 x 512 / 4 = 8,192, intent-safety 16 x 4,096 / 4 = 16,384. Bounds
+# the attention scores an eager-attention graph materialises (rows x heads x L^2 floats).
+GROUP_TOKENS_FRACTION = 4
+# Seconds the python backend spends at load timing shapes for its batch planner (per instance).
+PROFILE_BUDGET_S = 3.0
+# Instances of a python-flavor model. With ONE instance, Triton 2.51's dynamic batcher now and then leaves a request
+# queued for its 500 ms idle wait: the response reaches a fast client before the instance's slot is released, the
+# next request's enqueue finds no free slot and does not wake the batcher, and nothing else does (measured with the
+# tiny rejection model, closed loop: max latency 503 ms at every concurrency 1..64 with one instance - main's
+# backend too -, never over 75 ms with two; throughput 2,057 vs 980 req/s at concurrency 64). Two instances keep a
+# free slot for the next request. benchmarks/serve.py measures the instance x thread layouts on the demo models.
+PYTHON_INSTANCES = 2
+# Dynamic-batching queue delay of python-flavor models on CPU. The batch planner makes any batch at least as cheap
+# as its requests one by one, so waiting for a bigger batch buys nothing on a CPU and costs up to the delay on
+# every request at low load (measured: +1.3 ms p50 at concurrency 1 with the spec's 1,000 us); requests that arrive
+# while both instances are busy are still batched (mean executed batch 7 at concurrency 64). GPU providers keep the
+# spec's delay, where bigger batches pay.
+CPU_QUEUE_DELAY_US = 0
 INT8_CHECKER = Path(__file__).with_name("int8_path.py")  # self-contained; the backend imports it from its version dir
 
 
 # -- config text --------------------------------------------------------------------------------------------------
 def _q(value: object) -> str:
     return json.dumps(str(value))  # protobuf text strings accept JSON-style escapes for what we write
+
+
+def _text_io_block() -> str:
+    return ('input [\n  { name: "payload" data_type: TYPE_STRING dims: [ 1 ] }\n]\n'
+            'output [\n  { name: "result" data_type: TYPE_STRING dims: [ 1 ] }\n]\n')
 
 
 def _io_block(spec: ModelSpec, input_type: str, ragged: bool) -> str:
@@ -113,6 +153,39 @@ def _batching_block(spec: ModelSpec, max_queue_delay_us: int | None, *, max_queu
     )
 
 
+# -- warm-up ---------------------------------------------------------------------------------------------------------
+WARMUP_DIR = "warmup"
+WARMUP_LENGTH = 16
+
+
+def warmup_files(spec: ModelSpec, input_kind: str = "ids") -> dict[str, bytes]:
+    """{file name: raw bytes} of the model's warm-up request, for `<model>/warmup/` (Triton reads raw row-major
+    data; a BYTES element is a 4-byte little-endian length and the bytes). ids: one row of WARMUP_LENGTH ordinary
+    token ids (the ids the pad id is not), all attended; text: one example payload of the spec."""
+    import struct
+
+    if input_kind == "text":
+        from guardrt.runtime.payloads import example_payload
+
+        data = example_payload(spec).encode("utf-8")
+        return {"payload": struct.pack("<I", len(data)) + data}
+    token = 100 if spec.pad_token_id != 100 else 101
+    return {spec.input_names[0]: struct.pack(f"<{WARMUP_LENGTH}q", *([token] * WARMUP_LENGTH)),
+            spec.input_names[1]: struct.pack(f"<{WARMUP_LENGTH}q", *([1] * WARMUP_LENGTH))}
+
+
+def _warmup_block(spec: ModelSpec, input_kind: str) -> str:
+    """`model_warmup`: one request through the whole path (stub, IPC, response) once the backend has loaded; its
+    data is `warmup_files`, which write_model puts in `<model>/warmup/`."""
+    if input_kind == "text":
+        inputs = '    inputs { key: "payload" value: { data_type: TYPE_STRING dims: [ 1 ] input_data_file: "payload" } }\n'
+    else:
+        inputs = "".join(
+            f"    inputs {{ key: {_q(n)} value: {{ data_type: TYPE_INT64 dims: [ {WARMUP_LENGTH} ] "
+            f"input_data_file: {_q(n)} }} }}\n" for n in spec.input_names[:2])
+    return f'model_warmup [\n  {{\n    name: "one short row"\n    batch_size: 1\n{inputs}  }}\n]\n'
+
+
 def _parameters_block(params: dict[str, object]) -> str:
     lines = [f"  {{ key: {_q(k)} value: {{ string_value: {_q(v)} }} }}" for k, v in params.items()]
     return "parameters [\n" + ",\n".join(lines) + "\n]\n"
@@ -131,7 +204,7 @@ def python_config(
     *,
     name: str | None = None,
     precision: str = "fp32",
-    instance_count: int = 1,
+    instance_count: int | None = None,
     providers: str = "cpu",
     intra_op_threads: int = 0,
     max_queue_delay_us: int | None = None,
@@ -140,8 +213,23 @@ def python_config(
     dynamic_batching: bool = True,
     max_queue_size: int | None = None,
     queue_timeout_us: int | None = None,
+    input_kind: str = "ids",
+    profile_budget_s: float | None = None,
+    max_group_tokens: int | None = None,
+    max_payload_bytes: int | None = None,
+    warmup: bool = True,
+    cost_model: dict[str, float] | None = None,
 ) -> str:
     """config.pbtxt for the python backend running ONNX Runtime (ragged dynamic batching, padding in the model).
+
+    `input_kind="text"`: the text-in model (BYTES `payload` -> BYTES `result`, see write_text_model).
+    `instance_count` defaults to PYTHON_INSTANCES and `max_queue_delay_us` to 0 on CPU (the spec's on a GPU): see
+    those constants for the measurements. `intra_op_threads` 0 lets the backend pick (see runtime/triton_backend). The backend's batch
+    planner times shapes for `profile_budget_s` seconds at load (default PROFILE_BUDGET_S; 0 disables it: equal
+    lengths together, never padding) and never puts more than `max_group_tokens` padded tokens in one call (default:
+    max_batch_size x max_length / GROUP_TOKENS_FRACTION); `cost_model` (coefficients of the planner's CostModel:
+    per_call, per_position, per_token, per_token_pair, in seconds) pins the planner's model instead of timing at
+    load. `warmup` adds the `model_warmup` request (its data files come from `warmup_files`; write_model writes them).
 
     GPU providers: the provider list with its options (`ort_providers.python_backend_providers`: the spec's
     TensorRT profile, precision flags, engine cache in `trt_cache_dir`, default /tmp/guardrt-trt-cache/<name>) goes
@@ -153,17 +241,31 @@ def python_config(
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if providers not in PROVIDERS:
         raise InputError(f"providers must be one of {', '.join(PROVIDERS)}, got {providers!r}")
+    instance_count = PYTHON_INSTANCES if instance_count is None else int(instance_count)
     if instance_count < 1:
         raise InputError(f"instance count must be >= 1, got {instance_count}")
+    if max_queue_delay_us is None and providers == "cpu":
+        max_queue_delay_us = CPU_QUEUE_DELAY_US
+    if input_kind not in ("ids", "text"):
+        raise InputError(f"input_kind must be ids or text, got {input_kind!r}")
     params = _common_params(spec, "python", precision)
     params.update(
+        guardrt_input=input_kind,
         onnx_file=onnx_file,
         pad_token_id=spec.pad_token_id,
         padding_side=spec.padding_side,
         max_length=spec.max_length,
         execution_providers=providers,
         intra_op_threads=int(intra_op_threads),
+        profile_budget_s=PROFILE_BUDGET_S if profile_budget_s is None else float(profile_budget_s),
+        max_group_tokens=int(max_group_tokens or spec.max_batch_size * spec.max_length // GROUP_TOKENS_FRACTION),
     )
+    if cost_model is not None:
+        params["cost_model"] = json.dumps({k: float(v) for k, v in cost_model.items()}, sort_keys=True)
+    if input_kind == "text":
+        from guardrt.runtime.text_serving import DEFAULT_MAX_PAYLOAD_BYTES
+
+        params["max_payload_bytes"] = int(max_payload_bytes or DEFAULT_MAX_PAYLOAD_BYTES)
     if providers != "cpu":
         cache = trt_cache_dir or _default_trt_cache(name or spec.name)
         params["ort_providers"] = python_backend_providers(spec, providers, precision, cache)
@@ -172,10 +274,11 @@ def python_config(
     kind = "KIND_CPU" if providers == "cpu" else "KIND_GPU"
     return (
         _header(spec, name, 'backend: "python"')
-        + _io_block(spec, "TYPE_INT64", ragged=True)
+        + (_text_io_block() if input_kind == "text" else _io_block(spec, "TYPE_INT64", ragged=True))
         + (_batching_block(spec, max_queue_delay_us, max_queue_size=max_queue_size, queue_timeout_us=queue_timeout_us)
            if dynamic_batching else "")
         + f"instance_group [\n  {{ count: {int(instance_count)} kind: {kind} }}\n]\n"
+        + (_warmup_block(spec, input_kind) if warmup else "")
         + _parameters_block(params)
     )
 
@@ -357,11 +460,12 @@ def write_model(
     onnx_path: str | Path | None = None,
     plan_path: str | Path | None = None,
     name: str | None = None,
-    instance_count: int = 1,
+    instance_count: int | None = None,
     providers: str = "cpu",
     **options,
 ) -> Path:
     """Write `repo/<name>/config.pbtxt` and `repo/<name>/1/...` for one model; other models in `repo` are kept.
+    `instance_count` None: PYTHON_INSTANCES for the python flavor, 1 for the native ones.
 
     The ONNX file comes from `export_dir` (its guardrt.json, at `precision`) or `onnx_path`; the `tensorrt` flavor
     takes `plan_path` (or writes the config alone when the engine is built later, e.g. on a GPU host), with the
@@ -402,7 +506,7 @@ def write_model(
             text = config_text(spec, "python", name=name, precision=precision, instance_count=instance_count,
                                providers=providers, **options)
         else:
-            text = config_text(spec, "onnxruntime", name=name, precision=precision, instance_count=instance_count,
+            text = config_text(spec, "onnxruntime", name=name, precision=precision, instance_count=instance_count or 1,
                                gpu=providers != "cpu", **options)
     else:
         if plan_path is not None:
@@ -411,24 +515,45 @@ def write_model(
                 raise ModelFilesError(f"TensorRT plan {plan} does not exist")
             files["model.plan"] = plan
             options.setdefault("num_profiles", _built_profile_count(plan))
-        text = config_text(spec, "tensorrt", name=name, precision=precision, instance_count=instance_count, **options)
+        text = config_text(spec, "tensorrt", name=name, precision=precision, instance_count=instance_count or 1,
+                           **options)
 
-    repo = Path(repo)
+    blobs: dict[str, bytes] = {}
+    if flavor == "python":
+        files.update({name_: BACKEND_DIR / name_ for name_ in ("model.py", *BACKEND_SIBLINGS)})
+        if onnx_path is None:
+            files.update(_int8_check_files(manifest, precision))
+        if "model_warmup" in text:
+            blobs = {f"{WARMUP_DIR}/{k}": v for k, v in warmup_files(spec).items()}
+    return _install(Path(repo), name, text, files, blobs)
+
+
+def _int8_check_files(manifest, precision: str) -> dict[str, Path]:
+    """int8 precisions of an export: the held-out check set and its re-check, which the python backend runs at load
+    when this CPU's int8 path differs from the one the export was validated on (version-dir path -> source)."""
+    check = manifest.int8_check_file if manifest is not None and precision.startswith("int8") else None
+    return {check.name: check, "guardrt_int8_path.py": INT8_CHECKER} if check is not None else {}
+
+
+def _install(repo: Path, name: str, config: str, version_files: dict[str, Path], model_blobs: dict[str, bytes]) -> Path:
+    """Write `repo/name/` whole: config.pbtxt, `model_blobs` (path inside the model directory -> bytes: warm-up data,
+    `1/task_description.txt`) and `version_files` (path inside `1/` -> source: backend code copied, weights and
+    tokenizer hard-linked when possible). The directory is replaced by a rename, so a reader never sees it half
+    written; other models in `repo` are kept."""
     repo.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo.parent))
     try:
-        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
+        (staging / "config.pbtxt").write_text(config, encoding="utf-8")
+        for rel, data in model_blobs.items():
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staging / rel).write_bytes(data)
         version = staging / "1"
-        version.mkdir()
-        for rel, src in files.items():
-            _place(src, version / rel)
-        if flavor == "python":
-            shutil.copy2(BACKEND_TEMPLATE, version / "model.py")
-            # int8: the held-out check set and its re-check, which the backend runs at load on another int8 path.
-            check = manifest.int8_check_file if manifest is not None and precision.startswith("int8") else None
-            if check is not None and onnx_path is None:
-                shutil.copy2(check, version / check.name)
-                shutil.copy2(INT8_CHECKER, version / "guardrt_int8_path.py")
+        version.mkdir(exist_ok=True)
+        for rel, src in version_files.items():
+            if src.suffix == ".py":
+                shutil.copy2(src, version / rel)  # code is copied, never linked to the checkout
+            else:
+                _place(src, version / rel)
         target = repo / name
         old = None
         if target.exists():
@@ -443,20 +568,84 @@ def write_model(
     return repo / name
 
 
+def text_model_name(name: str) -> str:
+    """The text-in model served next to model `name`."""
+    return f"{name}{TEXT_SUFFIX}"
+
+
+def write_text_model(
+    repo: str | Path,
+    export_dir: str | Path,
+    *,
+    precision: str = "fp32",
+    name: str | None = None,
+    task_description: str | None = None,
+    instance_count: int | None = None,
+    providers: str = "cpu",
+    **options,
+) -> Path:
+    """Write `repo/<name>/` (default `<spec>-text`): the text-in model of an export (see the module docstring).
+
+    Its version directory holds the ONNX model (hard-linked), model.py and its siblings, the export's tokenizer
+    files and, for specs whose preprocessor takes one, `task_description.txt` (`task_description`, or the card's
+    default), so the repository is self-contained. `options` go to python_config (queue policy, threads, planner,
+    `max_payload_bytes`). The server's Python needs guardrt (`pip install 'guardrt[client]'`)."""
+    from guardrt.runtime.export_dir import load_export_dir
+    from guardrt.runtime.text_serving import TASK_DESCRIPTION_FILE, TOKENIZER_FILES, takes_task_description
+
+    manifest = load_export_dir(export_dir)
+    spec = get_spec(manifest.spec)
+    name = name or text_model_name(spec.name)
+    src = manifest.model_path(precision)
+    files = {"model.onnx": src}
+    files.update({f.name: f for f in _onnx_files(src) if f != src})
+    files.update({n: BACKEND_DIR / n for n in ("model.py", *BACKEND_SIBLINGS)})
+    files.update(_int8_check_files(manifest, precision))
+    tokenizer = [f for f in TOKENIZER_FILES if (manifest.tokenizer_dir / f).is_file()]
+    if "tokenizer.json" not in tokenizer:
+        raise ModelFilesError(f"export {manifest.path} has no tokenizer.json; the text-in model needs the tokenizer")
+    files.update({f: manifest.tokenizer_dir / f for f in tokenizer})
+    text = config_text(spec, "python", name=name, precision=precision, instance_count=instance_count,
+                       providers=providers, input_kind="text", **options)
+    blobs = {f"{WARMUP_DIR}/{k}": v for k, v in warmup_files(spec, "text").items()} if "model_warmup" in text else {}
+    if takes_task_description(spec):
+        from guardrt.runtime.preprocess import default_task_description
+
+        task = default_task_description() if task_description is None else task_description
+        blobs[f"1/{TASK_DESCRIPTION_FILE}"] = task.encode("utf-8")
+    elif task_description is not None:
+        raise InputError(f"spec {spec.name} takes no task description")
+    return _install(Path(repo), name, text, files, blobs)
+
+
 def default_configs() -> dict[str, str]:
-    """{spec name: config text} for the committed repository (python flavor, CPU, one instance, fp32)."""
+    """{model name: config text} for the committed repository (python flavor, CPU, one instance, fp32): each spec's
+    token-id model and its text-in model."""
     from guardrt.runtime.specs import spec_names
 
-    return {name: config_text(name, "python") for name in spec_names()}
+    configs = {}
+    for name in spec_names():
+        configs[name] = config_text(name, "python")
+        configs[text_model_name(name)] = config_text(name, "python", name=text_model_name(name), input_kind="text")
+    return configs
 
 
 def write_default_configs(repo: str | Path = "triton_repo") -> list[Path]:
-    """(Re)write the committed configs (`default_configs()`), leaving any weights in place; after a spec change:
-    `python -c "from guardrt.runtime.triton_repo import write_default_configs as w; w()"`."""
+    """(Re)write the committed configs (`default_configs()`) and their warm-up files, leaving any weights in place;
+    after a spec change: `python -c "from guardrt.runtime.triton_repo import write_default_configs as w; w()"`."""
+    from guardrt.runtime.specs import spec_names
+
     written = []
     for name, text in default_configs().items():
         path = Path(repo) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    for spec_name in spec_names():
+        for model, kind in ((spec_name, "ids"), (text_model_name(spec_name), "text")):
+            for file, data in warmup_files(get_spec(spec_name), kind).items():
+                path = Path(repo) / model / WARMUP_DIR / file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                written.append(path)
     return written

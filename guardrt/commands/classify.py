@@ -10,7 +10,6 @@ Backends are chosen in `run` by flag: `_classifier_in_process` builds the in-pro
 """
 from __future__ import annotations
 
-import json
 import sys
 
 NAME = "classify"
@@ -76,6 +75,7 @@ def _classifier_triton(args, spec, task_description):
 def run(args) -> int:
     from guardrt.commands.preprocess import iter_jsonl_inputs, read_task_description
     from guardrt.runtime.errors import GuardrtError, InputError
+    from guardrt.runtime.payloads import format_result
     from guardrt.runtime.specs import get_spec
 
     try:
@@ -95,7 +95,7 @@ def run(args) -> int:
     def flush() -> None:
         if pending:
             for result in classifier.classify_ids(pending):
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                out.write(format_result(result) + "\n")
             out.flush()
             pending.clear()
 

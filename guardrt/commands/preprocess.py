@@ -3,6 +3,7 @@
 Input lines: the spec's request field (`spec.input.request_field`): `{"turns": [{"role": ..., "content": ...}, ...]}`
 (intent-safety), `{"text": ...}` (rejection), `{"messages": [{"role": ..., "content": ...}, ...]}` (chat-template
 specs: qwen3guard-gen; `--tokenizer DIR` then also supplies the chat template, as transformers reads it).
+The payload format is runtime/payloads.py's, also what a `<spec>-text` Triton model takes.
 Output: one `{"input_ids": [...]}` line per input line, same order, flushed line by line. A malformed line stops
 the run with an error naming its line number (exit 2); the lines before it are already written.
 """
@@ -41,22 +42,19 @@ def read_task_description(path: str | None) -> str | None:
 
 
 def iter_jsonl_inputs(stream, spec):
-    """Yield (line_number, payload) where payload is the spec's request field (turns, text or messages); InputError
-    on a bad line."""
+    """Yield (line_number, payload) where payload is the spec's payload field (runtime/payloads.py: the dialogue
+    turns, the text, ...); InputError naming the line when it is not a JSON object with that field."""
     from guardrt.runtime.errors import InputError
-    from guardrt.runtime.preprocess import payload_field
+    from guardrt.runtime.payloads import parse_payload
 
-    key = payload_field(spec)
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict) or key not in obj:
-            raise InputError(f'line {lineno}: expected an object with a "{key}" field')
-        yield lineno, obj[key]
+            payload = parse_payload(line, spec)
+        except InputError as exc:
+            raise InputError(f"line {lineno}: {exc}") from None
+        yield lineno, payload
 
 
 def run(args) -> int:

@@ -3,6 +3,9 @@
 Flavors: `python` (default; Triton's python backend running ONNX Runtime, ragged dynamic batching, runs on CPU
 here), `onnxruntime` (native `onnxruntime_onnx`, TensorRT accelerator on GPU) and `tensorrt` (`tensorrt_plan`,
 with --plan, or the config alone when the engine is built later on a GPU host).
+
+From an export directory it also writes the text-in model `<name>-text` (python backend: JSON payload rows in, the
+card's JSON results out, for any KServe v2 client; `--no-text` skips it).
 """
 from __future__ import annotations
 
@@ -20,21 +23,35 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", default="fp32", help="which exported model to serve (fp32, fp16, int8, int8-dynamic)")
     p.add_argument("--out", default="triton_repo", help="model repository directory (default: triton_repo)")
     p.add_argument("--name", help="model name in the repository (default: the spec name)")
-    p.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    p.add_argument("--instances", type=int, default=None,
+                   help="model instances (default: 2 for the python flavor and the text-in model, see the README; "
+                        "1 for the native flavors)")
     p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="execution providers: python flavor ORT providers; for onnxruntime, cpu means KIND_CPU")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="python flavor: ORT intra-op threads (0: default)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="python flavor: ORT intra-op threads per instance (0: the backend's default, see the README)")
     p.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay (default: the spec's)")
     p.add_argument("--max-queue-size", type=int,
                    help="python flavor: queued requests before Triton refuses more (default: 4 x max_batch_size)")
     p.add_argument("--queue-timeout-us", type=int,
                    help="python flavor: queue timeout of a request that sets none (default: 30 s)")
     p.add_argument("--plan", help="tensorrt flavor: the engine file (model.plan) to place in the repository")
+    p.add_argument("--no-text", action="store_true",
+                   help="do not write the text-in model <name>-text (written by default from an export directory)")
+    p.add_argument("--task-description",
+                   help="text-in model: file with the task description it builds inputs with (intent-safety; "
+                        "default: the card's)")
+    p.add_argument("--max-payload-bytes", type=int,
+                   help="text-in model: largest payload row accepted (default: 4 MiB)")
+    p.add_argument("--profile-budget-s", type=float,
+                   help="python flavor: seconds each instance spends at load timing shapes for its batch planner "
+                        "(default: 3; 0: no profile, equal lengths batched together, never padded)")
 
 
 def run(args) -> int:
+    from guardrt.commands.preprocess import read_task_description
     from guardrt.runtime.errors import InputError
-    from guardrt.runtime.triton_repo import write_model
+    from guardrt.runtime.triton_repo import text_model_name, write_model, write_text_model
 
     if args.flavor != "tensorrt" and not args.model:
         raise InputError(f"the {args.flavor} flavor needs --model EXPORT_DIR")
@@ -43,10 +60,10 @@ def run(args) -> int:
     options = {}
     if args.max_queue_delay_us is not None:
         options["max_queue_delay_us"] = args.max_queue_delay_us
+    python_options = {"intra_op_threads": args.intra_op_threads, "max_queue_size": args.max_queue_size,
+                      "queue_timeout_us": args.queue_timeout_us, "profile_budget_s": args.profile_budget_s}
     if args.flavor == "python":
-        options["intra_op_threads"] = args.intra_op_threads
-        options["max_queue_size"] = args.max_queue_size
-        options["queue_timeout_us"] = args.queue_timeout_us
+        options.update(python_options)
     elif args.max_queue_size is not None or args.queue_timeout_us is not None:
         raise InputError("--max-queue-size / --queue-timeout-us apply to the python flavor")
     path = write_model(
@@ -62,4 +79,13 @@ def run(args) -> int:
         **options,
     )
     print(f"wrote {path} ({args.flavor} flavor, {args.precision})")
+    if args.model and not args.no_text:
+        text_options = dict(python_options, max_payload_bytes=args.max_payload_bytes)
+        if args.max_queue_delay_us is not None:
+            text_options["max_queue_delay_us"] = args.max_queue_delay_us
+        text = write_text_model(args.out, args.model, precision=args.precision,
+                                name=text_model_name(path.name), instance_count=args.instances,
+                                providers=args.providers, task_description=read_task_description(args.task_description),
+                                **text_options)
+        print(f"wrote {text} (text in: BYTES payload -> BYTES result, python backend, {args.precision})")
     return 0

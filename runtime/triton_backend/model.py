@@ -1,176 +1,77 @@
-"""guardrt Triton python backend: ONNX Runtime over dynamically batched, ragged token-id requests.
+"""guardrt Triton python backend: ONNX Runtime over dynamically batched requests, token ids or text.
 
-Self-contained (numpy + onnxruntime + the standard library) so it runs in any Triton python backend, with or without
-guardrt installed. Everything it needs comes from config.pbtxt `parameters`, written by `guardrt repo`:
+Self-contained (numpy + onnxruntime + the standard library, and its two sibling files `batch_plan.py` and
+`onnx_graph.py`, copied next to it) so the token-id model runs in any Triton python backend, with or without guardrt
+installed. The text-in model (`guardrt_input: text`) imports guardrt for the exact preprocessing. Everything comes
+from config.pbtxt `parameters`, written by `guardrt repo`:
 
   onnx_file            model file inside the version directory (external data next to it)
   pad_token_id         the spec's pad id
   padding_side         "left" (Qwen3: the last real token ends the row) or "right" (RoBERTa)
   max_length           longest sequence accepted
+  guardrt_input        "ids" (inputs input_ids / attention_mask, output logits) or "text" (input payload, output
+                       result: one JSON line per row, see guardrt.runtime.text_serving); guardrt_spec names the spec
+  max_payload_bytes    text: the largest payload row accepted
   execution_providers  "cpu" | "cuda" | "tensorrt" (CUDA / TensorRT execution providers on a GPU host)
   ort_providers        the providers with their options, as JSON (GPU providers; see `_providers`)
-  intra_op_threads     ONNX Runtime intra-op threads per instance (0: ORT default)
+  intra_op_threads     ONNX Runtime intra-op threads per instance (0: every core this process may use, in each
+                       instance - see `_session`)
+  intra_op_spinning    "0" (default): ORT's idle threads sleep instead of spinning, so a spinning instance never
+                       steals the cores the gRPC threads, the client or another instance need
+  profile_budget_s     seconds spent at load timing shapes for the batch planner (0: no profile, equal lengths only)
+  cost_model           the planner's cost model as JSON coefficients ({"per_call": ..., "per_token": ...}): used
+                       as given instead of timing shapes (a model measured once, pinned)
+  max_group_tokens     the most padded tokens one ONNX Runtime call may hold (bounds memory)
   trt_fp16 / trt_int8  TensorRT EP precision flags; trt_cache_dir: engine cache directory (also in ort_providers)
   guardrt_precision    the export precision; int8 ones re-run `int8_check.npz` at load when this CPU's int8 path
                        differs from the one they were validated on (guardrt_int8_path.py, copied by `guardrt repo`)
   int8_recheck         optional: refuse (default) | warn | off over the gate (else $GUARDRT_INT8_RECHECK)
 
-Inputs are declared `allow_ragged_batch: true`, so Triton hands `execute` requests of different lengths together.
-Each request carries `input_ids` / `attention_mask` [b, L]; the real tokens of each row (mask == 1, one contiguous
-run) are gathered, rows of similar length are padded together on the spec's side with the spec's pad id, and each
-request gets back `logits` [b, num_labels] float32.
+Token-id inputs are declared `allow_ragged_batch: true`, so Triton hands `execute` requests of different lengths
+together. `execute` is a pipeline of separate steps, each isolated per request (text: per row):
 
-One bad request never fails another. `execute` is a pipeline of separate steps, each isolated per request:
-  read_request      -> the two arrays of one request (or a RequestError)
-  validate_rows     -> the real tokens of each row, after every check (presence, integer dtype, rank/shape, length
-                       limits, mask values and contiguity, token ids inside the vocabulary)
-  group_by_length   -> rows of similar length, padded together
-  run_isolated      -> ONNX Runtime over the groups; when a group fails, each request in it is re-run alone, so only
-                       the request that fails on its own gets the error
-  *_response        -> one response per request, logits or a one-line error naming the problem
+  read_request / TextRows  -> the arrays of one request (or a RequestError); text: each row's token ids, computed by
+                              guardrt's own preprocessor, or that row's error
+  validate_rows            -> the real tokens of each row, after every check (presence, integer dtype, rank/shape,
+                              length limits, mask values and contiguity, token ids inside the vocabulary)
+  plan_groups              -> the rows split into groups that minimise the predicted time (batch_plan.py: a cost
+                              model timed at load; equal lengths together, padding only where it pays)
+  run_planned              -> ONNX Runtime over the groups, shortest first; when a group fails, each request in it
+                              is re-run alone, so only the request that fails on its own gets the error
+  *_response               -> one response per request: logits, results, or a one-line error naming the problem
 Any unexpected exception in one request's steps becomes that request's error; nothing escapes `execute`.
-
-The vocabulary size is read from the graph at load (`embedding_rows`): the first dimension of the table that the
-`input_ids` Gather indexes (through Cast / Identity on the ids and Cast / DequantizeLinear on the table), found by
-walking the ONNX protobuf directly, so `onnx` need not be installed. ONNX Runtime's Gather accepts negative
-indices (-1 is silently the last row) and fails the whole batch on an index >= vocab: both are refused here, per
-request, before the batch runs.
 """
+import importlib.util
 import json
-import mmap
 import os
+import sys
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-# Start a new padded group when padding would more than double the tokens computed (keeps a 4k-token request from
-# forcing every short request in the same batch to 4k).
-_MAX_PAD_RATIO = 2.0
+
+def _sibling(name):
+    """A module shipped next to this file (its own sys.modules name: several guardrt models may share a process)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    key = f"guardrt_backend_{name}_{abs(hash(here))}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, os.path.join(here, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # before exec: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+batch_plan = _sibling("batch_plan")
+embedding_rows = _sibling("onnx_graph").embedding_rows
+
+# Seconds spent timing shapes at load (per instance) unless the config says otherwise.
+DEFAULT_PROFILE_BUDGET_S = 5.0
 
 
 class RequestError(ValueError):
     """A request that cannot be run; the message is what its client sees."""
-
-
-# -- graph facts, read at load ------------------------------------------------------------------------------------
-# Field numbers of onnx.proto (ModelProto.graph = 7; GraphProto.node = 1, .initializer = 5; NodeProto.input = 1,
-# .output = 2, .op_type = 4, .attribute = 5; TensorProto.dims = 1, .name = 8; AttributeProto.name = 1, .i = 3).
-_MODEL_GRAPH, _GRAPH_NODE, _GRAPH_INITIALIZER = 7, 1, 5
-_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
-_TENSOR_DIMS, _TENSOR_NAME = 1, 8
-_ATTR_NAME, _ATTR_INT = 1, 3
-# Ops that pass token ids through unchanged, and ops that turn a stored table into the gathered one.
-_IDS_PASS_THROUGH = ("Cast", "Identity")
-_TABLE_PASS_THROUGH = ("Cast", "Identity", "DequantizeLinear")
-
-
-def _varint(buf, pos):
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf, start, end):
-    """(field number, wire type, value) of the protobuf message in buf[start:end]; length-delimited values are
-    (start, end) spans, so large tensors are skipped, not read."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = (pos, pos + size), pos + size
-        elif wire in (1, 5):
-            value, pos = pos, pos + (8 if wire == 1 else 4)
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
-def _text(buf, span):
-    return bytes(buf[span[0]:span[1]]).decode("utf-8", "replace")
-
-
-def _graph_summary(buf):
-    """([(op_type, inputs, outputs, int attributes)], {initializer name: dims}) of the main graph."""
-    graph = next((v for n, w, v in _fields(buf, 0, len(buf)) if n == _MODEL_GRAPH and w == 2), None)
-    nodes, dims = [], {}
-    if graph is None:
-        return nodes, dims
-    for number, wire, span in _fields(buf, *graph):
-        if wire != 2:
-            continue
-        if number == _GRAPH_NODE:
-            op, ins, outs, attrs = "", [], [], {}
-            for n, w, v in _fields(buf, *span):
-                if n == _NODE_INPUT:
-                    ins.append(_text(buf, v))
-                elif n == _NODE_OUTPUT:
-                    outs.append(_text(buf, v))
-                elif n == _NODE_OP_TYPE:
-                    op = _text(buf, v)
-                elif n == _NODE_ATTRIBUTE:
-                    name = value = None
-                    for an, aw, av in _fields(buf, *v):
-                        if an == _ATTR_NAME:
-                            name = _text(buf, av)
-                        elif an == _ATTR_INT and aw == 0:
-                            value = av - (1 << 64) if av >= 1 << 63 else av
-                    if name is not None and value is not None:
-                        attrs[name] = value
-            nodes.append((op, ins, outs, attrs))
-        elif number == _GRAPH_INITIALIZER:
-            name, shape = None, []
-            for n, w, v in _fields(buf, *span):
-                if n == _TENSOR_NAME:
-                    name = _text(buf, v)
-                elif n == _TENSOR_DIMS and w == 0:
-                    shape.append(v)
-                elif n == _TENSOR_DIMS and w == 2:  # packed repeated int64
-                    pos = v[0]
-                    while pos < v[1]:
-                        d, pos = _varint(buf, pos)
-                        shape.append(d)
-            if name is not None:
-                dims[name] = shape
-    return nodes, dims
-
-
-def embedding_rows(onnx_path, ids_input="input_ids"):
-    """Rows of the embedding table that `ids_input` indexes (the vocabulary size), or None when the graph has no
-    recognisable embedding Gather. Reads the ONNX protobuf in place (mmap); external weights are never opened."""
-    with open(onnx_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        nodes, dims = _graph_summary(memoryview(buf))
-    producer = {out: (op, ins) for op, ins, outs, _ in nodes for out in outs}
-
-    def table_rows(name, depth=0):
-        if name in dims:
-            return dims[name][0] if dims[name] else None
-        op, ins = producer.get(name, (None, []))
-        if op in _TABLE_PASS_THROUGH and ins and depth < 8:
-            return table_rows(ins[0], depth + 1)
-        return None
-
-    ids_names, frontier, found = {ids_input}, [ids_input], []
-    while frontier:
-        name = frontier.pop()
-        for op, ins, outs, attrs in nodes:
-            if op in _IDS_PASS_THROUGH and ins[:1] == [name] and outs and outs[0] not in ids_names:
-                ids_names.add(outs[0])
-                frontier.append(outs[0])
-            elif op == "Gather" and len(ins) >= 2 and ins[1] == name and attrs.get("axis", 0) == 0:
-                found.append(table_rows(ins[0]))
-            elif op == "EmbedLayerNormalization" and len(ins) >= 3 and ins[0] == name:  # com.microsoft fusion
-                found.append(table_rows(ins[2]))
-    found = [n for n in found if n]
-    return min(found) if found else None
 
 
 # -- request parsing ----------------------------------------------------------------------------------------------
@@ -221,21 +122,30 @@ def validate_rows(ids, mask, max_length, vocab_size=None):
     return rows
 
 
-# -- grouping -----------------------------------------------------------------------------------------------------
-def group_by_length(lengths, max_pad_ratio=_MAX_PAD_RATIO):
-    """Row indices grouped by similar length (ascending), so padding stays within `max_pad_ratio`."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups, cur, real = [], [], 0
-    for i in order:
-        n = lengths[i]
-        if cur and (len(cur) + 1) * n > max_pad_ratio * (real + n):
-            groups.append(cur)
-            cur, real = [], 0
-        cur.append(i)
-        real += n
-    if cur:
-        groups.append(cur)
-    return groups
+
+
+# -- text rows ----------------------------------------------------------------------------------------------------
+def read_payloads(request):
+    """The payload elements of one text request (a flat list of bytes, one per row); RequestError otherwise."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "payload")
+    if tensor is None:
+        raise RequestError("request needs the BYTES input payload (one JSON line per row)")
+    arr = tensor.as_numpy()
+    if arr.dtype != np.object_:
+        raise RequestError(f"payload must be BYTES, got {arr.dtype}")
+    if arr.ndim == 0 or arr.size == 0:
+        raise RequestError("empty batch: the request has no rows")
+    if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[1] != 1):
+        raise RequestError(f"payload must be [rows] or [rows, 1], got {list(arr.shape)}")
+    return list(arr.reshape(-1))
+
+
+def text_result_response(results):
+    """The `result` BYTES [rows, 1] response of a text request (one JSON line per row)."""
+    out = np.empty((len(results), 1), dtype=np.object_)
+    for r, value in enumerate(results):
+        out[r, 0] = value
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("result", out)])
 
 
 def pad_rows(rows, pad_id, side):
@@ -251,52 +161,55 @@ def pad_rows(rows, pad_id, side):
 
 
 # -- execution ----------------------------------------------------------------------------------------------------
+
 def one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
+def run_planned(run_group, rows, owner, groups, on_done, log=None):
+    """Run `groups` (lists of row indices, in order) and report each unit's logits as soon as its last row is done.
 
-def run_isolated(run_group, rows, owner, log=None):
-    """Logits for every row, isolating failures by request.
-
-    `run_group(list of rows) -> logits [n, C]` runs one padded group. All rows run grouped by length; when a group
-    fails, each request that had a row in it is re-run alone (and `log` is told). Returns ({request: logits [b, C]},
-    {request: error}): only a request that also fails on its own gets an error."""
-    lengths = [len(r) for r in rows]
+    `run_group(list of rows) -> logits [n, C]` runs one padded group; `owner[i]` is the unit (a request, or a text
+    row) row i belongs to; `on_done(unit, logits [k, C] in row order | error message)` is called once per unit.
+    When a group fails, each unit with rows in it is re-run alone, one call per length (and `log` is told), so only
+    a unit that also fails on its own gets an error."""
+    rows_of = {}
+    for i, unit in enumerate(owner):
+        rows_of.setdefault(unit, []).append(i)
+    left = {unit: len(idx) for unit, idx in rows_of.items()}
     out = [None] * len(rows)
-    suspects = set()
-    for group in group_by_length(lengths):
+    settled = set()
+    for group in groups:
         try:
             logits = run_group([rows[i] for i in group])
-        except Exception as exc:  # noqa: BLE001 - which request caused it is found below
-            requests = {owner[i] for i in group}
-            suspects.update(requests)
+        except Exception as exc:  # noqa: BLE001 - which unit caused it is found below
+            units = list(dict.fromkeys(owner[i] for i in group if owner[i] not in settled))
             if log is not None:
-                log(f"onnxruntime failed on a group of {len(group)} rows from {len(requests)} requests "
+                log(f"onnxruntime failed on a group of {len(group)} rows from {len(units)} requests "
                     f"({one_line(exc)[:300]}); re-running those requests one at a time")
+            for unit in units:
+                settled.add(unit)
+                try:
+                    alone = run_alone(run_group, [rows[i] for i in rows_of[unit]])
+                except Exception as exc_alone:  # noqa: BLE001
+                    on_done(unit, f"onnxruntime failed on this request: {one_line(exc_alone)}")
+                    continue
+                on_done(unit, alone)
             continue
         for k, i in enumerate(group):
-            out[i] = logits[k]
-    by_request = {}
-    for i, req in enumerate(owner):
-        by_request.setdefault(req, []).append(i)
-    results, errors = {}, {}
-    for req, idx in by_request.items():
-        if req in suspects:
-            try:
-                alone = run_isolated_request(run_group, [rows[i] for i in idx])
-            except Exception as exc:  # noqa: BLE001
-                errors[req] = f"onnxruntime failed on this request: {one_line(exc)}"
+            unit = owner[i]
+            if unit in settled:
                 continue
-            results[req] = alone
-        else:
-            results[req] = np.stack([out[i] for i in idx])
-    return results, errors
+            out[i] = logits[k]
+            left[unit] -= 1
+            if left[unit] == 0:
+                settled.add(unit)
+                on_done(unit, np.stack([out[j] for j in rows_of[unit]]))
 
 
-def run_isolated_request(run_group, rows):
-    """One request's rows on their own (still grouped by length)."""
+def run_alone(run_group, rows):
+    """One unit's rows on their own, one call per length."""
     out = [None] * len(rows)
-    for group in group_by_length([len(r) for r in rows]):
+    for group in batch_plan.plan_groups([len(r) for r in rows]):
         logits = run_group([rows[i] for i in group])
         for k, i in enumerate(group):
             out[i] = logits[k]
@@ -349,10 +262,17 @@ def _providers(kind, device_id, params):
     return [(p[0], dict(p[1], device_id=device_id)) if isinstance(p, list) else p for p in listed]
 
 
+
+# -- the model ----------------------------------------------------------------------------------------------------
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        import onnxruntime as ort
-
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config.get("name", "model")
@@ -361,14 +281,12 @@ class TritonPythonModel:
         if self.side not in ("left", "right"):
             raise ValueError(f"padding_side must be left or right, got {self.side!r}")
         self.max_length = int(params["max_length"])
+        self.text_input = params.get("guardrt_input", "ids") == "text"
+        self.max_rows = int(config.get("max_batch_size") or 1)
+        self.max_group_tokens = int(params.get("max_group_tokens") or 0) or self.max_rows * self.max_length
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
-        opts = ort.SessionOptions()
-        threads = int(params.get("intra_op_threads", "0") or 0)
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # int8 exports ship guardrt_int8_path.py: exact int8 GEMMs where this CPU's U8S8 kernels saturate (no VNNI),
-        # and below, the re-check of the export on this CPU's int8 path.
+        # int8 exports ship guardrt_int8_path.py: exact int8 GEMMs where this CPU's U8S8 kernels saturate (no VNNI;
+        # applied in _session), and below, the re-check of the export on this CPU's int8 path.
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         check = os.path.join(version_dir, "int8_check.npz")
         checker = os.path.join(version_dir, "guardrt_int8_path.py")
@@ -379,19 +297,25 @@ class TritonPythonModel:
             loader = importlib.util.spec_from_file_location(f"guardrt_int8_path_{self.name}", checker)
             int8 = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(int8)
-            for key, value in int8.exact_int8_session_config().items():
-                opts.add_session_config_entry(key, value)
+        self._int8 = int8
         device_id = int(args.get("model_instance_device_id", 0) or 0)
-        providers = _providers(params.get("execution_providers"), device_id, params)
-        self.session = ort.InferenceSession(path, opts, providers=providers)
+        self.session = self._session(path, params, config, device_id)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = config["output"][0]["name"]
+        self.output_name = "logits" if self.text_input else config["output"][0]["name"]
         self.vocab_size = embedding_rows(path)
+        if self.text_input:
+            self.text = self._text_frontend(args, params)
+        if params.get("cost_model"):
+            self.cost = batch_plan.CostModel(**json.loads(params["cost_model"]))
+            profiled = f"{self.cost.describe()}, as configured"
+        else:
+            budget = params.get("profile_budget_s")
+            self.cost, profiled = self._profile(DEFAULT_PROFILE_BUDGET_S if budget in (None, "") else float(budget))
         vocab = (f"token ids checked against a vocabulary of {self.vocab_size} (embedding rows in the graph)"
                  if self.vocab_size else "token ids NOT range-checked (no embedding Gather on input_ids found)")
         pb_utils.Logger.log_info(
-            f"guardrt {self.name}: {path} on {self.session.get_providers()}, pad {self.side}/{self.pad_id}, "
-            f"max_length {self.max_length}, {vocab}"
+            f"guardrt {self.name}: {path} on {self.session.get_providers()} ({self.threads} intra-op threads), pad "
+            f"{self.side}/{self.pad_id}, max_length {self.max_length}, {vocab}; batch planner: {profiled}"
         )
         # An int8 export validated on another CPU int8 path: re-run its held-out check set here, log one line, and
         # refuse to load over the gate unless parameter int8_recheck / $GUARDRT_INT8_RECHECK says warn or off.
@@ -404,38 +328,159 @@ class TritonPythonModel:
             if result.ran:
                 (pb_utils.Logger.log_info if result.ok else pb_utils.Logger.log_warn)(result.line)
 
+    # -- load-time pieces -------------------------------------------------------------------------------------------
+    def _session(self, path, params, config, device_id):
+        """The ONNX Runtime session, with the first provider asked for actually running (one line otherwise)."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        threads = int(params.get("intra_op_threads", "0") or 0)
+        if threads <= 0:
+            # Every instance may use every core: a dynamic batch runs on ONE instance (its groups one after the
+            # other), so an instance with a share of the cores would leave the rest idle while the other instance
+            # has nothing to do; when both run, their threads (not spinning) share the cores. Measured in
+            # benchmarks/serve.py (layouts); `intra_op_threads` overrides it.
+            threads = usable_cores()
+        self.threads = threads
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # ORT's pool threads spin after each call by default; on a machine whose cores are shared with Triton's
+        # gRPC threads and other instances, the spinning takes the CPU the next request needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "0") or "0")
+        if self._int8 is not None:
+            for key, value in self._int8.exact_int8_session_config().items():
+                opts.add_session_config_entry(key, value)
+        providers = _providers(params.get("execution_providers"), device_id, params)
+        session = ort.InferenceSession(path, opts, providers=providers)
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if wanted not in session.get_providers():
+            raise RuntimeError(f"guardrt {config.get('name', 'model')}: execution provider {wanted} is not running "
+                               f"(onnxruntime runs {', '.join(session.get_providers())}); refusing to serve on a "
+                               "fallback")
+        return session
+
+    def _text_frontend(self, args, params):
+        try:
+            from guardrt.runtime.text_serving import DEFAULT_MAX_PAYLOAD_BYTES, TextFrontend
+        except ImportError as exc:
+            raise RuntimeError(f"the text-in model needs guardrt in the server's Python ({exc}): "
+                               "pip install 'guardrt[client]' there") from None
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        limit = int(params.get("max_payload_bytes") or DEFAULT_MAX_PAYLOAD_BYTES)
+        return TextFrontend.from_model_dir(params["guardrt_spec"], version_dir, max_payload_bytes=limit)
+
+    def _profile(self, budget_s):
+        """The batch planner's cost model, timed on synthetic rows of in-vocabulary ids (also primes ORT). Shapes
+        that fail are left out (and logged); with too few shapes left, the safe plan: equal lengths only."""
+        if budget_s <= 0:
+            return batch_plan.EXACT_LENGTHS, "no profile (profile_budget_s 0): equal lengths together, no padding"
+        token = min(100, (self.vocab_size or 101) - 1)
+
+        def run(n, length):
+            self._run_group([np.full(length, token, dtype=np.int64)] * n)
+
+        t0, failures = time.perf_counter(), []
+        samples = batch_plan.profile_shapes(run, self.max_rows, self.max_length, max_group_tokens=self.max_group_tokens,
+                                            budget_s=budget_s, failures=failures)
+        for n, length, exc in failures:
+            pb_utils.Logger.log_warn(f"guardrt {self.name}: profiling {n} x {length} tokens failed, not planned for: "
+                                     f"{one_line(exc)[:300]}")
+        if len(samples) < 2:
+            return batch_plan.EXACT_LENGTHS, f"profile failed ({len(failures)} shapes): equal lengths together, no padding"
+        cost = batch_plan.fit_cost_model(samples)
+        return cost, f"{cost.describe()} in {time.perf_counter() - t0:.1f} s"
+
+    # -- execution --------------------------------------------------------------------------------------------------
     def _run_group(self, rows):
         ids, mask = pad_rows(rows, self.pad_id, self.side)
         feeds = {"input_ids": ids, "attention_mask": mask}
         return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
 
+    def _read_ids(self, request, index, units):
+        rows = validate_rows(*read_request(request), self.max_length, self.vocab_size)
+        units.append((index, None, rows))
+
+    def _read_text(self, request, index, units, results):
+        payloads = read_payloads(request)
+        results[index] = [None] * len(payloads)
+        for r, raw in enumerate(payloads):
+            try:
+                ids = self.text.encode(raw)
+            except ValueError as exc:  # guardrt's InputError
+                results[index][r] = _text_error(f"row {r}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - still only this row's
+                results[index][r] = _text_error(f"row {r}: cannot read this payload: {one_line(exc)}")
+                continue
+            if not ids or len(ids) > self.max_length:
+                results[index][r] = _text_error(f"row {r}: preprocessing gave {len(ids)} tokens (1..{self.max_length})")
+                continue
+            units.append((index, r, [np.asarray(ids, dtype=np.int64)]))
+
     def execute(self, requests):
+        # Responses are returned together at the end, not sent one by one through each request's response sender
+        # as their rows finish: with dynamic batching, Triton 2.51 then left requests queued for its batcher's
+        # 500 ms idle wait far more often (measured, tiny rejection model: max latency 503 ms even at concurrency 1).
         responses = [None] * len(requests)
-        rows, owner = [], []
+
+        def respond(i, response):
+            responses[i] = response
+
+        units, results = [], {}  # units: (request, text row or None, rows)
         for i, request in enumerate(requests):
             try:
-                got = validate_rows(*read_request(request), self.max_length, self.vocab_size)
+                if self.text_input:
+                    self._read_text(request, i, units, results)
+                else:
+                    self._read_ids(request, i, units)
             except RequestError as exc:
-                responses[i] = error_response(f"{self.name}: {exc}")
-                continue
+                respond(i, error_response(f"{self.name}: {exc}"))
             except Exception as exc:  # noqa: BLE001 - an unexpected failure is still only this request's
-                responses[i] = error_response(f"{self.name}: cannot read this request: {one_line(exc)}", "INTERNAL")
-                continue
-            rows.extend(got)
-            owner.extend([i] * len(got))
-        try:
-            log = lambda msg: pb_utils.Logger.log_warn(f"guardrt {self.name}: {msg}")  # noqa: E731
-            results, errors = run_isolated(self._run_group, rows, owner, log) if rows else ({}, {})
-        except Exception as exc:  # noqa: BLE001 - defensive: run_isolated handles ORT failures itself
-            results, errors = {}, {i: f"batch failed: {one_line(exc)}" for i in set(owner)}
-        for i, logits in results.items():
+                respond(i, error_response(f"{self.name}: cannot read this request: {one_line(exc)}", "INTERNAL"))
+        left = {}
+        for i, _, _ in units:
+            left[i] = left.get(i, 0) + 1
+        for i in results:
+            if i not in left:  # every row of this text request was refused: answer now
+                respond(i, text_result_response(results[i]))
+
+        def done(unit, value):
+            i, r, _ = units[unit]
             try:
-                responses[i] = logits_response(self.output_name, logits)
+                if r is None:
+                    response = (logits_response(self.output_name, value) if not isinstance(value, str)
+                                else error_response(f"{self.name}: {value}", "INTERNAL"))
+                else:
+                    results[i][r] = (self.text.result(value[0]) if not isinstance(value, str)
+                                     else _text_error(f"row {r}: {value}"))
+                    left[i] -= 1
+                    if left[i]:
+                        return
+                    response = text_result_response(results[i])
             except Exception as exc:  # noqa: BLE001
-                errors[i] = f"cannot build the response: {one_line(exc)}"
-        for i, message in errors.items():
-            responses[i] = error_response(f"{self.name}: {message}", "INTERNAL")
+                response = error_response(f"{self.name}: cannot build the response: {one_line(exc)}", "INTERNAL")
+            respond(i, response)
+
+        rows, owner = [], []
+        for u, (_, _, unit_rows) in enumerate(units):
+            rows.extend(unit_rows)
+            owner.extend([u] * len(unit_rows))
+        if rows:
+            log = lambda msg: pb_utils.Logger.log_warn(f"guardrt {self.name}: {msg}")  # noqa: E731
+            try:
+                groups = batch_plan.plan_groups([len(r) for r in rows], self.cost, self.max_rows,
+                                                self.max_group_tokens)
+                run_planned(self._run_group, rows, owner, groups, done, log)
+            except Exception as exc:  # noqa: BLE001 - defensive: run_planned handles ORT failures itself
+                for u in dict.fromkeys(owner):
+                    done(u, f"batch failed: {one_line(exc)}")
         return responses
 
     def finalize(self):
         self.session = None
+
+
+def _text_error(message):
+    from guardrt.runtime.text_serving import error_result
+
+    return error_result(message)

@@ -79,15 +79,27 @@ def test_serve_quick_writes_json_and_plots(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.with_suffix(".json").read_text())
     spec = data["specs"][0]
-    assert set(spec["sweep"]) == {"on", "off"}
-    for mode in ("on", "off"):
-        levels = spec["sweep"][mode]
-        assert [r["concurrency"] for r in levels] == [1, 4]
-        assert all(r["requests"] > 0 and r["throughput_rps"] > 0 and not r["errors"] for r in levels)
-        assert all(sum(r["server"]["executed_batch_sizes"].values()) == r["server"]["executions"] for r in levels)
-    # without dynamic batching every execution is one request
-    assert all(r["server"]["mean_executed_batch"] == 1.0 for r in spec["sweep"]["off"])
-    assert spec["inprocess"]["batch16_throughput_rps"] > 0 and spec["server_peak_rss_mib"]["total"] > 0
+    assert set(spec["sweep"]) == {"grpc", "text-grpc", "text-http"}
+    for path, modes in spec["sweep"].items():
+        assert set(modes) == {"on", "off"}
+        for mode, levels in modes.items():
+            assert [r["concurrency"] for r in levels] == ([1, 4] if path == "grpc" else [1])
+            assert all(r["requests"] > 0 and r["throughput_rps"] > 0 and not r["errors"] for r in levels)
+            assert all(r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in levels)
+            assert all(r["server"]["compute_infer_ms"] > 0 and r["server"]["queue_ms"] is not None for r in levels)
+        # without dynamic batching every execution is one request
+        assert all(r["server"]["mean_executed_batch"] == 1.0 for r in modes["off"])
+    assert [r["concurrency"] for r in spec["ratios"]["grpc"]] == [1, 4]
+    overhead = spec["overhead"]
+    assert set(overhead["added_p50_ms"]) == {"gRPC thin client, ids", "gRPC thin client, text", "text-in over gRPC",
+                                             "text-in over HTTP"}
+    assert "overhead_server_spinning" in spec
+    eq = spec["equality"]
+    for client in ("curl", "tritonclient_http"):
+        assert eq[client]["same_decision"] == eq["rows"] and eq[client]["errors"] == 0
+    assert eq["tritonclient_http"]["identical"] == eq["rows"]  # one row per request: the thin client's bytes
+    assert spec["inprocess"]["batch16_throughput_rps"] > 0 and spec["server"]["peak_rss_mib"]["total"] > 0
+    assert [lay["layout"] for lay in spec["layouts"]] == ["2x1"]
     assert (tmp_path / "serve_rejection.png").stat().st_size > 0
 
 

@@ -224,7 +224,7 @@ def test_url_env_twin_is_a_list_the_command_line_replaces(monkeypatch):
 
 
 def test_payload_field_comes_from_the_preprocessor_kind():
-    from guardrt.runtime.preprocess import payload_field
+    from guardrt.runtime.payloads import payload_field
 
     assert payload_field("intent-safety") == "turns" and payload_field("rejection") == "text"
 

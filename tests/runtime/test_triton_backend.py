@@ -4,60 +4,17 @@ only inside Triton's stub, so a small stand-in provides the few names the backen
 same code in tests/triton."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BACKEND = Path(__file__).resolve().parents[2] / "runtime" / "triton_backend" / "model.py"
-
-
-class _Tensor:
-    def __init__(self, name, array):
-        self.name, self.array = name, array
-
-    def as_numpy(self):
-        if isinstance(self.array, Exception):
-            raise self.array
-        return self.array
-
-
-class _TritonError:
-    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
-
-    def __init__(self, message, code=None):
-        self.message, self.code = message, code
-
-
-class _Response:
-    def __init__(self, output_tensors=(), error=None):
-        self.output_tensors, self.error = list(output_tensors), error
+from .fake_triton import Tensor, load_backend
 
 
 @pytest.fixture(scope="module")
 def backend():
-    """The backend module, imported with a stand-in for triton_python_backend_utils."""
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.Tensor, fake.TritonError, fake.InferenceResponse = _Tensor, _TritonError, _Response
-    fake.get_input_tensor_by_name = lambda request, name: request.get(name)
-    fake.Logger = types.SimpleNamespace(log_info=lambda m: None, log_warn=lambda m: fake.warnings.append(m))
-    fake.warnings = []
-    saved = sys.modules.get("triton_python_backend_utils")
-    sys.modules["triton_python_backend_utils"] = fake
-    try:
-        spec = importlib.util.spec_from_file_location("guardrt_triton_backend_under_test", BACKEND)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        if saved is None:
-            sys.modules.pop("triton_python_backend_utils", None)
-        else:
-            sys.modules["triton_python_backend_utils"] = saved
-    module.fake_pb_utils = fake
-    return module
+    return load_backend()
 
 
 # -- the vocabulary, from the graph ---------------------------------------------------------------------------------
@@ -157,12 +114,31 @@ def test_a_failing_group_is_re_run_request_by_request(backend):
 
     rows = [np.array(r) for r in ([1, 2], [3, 4], [13, 1], [5, 6], [7, 7, 7])]
     owner = [0, 0, 1, 2, 2]  # request 1 holds the poisoned row; requests 0 and 2 share its group
-    logs = []
-    results, errors = backend.run_isolated(run_group, rows, owner, logs.append)
+    logs, done = [], []
+    groups = [[0, 1, 2, 3], [4]]
+    backend.run_planned(run_group, rows, owner, groups, lambda unit, value: done.append((unit, value)), logs.append)
+    results = {u: v for u, v in done if not isinstance(v, str)}
+    errors = {u: v for u, v in done if isinstance(v, str)}
+    assert sorted(u for u, _ in done) == [0, 1, 2]  # each unit reported exactly once
     assert set(results) == {0, 2} and set(errors) == {1}
     assert errors[1] == "onnxruntime failed on this request: Gather: indices element out of data bounds second line"
     assert results[0].tolist() == [[3.0, 2.0], [7.0, 2.0]] and results[2].tolist() == [[11.0, 2.0], [21.0, 3.0]]
     assert len(logs) == 1 and "from 3 requests" in logs[0]
+
+
+def test_units_are_reported_as_soon_as_their_last_group_is_done(backend):
+    """Groups run in order; a unit is reported right after the group holding its last row, not at the end."""
+    events = []
+
+    def run_group(rows):
+        events.append(("run", len(rows[0])))
+        return np.stack([[float(len(r)), 0.0] for r in rows])
+
+    rows = [np.ones(n, np.int64) for n in (2, 5, 2, 9)]
+    owner = [0, 1, 2, 1]
+    groups = backend.batch_plan.plan_groups([len(r) for r in rows])
+    backend.run_planned(run_group, rows, owner, groups, lambda unit, value: events.append(("done", unit)))
+    assert events == [("run", 2), ("done", 0), ("done", 2), ("run", 5), ("run", 9), ("done", 1)]
 
 
 def test_execute_keeps_every_failure_to_its_own_request(backend):
@@ -171,6 +147,8 @@ def test_execute_keeps_every_failure_to_its_own_request(backend):
     model = backend.TritonPythonModel()
     model.name, model.pad_id, model.side, model.max_length, model.vocab_size = "m", 1, "right", 16, 50
     model.input_names, model.output_name = ["input_ids", "attention_mask"], "logits"
+    model.text_input, model.max_rows, model.max_group_tokens = False, 8, 128
+    model.cost = backend.batch_plan.CostModel(per_call=1.0)  # one call per execute unless a group fails
 
     class Session:
         def run(self, _, feeds):
@@ -183,16 +161,16 @@ def test_execute_keeps_every_failure_to_its_own_request(backend):
 
     def request(ids, mask=None):
         ids = np.asarray(ids)
-        return {"input_ids": _Tensor("input_ids", ids),
-                "attention_mask": _Tensor("attention_mask", np.ones_like(ids) if mask is None else mask)}
+        return {"input_ids": Tensor("input_ids", ids),
+                "attention_mask": Tensor("attention_mask", np.ones_like(ids) if mask is None else mask)}
 
     requests = [
         request([[0, 5, 2]]),
-        {"input_ids": _Tensor("input_ids", OSError("shared memory gone")), "attention_mask": _Tensor("m", None)},
+        {"input_ids": Tensor("input_ids", OSError("shared memory gone")), "attention_mask": Tensor("m", None)},
         request([[0, 50, 2]]),
         request([[0, 6, 2], [0, 7, 2]]),
         request([[0, 49, 2]]),
-        {"input_ids": _Tensor("input_ids", np.array([[0, 5, 2]]))},
+        {"input_ids": Tensor("input_ids", np.array([[0, 5, 2]]))},
     ]
     responses = model.execute(requests)
     assert len(responses) == len(requests)

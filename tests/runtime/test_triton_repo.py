@@ -15,10 +15,15 @@ from guardrt.runtime.triton_repo import (
     config_parameters,
     config_text,
     default_configs,
+    CPU_QUEUE_DELAY_US,
+    PYTHON_INSTANCES,
+    WARMUP_DIR,
     write_default_configs,
     parse_config,
     tensorrt_config,
+    warmup_files,
     write_model,
+    write_text_model,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +41,10 @@ def test_every_flavor_config_parses_with_tritons_protobuf(spec_name, flavor):
     assert all(list(i.dims) == [-1] for i in cfg.input)
     assert list(cfg.output[0].dims) == [len(spec.labels)]
     assert list(cfg.dynamic_batching.preferred_batch_size) == list(spec.preferred_batch_sizes)
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == spec.max_queue_delay_us
+    # the python flavor on CPU does not wait for bigger batches (its planner makes any batch pay); GPUs do
+    delay = CPU_QUEUE_DELAY_US if flavor == "python" else spec.max_queue_delay_us
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == delay
+    assert cfg.instance_group[0].count == (PYTHON_INSTANCES if flavor == "python" else 1)
     params = config_parameters(cfg)
     assert params["guardrt_spec"] == spec_name and params["guardrt_flavor"] == flavor
     if flavor == "python":
@@ -76,6 +84,8 @@ def test_invalid_config_text_is_a_clear_error():
 
 
 def test_python_flavor_options():
+    gpu = parse_config(config_text("rejection", "python", providers="cuda"))
+    assert gpu.dynamic_batching.max_queue_delay_microseconds == get_spec("rejection").max_queue_delay_us
     cfg = parse_config(config_text("rejection", "python", instance_count=3, providers="tensorrt", precision="fp16",
                                    max_queue_delay_us=500))
     assert cfg.instance_group[0].count == 3
@@ -119,15 +129,56 @@ def test_tensorrt_config_consistent_with_bucket_profiles(spec_name):
     assert list(cfg2.instance_group[0].profile) == ["0"] and cfg2.input[0].data_type == pb.TYPE_INT32
 
 
-def test_committed_repository_configs_are_what_the_writer_generates():
+def test_committed_repository_configs_are_what_the_writer_generates(tmp_path):
     generated = default_configs()
     committed = {p.parent.name: p.read_text(encoding="utf-8") for p in (REPO_ROOT / "triton_repo").glob("*/config.pbtxt")}
     assert committed == generated, "spec changed: regenerate with guardrt.runtime.triton_repo.write_default_configs()"
+    written = {p.relative_to(tmp_path): p.read_bytes() for p in write_default_configs(tmp_path) if p.parent.name == WARMUP_DIR}
+    assert written and all((REPO_ROOT / "triton_repo" / rel).read_bytes() == data for rel, data in written.items())
 
 
 def test_write_default_configs(tmp_path):
     paths = write_default_configs(tmp_path)
-    assert {p.parent.name: p.read_text() for p in paths} == default_configs()
+    assert {p.parent.name: p.read_text() for p in paths if p.name == "config.pbtxt"} == default_configs()
+    assert set(default_configs()) == {n for s in spec_names() for n in (s, f"{s}-text")}
+    # every model's warm-up request names files that exist
+    for name, text in default_configs().items():
+        cfg = parse_config(text)
+        assert len(cfg.model_warmup) == 1
+        for key, inp in cfg.model_warmup[0].inputs.items():
+            assert (tmp_path / name / WARMUP_DIR / inp.input_data_file).is_file(), (name, key)
+
+
+def test_warmup_files_hold_one_valid_row():
+    import struct
+
+    for spec_name in spec_names():
+        spec = get_spec(spec_name)
+        files = warmup_files(spec)
+        ids = np.frombuffer(files["input_ids"], dtype="<i8")
+        mask = np.frombuffer(files["attention_mask"], dtype="<i8")
+        assert ids.size == mask.size > 0 and (mask == 1).all() and (ids != spec.pad_token_id).all()
+        raw = warmup_files(spec, "text")["payload"]
+        size = struct.unpack("<I", raw[:4])[0]
+        assert size == len(raw) - 4 and json.loads(raw[4:])  # one BYTES element: length, then the JSON line
+
+
+def test_text_model_config():
+    cfg = parse_config(config_text("intent-safety", "python", name="intent-safety-text", input_kind="text",
+                                   max_payload_bytes=1000, profile_budget_s=0))
+    pb = __import__("tritonclient.grpc.model_config_pb2", fromlist=["x"])
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("payload", pb.TYPE_STRING, [1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [("result", pb.TYPE_STRING, [1])]
+    assert cfg.max_batch_size == get_spec("intent-safety").max_batch_size
+    params = config_parameters(cfg)
+    assert params["guardrt_input"] == "text" and params["guardrt_spec"] == "intent-safety"
+    assert params["max_payload_bytes"] == "1000" and params["profile_budget_s"] == "0.0"
+    assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 4 * cfg.max_batch_size
+    ids = config_parameters(parse_config(config_text("rejection", "python")))
+    assert ids["guardrt_input"] == "ids" and "max_payload_bytes" not in ids
+    assert int(ids["max_group_tokens"]) == 64 * 512 // 4
+    with pytest.raises(InputError, match="input_kind"):
+        config_text("rejection", "python", input_kind="audio")
 
 
 def _fake_export(root: Path, spec: str = "rejection", external: bool = False) -> Path:
@@ -137,6 +188,7 @@ def _fake_export(root: Path, spec: str = "rejection", external: bool = False) ->
     if external:
         (root / "fp32" / "model.onnx.data").write_bytes(b"weights")
     (root / "config.json").write_text("{}")
+    (root / "tokenizer.json").write_text("{}")
     (root / "guardrt.json").write_text(json.dumps({
         "spec": spec, "architecture": "RobertaForSequenceClassification", "num_labels": 2,
         "precisions": {"fp32": "fp32/model.onnx"},
@@ -152,7 +204,10 @@ def test_write_model_python_flavor_layout_and_adds_models(tmp_path):
     assert (path / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
     assert (path / "1" / "model.onnx.data").read_bytes() == b"weights"
     assert "class TritonPythonModel" in (path / "1" / "model.py").read_text()
+    assert (path / "1" / "batch_plan.py").is_file() and (path / "1" / "onnx_graph.py").is_file()
+    assert (path / "1" / "model.py").stat().st_nlink == 1  # code is copied, never hard-linked to the checkout
     assert (path / "config.pbtxt").read_text() == config_text("rejection", "python")
+    assert sorted(p.name for p in (path / WARMUP_DIR).iterdir()) == ["attention_mask", "input_ids"]
     # A second spec in the same repository is added next to the first; rewriting replaces only its own directory.
     other = _fake_export(tmp_path / "export2", spec="intent-safety")
     write_model(repo, export_dir=other)
@@ -160,6 +215,34 @@ def test_write_model_python_flavor_layout_and_adds_models(tmp_path):
     assert sorted(p.name for p in repo.iterdir()) == ["intent-safety", "rejection"]
     assert parse_config((repo / "rejection" / "config.pbtxt").read_text()).instance_group[0].count == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_write_text_model_carries_tokenizer_and_task_description(tmp_path):
+    export = _fake_export(tmp_path / "export", external=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (export / f).write_text(f"{f} contents")
+    path = write_text_model(tmp_path / "repo", export, max_payload_bytes=123)
+    assert path == tmp_path / "repo" / "rejection-text"
+    version = path / "1"
+    assert (version / "model.onnx").read_bytes() == b"onnx-bytes" and (version / "model.onnx.data").is_file()
+    assert (version / "tokenizer.json").read_text() == "tokenizer.json contents" and (version / "merges.txt").is_file()
+    assert not (version / "task_description.txt").exists()  # rejection's preprocessor takes none
+    assert (path / WARMUP_DIR / "payload").is_file() and (version / "batch_plan.py").is_file()
+    assert config_parameters(parse_config((path / "config.pbtxt").read_text()))["max_payload_bytes"] == "123"
+    with pytest.raises(InputError, match="takes no task description"):
+        write_text_model(tmp_path / "repo", export, task_description="x")
+
+    from guardrt.runtime.preprocess import default_task_description
+
+    dialog = _fake_export(tmp_path / "export2", spec="intent-safety")
+    path = write_text_model(tmp_path / "repo", dialog, name="is-text")
+    assert (path / "1" / "task_description.txt").read_text(encoding="utf-8") == default_task_description()
+    path = write_text_model(tmp_path / "repo", dialog, task_description="my own task")
+    assert (path / "1" / "task_description.txt").read_text(encoding="utf-8") == "my own task"
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["intent-safety-text", "is-text", "rejection-text"]
+    (dialog / "tokenizer.json").unlink()
+    with pytest.raises(ModelFilesError, match="no tokenizer.json"):
+        write_text_model(tmp_path / "repo", dialog)
 
 
 def test_write_model_onnxruntime_external_data_goes_in_a_model_onnx_directory(tmp_path):
@@ -200,7 +283,11 @@ def test_repo_cli_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("guardrt repo: error:") and len(err.splitlines()) == 1
     assert main(["repo", "--model", str(_fake_export(tmp_path / "e")), "--out", str(tmp_path / "r")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rejection (python flavor" in out and "rejection-text (text in" in out
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["rejection", "rejection-text"]
+    assert main(["repo", "--model", str(tmp_path / "e"), "--out", str(tmp_path / "r2"), "--no-text"]) == 0
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == ["rejection"]
 
 
 # -- server launcher (no server started) --------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Fixtures for the end-to-end tests against the real tritonserver: the tiny demo models (built once, cached),
-a model repository with both specs (python flavor), and one server per test session on free 127.0.0.1 ports."""
+a model repository with both specs (python flavor) and their text-in models, and one server per test session on
+free 127.0.0.1 ports."""
 from __future__ import annotations
 
 import pytest
 
 SPECS = ("intent-safety", "rejection")
+# The text-in models of the session repository refuse payload rows over this many bytes (the tests send bigger ones).
+TEXT_MAX_PAYLOAD_BYTES = 1 << 20
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,11 +36,12 @@ def demo_checkpoints(demo_exports) -> dict:
 
 @pytest.fixture(scope="session")
 def triton_repo(tmp_path_factory, demo_exports):
-    from guardrt.runtime.triton_repo import write_model
+    from guardrt.runtime.triton_repo import write_model, write_text_model
 
     repo = tmp_path_factory.mktemp("triton_repo")
     for name, export in demo_exports.items():
         write_model(repo, export_dir=export)
+        write_text_model(repo, export, max_payload_bytes=TEXT_MAX_PAYLOAD_BYTES)
     return repo
 
 

@@ -108,12 +108,15 @@ TINY_QUEUE = "rejection-tinyqueue"  # max_queue_size 1
 def special_server(tmp_path_factory, demo_exports):
     """Two copies of the tiny rejection model: OVERLONG, whose config raises max_length past what the graph's
     position embeddings hold (a misconfigured deployment: rows of 513+ tokens pass validation, then make ONNX
-    Runtime's position Gather fail for the whole batch), and TINY_QUEUE, with a queue of one request."""
+    Runtime's position Gather fail for the whole batch) and whose planner is pinned to group every row, and
+    TINY_QUEUE, with a queue of one request."""
     from guardrt.runtime.server import TritonServer, free_port
     from guardrt.runtime.triton_repo import write_model
 
     repo = tmp_path_factory.mktemp("special_repo")
-    model = write_model(repo, export_dir=demo_exports["rejection"], name=OVERLONG)
+    # A planner that groups every row (calls cost, tokens do not; no cap), so the failing row shares its group.
+    model = write_model(repo, export_dir=demo_exports["rejection"], name=OVERLONG,
+                        cost_model={"per_call": 1.0, "per_token": 1e-9}, max_group_tokens=64 * 1024)
     config = model / "config.pbtxt"
     text = config.read_text()
     assert '{ key: "max_length" value: { string_value: "512" } }' in text

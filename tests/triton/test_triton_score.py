@@ -13,7 +13,7 @@ pytestmark = pytest.mark.triton
 
 def _write(path, spec_name, n):
     from guardrt.export.synthetic import synthetic_payloads
-    from guardrt.runtime.preprocess import payload_field
+    from guardrt.runtime.payloads import payload_field
 
     key = payload_field(spec_name)
     lines = [json.dumps({"n": i, key: p}, ensure_ascii=False) for i, p in enumerate(synthetic_payloads(spec_name, n, seed=4))]

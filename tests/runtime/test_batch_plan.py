@@ -1,0 +1,151 @@
+"""The python backend's batch planner without a server: the cost-model fit, the profiling grid and budget, and the
+dynamic programme's optimality against brute force over every partition of small batches."""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PLANNER = Path(__file__).resolve().parents[2] / "runtime" / "triton_backend" / "batch_plan.py"
+
+
+@pytest.fixture(scope="module")
+def bp():
+    spec = importlib.util.spec_from_file_location("guardrt_batch_plan_under_test", PLANNER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+def _partitions(items):
+    """Every set partition of `items` (Bell(n) of them)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first]] + part
+        for k in range(len(part)):
+            yield part[:k] + [[first] + part[k]] + part[k + 1:]
+
+
+def _brute_force(bp, lengths, cost, max_rows=None, max_group_tokens=None):
+    best = np.inf
+    for part in _partitions(list(range(len(lengths)))):
+        if max_rows and any(len(g) > max_rows for g in part):
+            continue
+        if max_group_tokens and any(len(g) * max(lengths[i] for i in g) > max_group_tokens for g in part):
+            continue
+        best = min(best, bp.plan_cost(part, lengths, cost))
+    return best
+
+
+COSTS = {
+    "cpu-like": dict(per_call=2e-4, per_position=0.0, per_token=2e-5, per_token_pair=1e-8),
+    "gpu-like": dict(per_call=3e-3, per_position=2e-5, per_token=1e-7, per_token_pair=1e-10),
+    "no-overhead": dict(per_call=0.0, per_position=0.0, per_token=1e-5, per_token_pair=0.0),
+    "attention-heavy": dict(per_call=1e-4, per_position=0.0, per_token=1e-6, per_token_pair=1e-6),
+}
+
+
+@pytest.mark.parametrize("cost_name", sorted(COSTS))
+def test_plan_is_optimal_against_every_partition(bp, cost_name):
+    cost = bp.CostModel(**COSTS[cost_name])
+    rng = random.Random(cost_name)
+    for trial in range(40):
+        n = rng.randint(1, 7)
+        lengths = [rng.choice([3, 5, 8, 8, 13, 40, 41, 200, 512]) for _ in range(n)]
+        groups = bp.plan_groups(lengths, cost)
+        assert sorted(i for g in groups for i in g) == list(range(n))
+        got = bp.plan_cost(groups, lengths, cost)
+        assert got <= _brute_force(bp, lengths, cost) * (1 + 1e-9), (lengths, groups)
+        # equal lengths always run together (no caps here)
+        for length in set(lengths):
+            assert len({k for k, g in enumerate(groups) for i in g if lengths[i] == length}) == 1
+
+
+@pytest.mark.parametrize("cost_name", ["cpu-like", "gpu-like"])
+def test_plan_with_caps_is_optimal_among_partitions_within_the_caps(bp, cost_name):
+    cost = bp.CostModel(**COSTS[cost_name])
+    rng = random.Random(7)
+    for trial in range(30):
+        n = rng.randint(2, 7)
+        lengths = rng.sample([2, 4, 7, 9, 16, 30, 31, 64, 100], n)  # distinct: the caps decide every split
+        groups = bp.plan_groups(lengths, cost, max_rows=3, max_group_tokens=128)
+        assert all(len(g) <= 3 and len(g) * max(lengths[i] for i in g) <= 128 or len(g) == 1 for g in groups)
+        assert bp.plan_cost(groups, lengths, cost) <= _brute_force(bp, lengths, cost, 3, 128) * (1 + 1e-9)
+
+
+def test_cheap_calls_never_pad_and_expensive_calls_batch_everything(bp):
+    lengths = [10, 20, 30, 40, 20, 10]
+    never = bp.plan_groups(lengths, bp.EXACT_LENGTHS)
+    assert sorted(sorted(lengths[i] for i in g) for g in never) == [[10, 10], [20, 20], [30], [40]]
+    assert [max(lengths[i] for i in g) for g in never] == [10, 20, 30, 40]  # shortest first
+    gpu = bp.CostModel(per_call=1.0, per_token=1e-6)
+    assert bp.plan_groups(lengths, gpu) == [[0, 5, 1, 4, 2, 3]]
+    # a cap on rows splits equal lengths into full chunks
+    same = bp.plan_groups([8] * 10, gpu, max_rows=4)
+    assert [len(g) for g in same] == [4, 4, 2]
+    assert bp.plan_groups([], gpu) == []
+
+
+def test_fit_recovers_the_coefficients_and_keeps_them_non_negative(bp):
+    truth = bp.CostModel(per_call=3e-4, per_position=0.0, per_token=2e-6, per_token_pair=4e-9)
+    shapes = [(n, L) for n in (1, 4, 16) for L in (8, 32, 128, 512)]
+    samples = [(n, L, truth.predict(n, L)) for n, L in shapes]
+    fit = bp.fit_cost_model(samples)
+    assert np.allclose(fit.coefficients, truth.coefficients, rtol=1e-6, atol=1e-12)
+    assert fit.max_relative_error < 1e-6 and fit.samples == len(shapes)
+    # noisy timings: still non-negative, still within the noise
+    rng = np.random.default_rng(0)
+    noisy = [(n, L, t * (1 + 0.05 * rng.standard_normal())) for n, L, t in samples]
+    fit = bp.fit_cost_model(noisy)
+    assert min(fit.coefficients) >= 0
+    assert all(abs(fit.predict(n, L) - t) / t < 0.25 for n, L, t in samples)
+    # timings that a negative coefficient would fit better are fitted with that coefficient at zero
+    decreasing = [(1, 8, 1e-3), (1, 32, 0.9e-3), (1, 128, 0.8e-3), (4, 8, 1e-3)]
+    assert min(bp.fit_cost_model(decreasing).coefficients) >= 0
+    with pytest.raises(ValueError, match="no timed shapes"):
+        bp.fit_cost_model([])
+
+
+def test_profiling_times_the_grid_within_its_budget(bp):
+    truth = bp.CostModel(per_call=1e-3, per_token=1e-5, per_token_pair=1e-8)
+    now = [0.0]
+    calls = []
+
+    def run(n, L):
+        calls.append((n, L))
+        now[0] += truth.predict(n, L)
+
+    samples = bp.profile_shapes(run, 16, 512, budget_s=100.0, clock=lambda: now[0])
+    shapes = [(n, L) for n, L, _ in samples]
+    assert (1, 8) in shapes and (16, 512) in shapes and (1, 512) in shapes
+    assert all(t == pytest.approx(truth.predict(n, L)) for n, L, t in samples)
+    fit = bp.fit_cost_model(samples)
+    assert np.allclose(fit.coefficients, truth.coefficients, rtol=1e-6, atol=1e-12)
+    # a tight budget drops the expensive shapes but keeps the cheap ones; caps are respected
+    now[0] = 0.0
+    calls.clear()
+    small = bp.profile_shapes(run, 4, 4096, max_group_tokens=1024, budget_s=0.5, clock=lambda: now[0])
+    assert len(small) >= 4 and now[0] <= 0.5 + 4 * truth.predict(1, 512)
+    assert all(n <= 4 and (n == 1 or n * L <= 1024) for n, L in calls)
+    assert max(L for _, L, _ in small) < 4096
+
+
+def test_profiling_skips_shapes_that_fail_and_everything_larger(bp):
+    def run(n, L):
+        if L > 100:
+            raise RuntimeError("Gather: indices element out of data bounds")
+
+    failures = []
+    samples = bp.profile_shapes(run, 16, 512, budget_s=100.0, failures=failures, clock=iter(range(10**6)).__next__)
+    assert samples and max(L for _, L, _ in samples) == 32
+    assert [(n, L) for n, L, _ in failures] == [(1, 128)]  # (4, 128), (1, 512) ... never tried
+    assert "out of data bounds" in str(failures[0][2])
