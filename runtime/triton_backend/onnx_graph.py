@@ -15,7 +15,9 @@ _NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 2, 4, 5
 _TENSOR_DIMS, _TENSOR_NAME = 1, 8
 _ATTR_NAME, _ATTR_INT = 1, 3
 # Ops that pass token ids through unchanged, and ops that turn a stored table into the gathered one.
-_IDS_PASS_THROUGH = ("Cast", "Identity")
+# Ops whose output holds (some of) the ids of their first input: GatherElements is guardrt.kernels' right-align
+# rotation of the rows (the default ONNX Runtime graph of Qwen3 specs).
+_IDS_PASS_THROUGH = ("Cast", "Identity", "GatherElements")
 _TABLE_PASS_THROUGH = ("Cast", "Identity", "DequantizeLinear")
 
 

@@ -11,6 +11,7 @@ def test_demo_prints_expected_labels_and_fails_on_a_wrong_answer(tmp_path, monke
     import guardrt.commands.demo as demo
     from guardrt.cli import main
 
+    n_real = sum(len(demo.demo_samples(name)) for name in ("intent-safety", "rejection"))
     # Plant one sample whose label is the opposite of the model's answer (the first hand-written one, relabelled).
     text, label = demo.HANDWRITTEN_SAMPLES["rejection"][0]
     flipped = "NORMAL" if label == "REJECTION" else "REJECTION"
@@ -21,7 +22,6 @@ def test_demo_prints_expected_labels_and_fails_on_a_wrong_answer(tmp_path, monke
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     lines = [line for line in out.splitlines() if " expected " in line]
-    n_real = sum(len(demo.demo_samples(name)) for name in ("intent-safety", "rejection"))
     assert len(lines) == n_real + 1
     assert sum(" ok " in line for line in lines) == n_real, "\n".join(lines)
     assert sum(" WRONG " in line for line in lines) == 1

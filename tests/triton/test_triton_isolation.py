@@ -13,6 +13,7 @@ import pytest
 
 from guardrt.runtime.errors import ServerError
 from guardrt.runtime.specs import get_spec
+from guardrt.runtime.triton_repo import PYTHON_INSTANCES
 
 from .conftest import SPECS
 
@@ -30,9 +31,9 @@ def _ort_logits(export_dir, sequences) -> np.ndarray:
                          ["logits"][0] for s in sequences])
 
 
-async def _concurrently(client, sequences, blocker=None):
-    """Each sequence its own request, all sent at once while `blocker` (one big request) occupies the instance, so
-    the dynamic batcher gathers them into the same execution. [logits row | exception] in order."""
+async def _concurrently(client, sequences, blocker=None, instances=1):
+    """Each sequence its own request, all sent at once while `blocker` (one big request per model instance) occupies
+    the instances, so the dynamic batcher gathers them into the same execution. [logits row | exception] in order."""
     async def one(seq):
         try:
             return (await client.logits_for_ids([seq]))[0]
@@ -41,7 +42,7 @@ async def _concurrently(client, sequences, blocker=None):
 
     tasks = []
     if blocker is not None:
-        tasks.append(asyncio.ensure_future(_send_as_one_request(client, blocker)))
+        tasks.extend(asyncio.ensure_future(_send_as_one_request(client, blocker)) for _ in range(instances))
         await asyncio.sleep(0.05)
     results = await asyncio.gather(*(one(s) for s in sequences))
     await asyncio.gather(*tasks)
@@ -80,13 +81,13 @@ def test_one_bad_request_among_32_concurrent_fails_alone(spec_name, triton_serve
         async with AsyncTritonClassifier(triton_server.grpc_url, spec_name) as client:
             await client.check_ready()
             before = await _stats(client)
-            got = await _concurrently(client, sequences, blocker)
+            got = await _concurrently(client, sequences, blocker, instances=PYTHON_INSTANCES)
             await asyncio.sleep(0.3)  # statistics are updated just after the responses
             return got, before, await _stats(client)
 
     results, before, after = asyncio.run(go())
     executions = after[1] - before[1]
-    print(f"\n{spec_name}: 32 concurrent requests (+1 blocker) ran in {executions} executions")
+    print(f"\n{spec_name}: 32 concurrent requests (+{PYTHON_INSTANCES} blockers) ran in {executions} executions")
     assert executions < 32  # they were batched together, so the bad one shared executions with good ones
     error = results[17]
     assert isinstance(error, ServerError), error
@@ -115,7 +116,9 @@ def special_server(tmp_path_factory, demo_exports):
 
     repo = tmp_path_factory.mktemp("special_repo")
     # A planner that groups every row (calls cost, tokens do not; no cap), so the failing row shares its group.
-    model = write_model(repo, export_dir=demo_exports["rejection"], name=OVERLONG,
+    # One instance: the queue-timeout test needs a request to queue behind the blocker (a second instance would
+    # take it at once).
+    model = write_model(repo, export_dir=demo_exports["rejection"], name=OVERLONG, instance_count=1,
                         cost_model={"per_call": 1.0, "per_token": 1e-9}, max_group_tokens=64 * 1024)
     config = model / "config.pbtxt"
     text = config.read_text()
