@@ -119,7 +119,8 @@ def _build(work: Path, spec_name: str, size: str, model_dir: Path, fused: bool, 
     spec = get_spec(spec_name)
     models = work / "models"
     models.mkdir(parents=True)
-    export = demo_models.cached_demo_export(spec_name, size, ("fp32",), log=log)
+    # The plain graph (the exporter's default for --target onnx is already fused); the pass is applied below.
+    export = demo_models.cached_demo_export(spec_name, size, ("fp32",), log=log, graph_pass=None)
     fp32 = onnx.load(str(export / "fp32" / "model.onnx"), load_external_data=True)
     if fused:
         from guardrt.kernels import graph_pass
