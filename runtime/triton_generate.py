@@ -46,7 +46,8 @@ def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_
         "  { name: \"input_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
         "  { name: \"max_new_tokens\" data_type: TYPE_INT32 dims: [ 1 ] optional: true }\n"
         "]\n"
-        "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] }\n]\n"
+        "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
+        "  { name: \"error\" data_type: TYPE_STRING dims: [ 1 ] }\n]\n"
         f"instance_group [\n  {{ count: {int(instance_count)} kind: KIND_CPU }}\n]\n"
         + _parameters_block(params)
     )
@@ -139,8 +140,13 @@ class TritonGenerateClient:
                 for q in self._results.values():
                     q.put((None, message))
             return
-        if q is not None:
-            q.put((None if error is not None else result.as_numpy("output_ids").tolist(), message))
+        if q is not None and error is None:  # the model reports a request's own error as data (`error` output)
+            text = result.as_numpy("error")
+            text = text.reshape(-1)[0] if text is not None and text.size else b""
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            q.put((None, text) if text else (result.as_numpy("output_ids").tolist(), None))
+        elif q is not None:
+            q.put((None, message))
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         """New token ids per prompt; ServerError naming every failed item (see `generate_each`)."""

@@ -88,13 +88,14 @@ def test_thin_clients_sync_and_asyncio(guard_server, guard_export, in_process, c
     from guardrt.export.guard_synthetic import long_messages
     from guardrt.runtime.guard_client import AsyncTritonGuardClient, TritonGuardClient
 
-    batch = [conversations[0], [], [{"role": "user"}], conversations[1], long_messages(40_000), conversations[2]]
+    batch = [conversations[0], [], [{"role": "user"}], conversations[1], long_messages(40_000), conversations[2],
+             ["not an object: the template skips it, as transformers does"]]
     with TritonGuardClient(guard_server.grpc_url, guard_export) as client:
         for mode in ("verdict", "generate"):
             want = in_process.classify_batch(batch, mode=mode)
             got = client.classify_batch(batch, mode=mode)
             _same(got, want)  # the same errors for the bad items, the same answers for the others
-            assert [("error" in r) for r in got] == [False, True, True, False, True, False]
+            assert [("error" in r) for r in got] == [False, True, True, False, True, False, False]
             _same([client.classify_messages(conversations[3], mode=mode)],
                   [in_process.classify_messages(conversations[3], mode=mode)])
 
