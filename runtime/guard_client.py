@@ -186,7 +186,7 @@ class TritonGuardClient(_GuardClientBase):
         self.verdict_client.check_ready() if mode == "verdict" else self._check_generate_ready()
 
     def _check_generate_ready(self) -> None:
-        ready = TritonClassifierProbe(self.url, self.generate_model, self.timeout_s)
+        ready = ModelProbe(self.url, self.generate_model, self.timeout_s)
         ready.check()
 
     def _run(self, prompts: list[list[int]], mode: str) -> list[dict[str, Any]]:
@@ -251,7 +251,7 @@ class AsyncTritonGuardClient(_GuardClientBase):
         if mode == "verdict":
             await self.verdict_client.check_ready()
         else:
-            await asyncio.to_thread(TritonClassifierProbe(self.url, self.generate_model, self.timeout_s).check)
+            await asyncio.to_thread(ModelProbe(self.url, self.generate_model, self.timeout_s).check)
 
     async def _run(self, prompts: list[list[int]], mode: str) -> list[dict[str, Any]]:
         if mode == "generate":
@@ -290,7 +290,7 @@ class AsyncTritonGuardClient(_GuardClientBase):
         await self.close()
 
 
-class TritonClassifierProbe:
+class ModelProbe:
     """Liveness and readiness of one model (the decoupled generate model has no classifier client to ask)."""
 
     def __init__(self, url: str, model: str, timeout_s: float):
