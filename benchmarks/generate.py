@@ -8,6 +8,12 @@ and, for fp32, without it; the verdict runs on the KV graph (prefix cache) and o
 safety agreement (lower precisions), verdict == HF's generated `safety`.
 
     python benchmarks/generate.py [--size realistic] [--requests 16] [--threads 2] [--precisions fp32,int8]
+                                  [--grpc-concurrency 1,8,32]
+
+Over gRPC (`--grpc-concurrency`, empty to skip): `guardrt repo`'s two models of the fp32 export on the real
+tritonserver (127.0.0.1, started and stopped here), the asyncio thin client sending the same conversations with 1 /
+8 / 32 requests in flight, per mode: per-request p50 / p99, requests/s, and the answers' agreement with in-process
+(generate: identical results; verdict: same safety).
 
 Writes benchmarks/results/generate.json and generate_qwen3guard-gen.png. Run it under the machine's heavy lock for
 numbers worth reporting (and say so); the PyTorch baseline is measured in the same run.
@@ -30,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--grpc-concurrency", default="1,8,32", help="requests in flight over gRPC ('' skips it)")
     ap.add_argument("--out", default=str(RESULTS / "generate"))
     args = ap.parse_args(argv)
 
@@ -121,17 +128,78 @@ def main(argv=None) -> int:
         results[f"guardrt-verdict-{engine}-{precision}"] = row
         runner.close()
 
-    hf_p50 = results["hf-generate-fp32"]["latency"]["p50_ms"]
-    for name, row in results.items():
-        row["speedup_p50_vs_hf"] = hf_p50 / row["latency"]["p50_ms"]
-    payload = {"benchmark": "generate", "size": args.size, "requests": len(prompts),
-               "mean_prompt_tokens": float(np.mean([len(p) for p in prompts])),
-               "machine": machine_description(args.threads), "versions": versions(),
-               "validation": str(export / "validation.json"), "results": results}
-    write_json(Path(args.out + ".json"), payload)
+    def save():  # written after the in-process part and again at the end (a failed gRPC phase keeps the rest)
+        hf_p50 = results["hf-generate-fp32"]["latency"]["p50_ms"]
+        for name, row in results.items():
+            row["speedup_p50_vs_hf"] = hf_p50 / row["latency"]["p50_ms"]
+        payload = {"benchmark": "generate", "size": args.size, "requests": len(prompts),
+                   "mean_prompt_tokens": float(np.mean([len(p) for p in prompts])),
+                   "machine": machine_description(args.threads), "versions": versions(),
+                   "validation": str(export / "validation.json"), "results": results}
+        write_json(Path(args.out + ".json"), payload)
+        return payload
+
+    save()
+    levels = [int(c) for c in args.grpc_concurrency.split(",") if c.strip()]
+    if levels:
+        results.update(_grpc(export, messages, levels, args.threads, hf_safety))
+    payload = save()
     _print(payload)
     _plot(payload, Path(args.out))
     return 0
+
+
+def _grpc(export, messages, levels, threads, hf_safety) -> dict:
+    """Both modes over gRPC at each concurrency (see the module docstring)."""
+    import asyncio
+    import tempfile
+
+    from guardrt.runtime.guard_client import AsyncTritonGuardClient
+    from guardrt.runtime.guard_engine import GuardClassifier
+    from guardrt.runtime.server import TritonServer, free_port
+    from guardrt.runtime.triton_generate import write_guard_models
+
+    with GuardClassifier(export, intra_op_threads=threads) as local:
+        want = {m: local.classify_batch(messages, mode=m) for m in ("verdict", "generate")}
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="guardrt-bench-gen-") as repo:
+        write_guard_models(repo, export, intra_op_threads=threads,
+                           generate_options={"intra_op_threads": threads, "max_active_rows": max(levels)})
+        server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+        with server:
+            async def run(mode, concurrency):
+                async with AsyncTritonGuardClient(server.grpc_url, export, mode=mode) as client:
+                    await client.check_ready()
+                    await client.classify_messages(messages[0])  # warm-up
+                    sem = asyncio.Semaphore(concurrency)
+                    times = [0.0] * len(messages)
+
+                    async def one(i):
+                        async with sem:
+                            t = time.perf_counter()
+                            r = await client.classify_messages(messages[i])
+                            times[i] = time.perf_counter() - t
+                            return r
+
+                    t0 = time.perf_counter()
+                    got = await asyncio.gather(*(one(i) for i in range(len(messages))))
+                    return list(got), times, time.perf_counter() - t0
+
+            for mode in ("verdict", "generate"):
+                for c in levels:
+                    got, times, wall = asyncio.run(run(mode, c))
+                    row = {"latency": summarize(times), "requests": len(messages), "concurrency": c,
+                           "requests_per_s": len(messages) / wall,
+                           "safety_equals_hf": sum(g["safety"] == s for g, s in zip(got, hf_safety))}
+                    if mode == "generate":
+                        row["identical_to_in_process"] = sum(g == w for g, w in zip(got, want[mode]))
+                    else:
+                        row["safety_equals_in_process"] = sum(g["safety"] == w["safety"]
+                                                              for g, w in zip(got, want[mode]))
+                    out[f"grpc-{mode}-fp32-c{c}"] = row
+                    print(f"  grpc {mode} c={c}: p50 {row['latency']['p50_ms']:.1f} ms, "
+                          f"{row['requests_per_s']:.2f} req/s", file=sys.stderr, flush=True)
+    return out
 
 
 def _row(times, prefill, tokens) -> dict:

@@ -270,7 +270,7 @@ def export_causal_lm(
     from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, _dir_bytes, _load, _weights_bytes, save_onnx
     from guardrt.export.progress import Progress
     from guardrt.runtime.export_dir import MANIFEST_NAME, VALIDATION_NAME
-    from guardrt.runtime.guard_output import QWEN3GUARD_GEN
+    from guardrt.runtime.guard_output import guard_spec, label_token_ids
 
     model_dir, out = Path(model_dir), Path(out_dir)
     cfg = check_causal_lm_checkpoint(model_dir)
@@ -314,7 +314,7 @@ def export_causal_lm(
                         calibration = calibration_feeds(model_dir) if (precision == "int8" and kind == "verdict") else None
                         derived = _derive(kind, precision, fp32_path, model, path, calibration, large)
                     if kind == "verdict":
-                        add_verdict_head(derived, list(QWEN3GUARD_GEN["label_token_ids"].values()))
+                        add_verdict_head(derived, label_token_ids())
                     save_onnx(derived, path, threshold)
                     del derived
                 seconds = time.perf_counter() - t0
@@ -356,7 +356,7 @@ def export_causal_lm(
         "num_labels": 3,
         "labels": ["Safe", "Unsafe", "Controversial"],
         "onnx_opset": ONNX_OPSET,
-        "pad_token_id": QWEN3GUARD_GEN["pad_token_id"],
+        "pad_token_id": guard_spec().input.pad_token_id,
         "padding_side": "left",
         "num_layers": cfg["num_hidden_layers"],
         "num_key_value_heads": cfg["num_key_value_heads"],

@@ -36,9 +36,9 @@ class Reference:
 
 
 def _verdict_prefix():
-    from guardrt.runtime.guard_output import QWEN3GUARD_GEN
+    from guardrt.runtime.guard_output import label_token_ids, verdict_prefix_ids
 
-    return list(QWEN3GUARD_GEN["verdict_prefix_ids"]), list(QWEN3GUARD_GEN["label_token_ids"].values())
+    return verdict_prefix_ids(), label_token_ids()
 
 
 def torch_verdict(model, prompts: list[list[int]]) -> np.ndarray:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from guardrt.runtime.guard_output import QWEN3GUARD_GEN, moderation_kind, parse_guard_output
+from guardrt.runtime.guard_output import guard_spec, moderation_kind, parse_guard_output
 
 __all__ = [
     "GUARD_DEMO_SPECS",
@@ -71,7 +71,7 @@ def guard_demo_config(size: str):
         raise ValueError(f"no qwen3guard-gen demo model of size {size!r} (sizes: {', '.join(_CONFIGS)})")
     return Qwen3Config(vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6,
                        tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645,
-                       pad_token_id=QWEN3GUARD_GEN["pad_token_id"], architectures=["Qwen3ForCausalLM"],
+                       pad_token_id=guard_spec().input.pad_token_id, architectures=["Qwen3ForCausalLM"],
                        **_CONFIGS[size])
 
 
@@ -89,8 +89,8 @@ def write_guard_tokenizer(out: Path) -> None:
 def _write_generation_config(out: Path) -> None:
     from transformers import GenerationConfig
 
-    GenerationConfig(bos_token_id=151643, eos_token_id=list(QWEN3GUARD_GEN["eos_token_ids"]),
-                     pad_token_id=QWEN3GUARD_GEN["pad_token_id"], do_sample=False).save_pretrained(out)
+    GenerationConfig(bos_token_id=151643, eos_token_id=list(guard_spec().decoding.default_stop_token_ids),
+                     pad_token_id=guard_spec().input.pad_token_id, do_sample=False).save_pretrained(out)
 
 
 def render_prompt_ids(tokenizer, messages_list) -> list[list[int]]:
@@ -139,7 +139,7 @@ def hf_greedy_generate(model, prompts: list[list[int]], max_new_tokens: int = 12
 def _encode_examples(tokenizer, examples) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target ids + <|im_end|>) per example."""
     prompts = render_prompt_ids(tokenizer, [m for m, _ in examples])
-    im_end = QWEN3GUARD_GEN["eos_token_ids"][0]
+    im_end = guard_spec().decoding.default_stop_token_ids[0]
     return [(p, tokenizer(t, add_special_tokens=False).input_ids + [im_end]) for p, (_, t) in zip(prompts, examples)]
 
 
@@ -328,7 +328,7 @@ def evaluate_guard_model(model, tokenizer, examples, batch_size: int = 8) -> dic
 
     fmt = re.compile(r"Safety: (Safe|Unsafe|Controversial)\nCategories: [^\n]+(\nRefusal: (Yes|No))?")
     prompts = render_prompt_ids(tokenizer, [m for m, _ in examples])
-    new = hf_greedy_generate(model, prompts, max_new_tokens=QWEN3GUARD_GEN["max_new_tokens"], batch_size=batch_size)
+    new = hf_greedy_generate(model, prompts, max_new_tokens=guard_spec().decoding.max_new_tokens, batch_size=batch_size)
     n_fmt = n_safety = n_exact = 0
     for (messages, target), ids in zip(examples, new):
         text = tokenizer.decode(ids, skip_special_tokens=True)

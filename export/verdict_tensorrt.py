@@ -13,6 +13,7 @@ engines use; the GPU test (`tests/export/test_verdict_tensorrt.py`, marker `gpu`
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,25 +21,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from guardrt.runtime.errors import GuardrtError, ModelFilesError
-from guardrt.runtime.specs import GraphContract, InputFormat, ModelSpec, OutputParser, ServingPolicy
+from guardrt.runtime.guard_output import verdict_spec
 
 __all__ = ["VERDICT_ENGINE_SPEC", "check_verdict_graph", "build_verdict_engines"]
 
-# The verdict graph's engine-facing contract, as a spec the TensorRT helpers understand (not registered: the
-# qwen3guard-gen spec itself belongs to the spec registry). Profiles: 7 length buckets up to the card's serving
-# length 32,768 (prompt + `Safety:`), batch up to 8 (a guard verdict is one prefill; long rows dominate memory).
-VERDICT_ENGINE_SPEC = ModelSpec(
-    name="qwen3guard-gen-verdict",
-    seed_card="Qwen3Guard-Gen.model-card.txt",
-    input=InputFormat(kind="chat_template", request_field="messages", max_length=32768, padding_side="left",
-                      truncation_side="none", pad_token_id=151643),
-    graph=GraphContract(kind="classifier_logits", architecture="Qwen3ForCausalLM", model_type="qwen3",
-                        task="text-generation", output_names=("verdict",)),
-    output=OutputParser(kind="classifier", labels=("p_safe", "p_unsafe", "p_controversial", "p_other",
-                                                   "greedy_id_safety", "greedy_id_colon", "greedy_id_label")),
-    serving=ServingPolicy(max_batch_size=8, preferred_batch_sizes=(4, 8),
-                          length_buckets=(512, 1024, 2048, 4096, 8192, 16384, 32768)),
-)
+# The verdict graph's engine-facing contract: the classifier-shaped verdict spec (guard_output.verdict_spec: 7 length
+# buckets up to the card's serving length 32,768, prompt + `Safety:`; batch up to 8), named for its engines.
+VERDICT_ENGINE_SPEC = dataclasses.replace(verdict_spec(), name="qwen3guard-gen-verdict")
 
 
 def check_verdict_graph(onnx_path: str | Path) -> None:
@@ -69,15 +58,15 @@ def _reference_rows(export_dir: Path, n: int) -> tuple[list[dict[str, np.ndarray
     from guardrt.export.guard_synthetic import guard_messages
     from guardrt.export.synthetic import SPLIT_SEEDS
     from guardrt.runtime.export_dir import load_export_dir
-    from guardrt.runtime.guard_output import QWEN3GUARD_GEN
+    from guardrt.runtime.guard_output import guard_spec, verdict_prefix_ids
     from guardrt.runtime.onnxrt import OnnxRunner
     from guardrt.runtime.preprocess import pad_batch
 
     manifest = load_export_dir(export_dir)
     tok = AutoTokenizer.from_pretrained(str(export_dir))
-    prefix = list(QWEN3GUARD_GEN["verdict_prefix_ids"])
+    prefix = verdict_prefix_ids()
     rows = [p + prefix for p in render_prompt_ids(tok, guard_messages(n, seed=SPLIT_SEEDS["heldout"]))]
-    feeds = [dict(zip(("input_ids", "attention_mask"), pad_batch(rows[i:i + 4], 151643, "left")))
+    feeds = [dict(zip(("input_ids", "attention_mask"), pad_batch(rows[i:i + 4], guard_spec().input.pad_token_id, "left")))
              for i in range(0, n, 4)] + [dict(zip(("input_ids", "attention_mask"), pad_batch(rows[:1], 151643,
                                                                                            "left")))]
     with OnnxRunner(manifest.graph_path("verdict", "fp32")) as runner:

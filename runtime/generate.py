@@ -25,35 +25,42 @@ from typing import Any
 import numpy as np
 
 from guardrt.runtime.errors import InputError, ModelFilesError, read_json_file
-from guardrt.runtime.guard_output import QWEN3GUARD_GEN, parse_guard_output
+from guardrt.runtime.guard_output import check_guard_tokens, guard_spec, parse_guard_output
 from guardrt.runtime.onnxrt import OnnxRunner
 
 __all__ = ["GenerationSettings", "GreedyGenerator", "GuardGenerator", "PrefixCache", "generation_settings",
            "moderation_kind_of_ids"]
 
 
+_SPEC = guard_spec()  # the registered qwen3guard-gen: the defaults below are its Decoding and InputFormat
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Stop tokens, pad id and length limits of greedy generation."""
+    """Stop tokens, pad id and length limits of greedy generation (defaults: the qwen3guard-gen spec's)."""
 
-    eos_token_ids: tuple[int, ...] = QWEN3GUARD_GEN["eos_token_ids"]
-    pad_token_id: int = QWEN3GUARD_GEN["pad_token_id"]
-    max_new_tokens: int = QWEN3GUARD_GEN["max_new_tokens"]
-    max_length: int = QWEN3GUARD_GEN["max_length"]
+    eos_token_ids: tuple[int, ...] = tuple(_SPEC.decoding.stop_token_ids or _SPEC.decoding.default_stop_token_ids)
+    pad_token_id: int = _SPEC.input.pad_token_id
+    max_new_tokens: int = _SPEC.decoding.max_new_tokens
+    max_length: int = _SPEC.input.max_length
 
 
-def generation_settings(model_dir: str | Path, max_new_tokens: int | None = None) -> GenerationSettings:
+def generation_settings(model_dir: str | Path, max_new_tokens: int | None = None, spec=None) -> GenerationSettings:
     """Settings from `model_dir/generation_config.json` (eos_token_id: int or list; pad_token_id), as HF reads
-    them; the Qwen3Guard-Gen defaults where the file or a field is absent."""
+    them; the spec's (default qwen3guard-gen) where the file or a field is absent, or where the spec pins
+    `stop_token_ids`."""
+    spec = guard_spec(spec)
     file = Path(model_dir) / "generation_config.json"
     cfg = read_json_file(file) if file.is_file() else {}
-    eos = cfg.get("eos_token_id", list(QWEN3GUARD_GEN["eos_token_ids"]))
+    eos = (list(spec.decoding.stop_token_ids) if spec.decoding.stop_token_ids
+           else cfg.get("eos_token_id", list(spec.decoding.default_stop_token_ids)))
     eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
     pad = cfg.get("pad_token_id")
     return GenerationSettings(
         eos_token_ids=eos_ids,
         pad_token_id=int(pad if pad is not None else eos_ids[0]),
-        max_new_tokens=int(max_new_tokens if max_new_tokens is not None else QWEN3GUARD_GEN["max_new_tokens"]),
+        max_new_tokens=int(max_new_tokens if max_new_tokens is not None else spec.decoding.max_new_tokens),
+        max_length=spec.input.max_length,
     )
 
 
@@ -332,6 +339,10 @@ class GuardGenerator:
         self.export_dir = manifest.path
         self.precision = precision
         self.tokenizer = Tokenizer.from_file(str(manifest.path / "tokenizer.json"))
+        try:  # the verdict and the parser rely on the spec's token ids: refuse a tokenizer that disagrees
+            check_guard_tokens(self.tokenizer)
+        except ValueError as exc:
+            raise ModelFilesError(f"{manifest.path}: {exc}") from None
         self.generator = GreedyGenerator(model_path,
                                          generation_settings(manifest.path, max_new_tokens), providers,
                                          intra_op_threads)

@@ -20,8 +20,13 @@ def postprocess(spec: ModelSpec, logits: np.ndarray, threshold: float | None = N
     intent-safety: label (int), label_text (unsafe/non_unsafe), prob_non_unsafe, prob_unsafe, threshold.
     rejection: label (0/1), label_text (NORMAL/REJECTION), score (top probability, as the pipeline reports),
     prob_normal, prob_rejection.
+    A Qwen3Guard-Gen verdict spec (output kind `qwen3guard_verdict`): its rows -> `guard_output.verdict_from_row`.
     """
     logits = np.asarray(logits)
+    if spec.output.kind == "qwen3guard_verdict":  # verdict-graph rows (guard_output.verdict_spec), not logits
+        from guardrt.runtime.guard_output import verdict_from_row
+
+        return [verdict_from_row(row, spec.output.options.get("guard_spec")) for row in logits]
     if logits.ndim != 2 or logits.shape[1] != len(spec.labels):
         raise ValueError(f"{spec.name}: expected logits [B, {len(spec.labels)}], got shape {logits.shape}")
     probs = softmax(logits)

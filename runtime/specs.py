@@ -23,7 +23,7 @@ saying what is missing; `get_spec(name, input_only=True)` returns it. `spec_name
 |---|---|---|---|---|
 | intent-safety | dialogue_ctx (task + last 8 turns, left trim, 4,096) | classifier_logits | none | classifier (threshold 0.5) |
 | rejection | single_text (right truncation, 512) | classifier_logits | none | classifier (argmax) |
-| qwen3guard-gen | chat_template (the model's, 32,768, over = error) | causal_lm_with_past (declared) | greedy, 128 new tokens, generation_config stop ids (declared) | qwen3guard_gen_text: the card's regexes (declared) |
+| qwen3guard-gen | chat_template (the model's, 32,768, over = error) | causal_lm_with_past (+ a classifier-shaped verdict graph) | greedy, 128 new tokens, generation_config stop ids | qwen3guard_gen_text: the card's regexes; verdict rows (qwen3guard_verdict) |
 | flexguard (planned) | chat_template, Qwen3 template with add_generation_prompt + enable_thinking, after a `flexguard_prompt` message builder (card system prompt + `[User]:`/`[Assistant]:` block) | causal_lm_with_past | greedy (thinking budget) | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds |
 | qwen3guard-stream (planned) | chat_template, Qwen3 template, enable_thinking=False | token_heads (risk/category logits per position, query + response heads, KV cache) | streaming (prompt once, then token by token) | stream_heads: per-token risk/category, two-consecutive debounce |
 
@@ -138,13 +138,15 @@ class Decoding:
     kind: "none" (one forward pass; classifiers), "greedy" (generation: argmax token by token until a stop token
           or `max_new_tokens`; the text is decoded with special tokens skipped when `skip_special_tokens`), or
           "streaming" (the prompt once, then one step per incoming token, with the KV cache kept per stream).
-    stop_token_ids: None = the model's generation_config.json `eos_token_id` (what HF `generate` stops on).
+    stop_token_ids: None = the model's generation_config.json `eos_token_id` (what HF `generate` stops on), or
+          `default_stop_token_ids` for a model directory without one (the stop tokens the model family ships).
     """
 
     kind: str = "none"
     max_new_tokens: int = 0
     stop_token_ids: tuple[int, ...] | None = None
     skip_special_tokens: bool = True
+    default_stop_token_ids: tuple[int, ...] = ()
 
     KINDS = ("none", "greedy", "streaming")
 
@@ -162,7 +164,12 @@ class OutputParser:
           "qwen3guard_gen_text" (the card's regexes over the generated text: `patterns["safety"]` and
           `patterns["refusal"]` with re.search -> group 1 or None, the categories with re.findall, using
           `patterns["categories_prompt"]` when the last message is the user's and `patterns["categories_response"]`
-          otherwise; `labels` are the three safety levels).
+          otherwise; `labels` are the three safety levels; `options`: the token ids of the verdict, see below), or
+          "qwen3guard_verdict" (rows of the Qwen3Guard-Gen verdict graph -> safety, probs, risk: the classifier-shaped
+          spec `guardrt.runtime.guard_output.verdict_spec` derives from a qwen3guard_gen_text spec, never registered).
+    options: kind-specific settings; for "qwen3guard_gen_text": `verdict_prefix_ids` (the tokens greedy output starts
+          with before the label, `Safety` `:`), `label_token_ids` ({label: the first token of " <label>"}),
+          `controversial_tail_ids` (the rest of " Controversial"); checked against the tokenizer when a model loads.
     """
 
     kind: str = "classifier"
@@ -171,8 +178,9 @@ class OutputParser:
     positive_label: int = 1
     threshold: float | None = None
     patterns: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
-    KINDS = ("classifier", "qwen3guard_gen_text")
+    KINDS = ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
@@ -207,9 +215,9 @@ class Gates:
 # The kinds the code serves today (every command). Other kinds are declared in specs but not served yet.
 SERVED_KINDS: dict[str, tuple[str, ...]] = {
     "input": ("dialogue_ctx", "single_text", "chat_template"),
-    "graph": ("classifier_logits",),
-    "decoding": ("none",),
-    "output": ("classifier",),
+    "graph": ("classifier_logits", "causal_lm_with_past"),
+    "decoding": ("none", "greedy"),
+    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict"),
 }
 
 # Read-only shorthands of the flat classifier spec: name -> (part, field). Also accepted as constructor overrides.
@@ -319,10 +327,12 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def spec_names(input_only: bool = False) -> list[str]:
-    """The fully served specs; with `input_only`, every spec whose input can be built (declared parts or not)."""
+def spec_names(input_only: bool = False, graph: str | None = None) -> list[str]:
+    """The fully served specs; with `input_only`, every spec whose input can be built (declared parts or not);
+    `graph` keeps the specs of that graph kind only ("classifier_logits": the sequence classifiers)."""
     return sorted(name for name, spec in SPECS.items()
-                  if spec.is_served or (input_only and spec.input.kind in SERVED_KINDS["input"]))
+                  if (spec.is_served or (input_only and spec.input.kind in SERVED_KINDS["input"]))
+                  and (graph is None or spec.graph.kind == graph))
 
 
 def get_spec(name: str, input_only: bool = False) -> ModelSpec:
@@ -460,7 +470,10 @@ register(
             onnx_opset=18,
             kv_cache=KVCacheNames(),
         ),
-        decoding=Decoding(kind="greedy", max_new_tokens=128, stop_token_ids=None, skip_special_tokens=True),
+        # The card: max_new_tokens=128, greedy (eval_gen.py: do_sample=False). Stop tokens: the checkpoint's
+        # generation_config.json; without one, <|im_end|> and <|endoftext|>, what Qwen3 chat models ship.
+        decoding=Decoding(kind="greedy", max_new_tokens=128, stop_token_ids=None, skip_special_tokens=True,
+                          default_stop_token_ids=(151645, 151643)),
         output=OutputParser(
             kind="qwen3guard_gen_text",
             labels=("Safe", "Unsafe", "Controversial"),
@@ -473,6 +486,13 @@ register(
                                        r"Suicide & Self-Harm|Unethical Acts|Politically Sensitive Topics|"
                                        r"Copyright Violation|None)",
                 "refusal": r"Refusal: (Yes|No)",
+            },
+            # Verdict mode: greedy output starts `Safety` `:` (73037, 25), then one token decides the label: 'ĠSafe'
+            # and 'ĠUnsafe' are single tokens, ' Controversial' is 'ĠCont' 'rovers' 'ial' (Qwen3 tokenizer).
+            options={
+                "verdict_prefix_ids": (73037, 25),
+                "label_token_ids": {"Safe": 22291, "Unsafe": 73067, "Controversial": 2093},
+                "controversial_tail_ids": (12563, 530),
             },
         ),
         serving=ServingPolicy(),

@@ -1,5 +1,6 @@
 """Generate mode on Triton: the model-repository entry (`write_generate_model`) and a gRPC client
-(`TritonGenerateClient`) for the decoupled python-backend model `runtime/triton_backend/generate_model.py`.
+(`TritonGenerateClient`) for the decoupled python-backend model `runtime/triton_backend/generate_model.py`; and
+`write_guard_models`, both Qwen3Guard-Gen modes of an export into a repository (what `guardrt repo` writes).
 
 The model takes one prompt's token ids per request and batches concurrent requests' decoding itself (continuous
 batching over the KV cache); a decoupled model answers over a gRPC stream, so the client keeps one stream open and
@@ -19,7 +20,8 @@ import numpy as np
 
 from guardrt.runtime.errors import InputError, ServerError, require
 
-__all__ = ["GENERATE_BACKEND", "generate_config_text", "write_generate_model", "TritonGenerateClient"]
+__all__ = ["GENERATE_BACKEND", "generate_config_text", "write_generate_model", "write_guard_models",
+           "TritonGenerateClient"]
 
 GENERATE_BACKEND = Path(__file__).with_name("triton_backend") / "generate_model.py"
 
@@ -44,7 +46,8 @@ def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_
         "  { name: \"input_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
         "  { name: \"max_new_tokens\" data_type: TYPE_INT32 dims: [ 1 ] optional: true }\n"
         "]\n"
-        "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] }\n]\n"
+        "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
+        "  { name: \"error\" data_type: TYPE_STRING dims: [ 1 ] }\n]\n"
         f"instance_group [\n  {{ count: {int(instance_count)} kind: KIND_CPU }}\n]\n"
         + _parameters_block(params)
     )
@@ -80,6 +83,32 @@ def write_generate_model(repo: str | Path, export_dir: str | Path, *, precision:
     return repo / name
 
 
+def write_guard_models(repo: str | Path, export_dir: str | Path, *, precision: str = "fp32", name: str | None = None,
+                       flavor: str = "python", instance_count: int | None = None, providers: str = "cpu",
+                       plan_path: str | Path | None = None, generate_options: dict | None = None,
+                       **verdict_options) -> list[Path]:
+    """Both modes of a Qwen3Guard-Gen export: the verdict model `<name>` (default: the spec name; the export's
+    verdict graph served like a classifier, `guard_output.verdict_spec`: python flavor with ragged dynamic batching
+    by default, or a native flavor's config) and the generate model `<name>-generate` (decoupled, continuous
+    batching; always the python backend). `verdict_options` go to `write_model` (queue delay, threads, planner),
+    `generate_options` to `write_generate_model`. Returns both model directories."""
+    from guardrt.runtime.export_dir import load_export_dir
+    from guardrt.runtime.guard_client import generate_model_name
+    from guardrt.runtime.guard_output import guard_spec, verdict_spec
+    from guardrt.runtime.triton_repo import write_model
+
+    manifest = load_export_dir(export_dir)
+    spec = guard_spec(manifest.spec)
+    name = name or spec.name
+    onnx_path = manifest.graph_path("verdict", precision) if flavor != "tensorrt" else None
+    verdict = write_model(repo, spec=verdict_spec(spec), flavor=flavor, precision=precision, onnx_path=onnx_path,
+                          plan_path=plan_path, name=name, instance_count=instance_count, providers=providers,
+                          **verdict_options)
+    generate = write_generate_model(repo, manifest.path, precision=precision, name=generate_model_name(name),
+                                    **(generate_options or {}))
+    return [verdict, generate]
+
+
 class TritonGenerateClient:
     """`generate(prompts)` -> new token ids per prompt, all requests in flight at once on one gRPC stream (the
     server batches their decoding). Context manager; one line errors (server down, model error naming the item)."""
@@ -111,10 +140,27 @@ class TritonGenerateClient:
                 for q in self._results.values():
                     q.put((None, message))
             return
-        if q is not None:
-            q.put((None if error is not None else result.as_numpy("output_ids").tolist(), message))
+        if q is not None and error is None:  # the model reports a request's own error as data (`error` output)
+            text = result.as_numpy("error")
+            text = text.reshape(-1)[0] if text is not None and text.size else b""
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            q.put((None, text) if text else (result.as_numpy("output_ids").tolist(), None))
+        elif q is not None:
+            q.put((None, message))
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        """New token ids per prompt; ServerError naming every failed item (see `generate_each`)."""
+        outcomes = self.generate_each(prompts, max_new_tokens)
+        errors = [f"item {i}: {err}" for i, (_, err) in enumerate(outcomes) if err is not None]
+        if errors:
+            raise ServerError("; ".join(errors))
+        return [tokens for tokens, _ in outcomes]
+
+    def generate_each(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None
+                      ) -> list[tuple[list[int] | None, str | None]]:
+        """(new token ids, None) or (None, the server's one-line error) per prompt: a request refused or failed on
+        the server fails only its own item. InputError for a prompt that is not a non-empty list of ids (nothing
+        sent); ServerError when the stream is down."""
         if not prompts:
             raise InputError("empty batch: at least one prompt is needed")
         waiting = []
@@ -140,8 +186,7 @@ class TritonGenerateClient:
                 raise ServerError(f"generate request to {self.url} failed (server down or stream closed): "
                                   f"{str(exc).splitlines()[0]}") from None
             waiting.append((i, request_id, q))
-        out: list[list[int]] = [[] for _ in prompts]
-        errors = []
+        out: list[tuple[list[int] | None, str | None]] = [(None, None)] * len(prompts)
         for i, request_id, q in waiting:
             try:
                 tokens, error = q.get(timeout=self.timeout_s)
@@ -149,12 +194,7 @@ class TritonGenerateClient:
                 tokens, error = None, f"no response within {self.timeout_s:.0f}s"
             with self._lock:
                 self._results.pop(request_id, None)
-            if error is not None:
-                errors.append(f"item {i}: {error}")
-            else:
-                out[i] = tokens
-        if errors:
-            raise ServerError("; ".join(errors))
+            out[i] = (None, " ".join(str(error).split())) if error is not None else (tokens, None)
         return out
 
     def close(self) -> None:

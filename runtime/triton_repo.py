@@ -624,7 +624,7 @@ def default_configs() -> dict[str, str]:
     from guardrt.runtime.specs import spec_names
 
     configs = {}
-    for name in spec_names():
+    for name in spec_names(graph="classifier_logits"):
         configs[name] = config_text(name, "python")
         configs[text_model_name(name)] = config_text(name, "python", name=text_model_name(name), input_kind="text")
     return configs
@@ -641,7 +641,7 @@ def write_default_configs(repo: str | Path = "triton_repo") -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         written.append(path)
-    for spec_name in spec_names():
+    for spec_name in spec_names(graph="classifier_logits"):
         for model, kind in ((spec_name, "ids"), (text_model_name(spec_name), "text")):
             for file, data in warmup_files(get_spec(spec_name), kind).items():
                 path = Path(repo) / model / WARMUP_DIR / file

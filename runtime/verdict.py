@@ -30,31 +30,16 @@ from typing import Any
 import numpy as np
 
 from guardrt.runtime.errors import InputError, ModelFilesError
-from guardrt.runtime.guard_output import QWEN3GUARD_GEN, SAFETY_LABELS, parse_guard_output
+from guardrt.runtime.guard_output import (VERDICT_COLUMNS, guard_spec, label_token_ids, parse_guard_output,
+                                          verdict_from_row, verdict_prefix_ids)
 from guardrt.runtime.onnxrt import OnnxRunner
 
 __all__ = ["VERDICT_COLUMNS", "VerdictRunner", "verdict_from_row"]
 
-VERDICT_COLUMNS = ("p_safe", "p_unsafe", "p_controversial", "p_other", "greedy_id_safety", "greedy_id_colon",
-                   "greedy_id_label")
-_PREFIX = list(QWEN3GUARD_GEN["verdict_prefix_ids"])
-_LABEL_IDS = [QWEN3GUARD_GEN["label_token_ids"][label] for label in SAFETY_LABELS]
-
-
-def verdict_from_row(row: np.ndarray) -> dict[str, Any]:
-    """One verdict-graph output row -> the verdict fields (see module docstring)."""
-    probs = [float(x) for x in row[:3]]
-    best = int(np.argmax(row[:3]))
-    greedy = [int(round(float(x))) for x in row[4:7]]
-    consistent = greedy[0] == _PREFIX[0] and greedy[1] == _PREFIX[1] and greedy[2] == _LABEL_IDS[best]
-    return {
-        "safety": SAFETY_LABELS[best] if consistent else None,
-        "probs": dict(zip(SAFETY_LABELS, probs)),
-        "other_mass": float(row[3]),
-        "risk": {"strict": probs[1] + probs[2], "loose": probs[1]},
-        "consistent": consistent,
-        "fallback": False,
-    }
+_SPEC = guard_spec()  # the registered qwen3guard-gen: its verdict prefix, label tokens and pad id
+_PREFIX = verdict_prefix_ids(_SPEC)
+_LABEL_IDS = label_token_ids(_SPEC)
+_LABEL_ID = dict(zip(_SPEC.output.labels, _LABEL_IDS))
 
 
 def _rows_from_logits(logits: np.ndarray) -> np.ndarray:
@@ -133,7 +118,7 @@ class VerdictRunner:
             idx = order[start:start + self.max_batch_size]
             rows = [list(prompts[i]) + _PREFIX for i in idx]
             if self.runner is not None:
-                ids, mask = pad_batch(rows, QWEN3GUARD_GEN["pad_token_id"], "left")
+                ids, mask = pad_batch(rows, _SPEC.input.pad_token_id, "left")
                 out[idx] = self.runner.infer({"input_ids": ids, "attention_mask": mask})["verdict"]
             else:
                 out[idx] = _rows_from_logits(self.generator.generator.prefill(rows, compute_last=3)[0])
@@ -150,7 +135,10 @@ class VerdictRunner:
         if self.generator is None:
             return results
         kinds = list(kinds) if kinds else [None] * len(prompts)
-        # Rows whose greedy output is not `Safety: <label>`: the full greedy generation decides.
+        # Rows whose greedy output is not `Safety: <label>`: the full greedy generation decides (rows too long to
+        # generate 128 tokens after keep safety None: a verdict is never invented).
+        settings = self.generator.generator.settings
+        need_gen = [i for i in need_gen if len(prompts[i]) + settings.max_new_tokens <= settings.max_length]
         if need_gen:
             full = self.generator.generate_ids([prompts[i] for i in need_gen],
                                                [kinds[i] for i in need_gen] if kinds[0] else None)
@@ -160,7 +148,7 @@ class VerdictRunner:
         if with_details:
             rest = [i for i in range(len(prompts)) if results[i]["consistent"]]
             if rest:
-                label_ids = [QWEN3GUARD_GEN["label_token_ids"][results[i]["safety"]] for i in rest]
+                label_ids = [_LABEL_ID[results[i]["safety"]] for i in rest]
                 cont = self.generator.generator.generate(
                     [list(prompts[i]) + _PREFIX + [lid] for i, lid in zip(rest, label_ids)],
                     max_new_tokens=self.generator.generator.settings.max_new_tokens - len(_PREFIX) - 1)

@@ -6,7 +6,9 @@ batch-independent), written in input order. A malformed line stops the run with 
 results of every line before it are written.
 
 Backends are chosen in `run` by flag: `_classifier_in_process` builds the in-process one; a Triton backend
-(`--url`) plugs in next to it with the same `classify(payloads) -> list[dict]` shape.
+(`--url`) plugs in next to it with the same shape (`preprocessor.encode(payload)`, `classify_ids(ids)`).
+qwen3guard-gen (`--mode verdict|generate`, lines `{"messages": [...]}`) uses `GuardClassifier` in process and
+`TritonGuardClient` over `--url`: the same results and the same per-line errors.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ def add_arguments(p) -> None:
                    help="--url: deadline of each request in seconds, end to end, retries included (default: "
                         f"{DEFAULT_REQUEST_TIMEOUT_S:g}). Requests hold at most max_length tokens each and less than "
                         "max_length tokens more are in flight, so long inputs need no longer deadline")
+    p.add_argument("--mode", default="verdict", choices=["verdict", "generate"],
+                   help="qwen3guard-gen: verdict (one prefill: safety, probs, risk) or generate (greedy generation: "
+                        "safety, categories, refusal, text); default: verdict")
     p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
                    help=f"--url: requests in flight at once (default: {DEFAULT_MAX_IN_FLIGHT})")
 
@@ -72,6 +77,33 @@ def _classifier_triton(args, spec, task_description):
     return client
 
 
+def _guard_in_process(args, spec):
+    from guardrt.runtime.errors import GuardrtError
+    from guardrt.runtime.guard_engine import GuardClassifier
+
+    if not args.model:
+        raise GuardrtError("--model EXPORT_DIR is required for in-process classification")
+    return GuardClassifier(args.model, args.precision, mode=args.mode, tokenizer_dir=args.tokenizer,
+                           intra_op_threads=args.threads, max_batch_size=args.batch_size)
+
+
+def _guard_triton(args, spec):
+    from guardrt.runtime.errors import GuardrtError
+    from guardrt.runtime.guard_client import TritonGuardClient
+
+    tokenizer = args.tokenizer or args.model
+    if not tokenizer:
+        raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
+    client = TritonGuardClient(args.url, tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
+                               timeout_s=args.timeout, max_in_flight=args.max_in_flight)
+    try:
+        client.check_ready()  # server down / model not ready: one line before reading any input
+    except GuardrtError:
+        client.close()
+        raise
+    return client
+
+
 def run(args) -> int:
     from guardrt.commands.preprocess import iter_jsonl_inputs, read_task_description
     from guardrt.runtime.errors import GuardrtError, InputError
@@ -83,10 +115,16 @@ def run(args) -> int:
     except ValueError as exc:
         raise GuardrtError(str(exc)) from None
     task_description = read_task_description(args.task_description)
+    guard = spec.output.kind == "qwen3guard_gen_text"  # Qwen3Guard-Gen: verdict / generate modes
+    if guard and (task_description is not None or args.threshold is not None):
+        raise InputError(f"spec {spec.name} takes no --task-description or --threshold")
+    if not guard and args.mode != "verdict":
+        raise InputError(f"--mode applies to qwen3guard-gen, not {spec.name}")
     if args.url:
-        classifier = _classifier_triton(args, spec, task_description)
+        classifier = (_guard_triton if guard else _classifier_triton)(args, spec, *([] if guard else [task_description]))
     else:
-        classifier = _classifier_in_process(args, spec, task_description)
+        classifier = (_guard_in_process if guard else _classifier_in_process)(args, spec,
+                                                                            *([] if guard else [task_description]))
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     out = sys.stdout
     chunk_size = max(1, int(args.batch_size or spec.max_batch_size)) * 4

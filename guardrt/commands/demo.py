@@ -5,6 +5,12 @@ flavor), prints the demo models' held-out accuracy (demo.json), starts the real 
 sample dialogues (intent-safety) and texts (rejection) over gRPC with the thin client and prints each with the label
 it should get and the one it got, measures throughput with concurrent asyncio requests (reporting how Triton batched
 them), and stops the server. A sample answered against its label stops the demo with one error line (exit 2).
+
+Qwen3Guard-Gen (tiny demo causal LM) is served in both modes next to them: conversations are moderated over gRPC in
+verdict mode (one prefill: safety + probabilities) and generate mode (greedy generation: safety, categories,
+refusal), and each answer is checked against in-process generation, token for token: a verdict whose safety differs
+from generation's, or a served answer that differs from the in-process one, stops the demo (exit 2). The tiny
+model's labels are shown next to the synthetic task's expected label; its accuracy is the held-out line printed.
 """
 from __future__ import annotations
 
@@ -45,6 +51,8 @@ HANDWRITTEN_SAMPLES: dict[str, list[tuple[Any, str]]] = {
     ],
 }
 HELD_OUT_SAMPLES = 3  # generated held-out examples shown after the hand-written ones
+GUARD_SPEC = "qwen3guard-gen"
+GUARD_SAMPLES = 6  # held-out synthetic conversations moderated in both modes
 
 
 def demo_samples(spec_name: str, size: str = "tiny", seed: int = 0) -> list[tuple[Any, int, str]]:
@@ -134,10 +142,59 @@ def _check_samples(url: str, name: str, export_dir, samples, say) -> list[str]:
     return misses
 
 
+def _guard_samples(size: str = "tiny", seed: int = 0) -> list[tuple[list, str]]:
+    """(messages, expected safety) of the first held-out synthetic conversations (never seen in training)."""
+    from guardrt.export.guard_synthetic import guard_examples
+    from guardrt.export.synthetic import SPLIT_SEEDS
+    from guardrt.runtime.guard_output import parse_guard_output
+
+    return [(m, parse_guard_output(target)["safety"])
+            for m, target in guard_examples(GUARD_SAMPLES, seed=SPLIT_SEEDS["heldout"] + 100 + seed)]
+
+
+def _check_guard(url: str, export_dir, samples, say) -> list[str]:
+    """Moderate `samples` over gRPC in both modes, print each; return one line per answer that is not in-process
+    greedy generation's (a served result != in process, or a verdict's safety != generation's)."""
+    import time
+
+    from guardrt.runtime.guard_client import TritonGuardClient
+    from guardrt.runtime.guard_engine import GuardClassifier
+
+    conversations = [m for m, _ in samples]
+    with GuardClassifier(export_dir) as local:
+        want = local.classify_batch(conversations, mode="generate")
+    misses = []
+    with TritonGuardClient(url, export_dir) as client:
+        for mode in ("verdict", "generate"):
+            client.check_ready(mode)
+        t = time.perf_counter()
+        verdicts = client.classify_batch(conversations, mode="verdict")
+        t_verdict = time.perf_counter() - t
+        t = time.perf_counter()
+        generated = client.classify_batch(conversations, mode="generate")
+        t_generate = time.perf_counter() - t
+    for (messages, expected), v, g, w in zip(samples, verdicts, generated, want):
+        kind = "prompt  " if messages[-1].get("role") == "user" else "response"
+        probs = " ".join(f"{k[0]}={p:.2f}" for k, p in v.get("probs", {}).items())
+        say(f"{GUARD_SPEC} {kind} expected {expected:13} verdict {v.get('safety')!s:13} ({probs}) generate "
+            f"{g.get('safety')!s:13} categories {g.get('categories')} refusal {g.get('refusal')} "
+            f"{messages[-1]['content'][:40]!r}")
+        if g != {k: w.get(k) for k in ("safety", "categories", "refusal", "text")}:
+            misses.append(f"generate over gRPC {g} != in process {w}")
+        if v.get("safety") != w["safety"]:
+            misses.append(f"verdict {v.get('safety')} != generation's safety {w['safety']}")
+    if not misses:
+        right = sum(g.get("safety") == e for (_, e), g in zip(samples, generated))
+        say(f"{GUARD_SPEC}: {len(samples)} conversations, verdict mode {t_verdict * 1e3:.0f} ms, generate mode "
+            f"{t_generate * 1e3:.0f} ms over gRPC; every answer equals in-process greedy generation; "
+            f"{right}/{len(samples)} match the synthetic task's label")
+    return misses
+
+
 def run(args) -> int:
     import time
 
-    from guardrt.export.demo_models import cached_demo_export, cached_demo_model
+    from guardrt.export.demo_models import cached_demo_export, cached_demo_model, cached_guard_demo_model, cached_guard_export
     from guardrt.export.synthetic import synthetic_payloads
     from guardrt.runtime.errors import GuardrtError, read_json_file
     from guardrt.runtime.server import TritonServer, free_port
@@ -155,15 +212,27 @@ def run(args) -> int:
         say(f"{name}: export ready in {time.perf_counter() - t:.1f}s: {exports[name]}")
         path = write_model(args.repo, export_dir=exports[name], precision=args.precision)
         say(f"{name}: wrote {path}")
+    from guardrt.runtime.triton_generate import write_guard_models
+
+    say(f"{GUARD_SPEC}: demo causal LM ({args.size}) and its {args.precision} KV-cache + verdict export ...")
+    t = time.perf_counter()
+    guard_export = cached_guard_export(args.size, (args.precision,), log=lambda m: say(f"  {m}"))
+    say(f"{GUARD_SPEC}: export ready in {time.perf_counter() - t:.1f}s: {guard_export}")
+    guard_models = write_guard_models(args.repo, guard_export, precision=args.precision, intra_op_threads=1,
+                                      profile_budget_s=1.0, generate_options={"intra_op_threads": 1})
+    say(f"{GUARD_SPEC}: wrote {', '.join(str(p) for p in guard_models)}")
     for name in specs:
         m = read_json_file(cached_demo_model(name, args.size) / "demo.json")
         say(f"{name}: {args.size} demo model, held-out accuracy {m['heldout_accuracy']:.3f} on "
             f"{m['heldout_examples']} synthetic examples ({m['heldout_unseen_accuracy']:.3f} on the "
             f"{m['heldout_unseen_examples']} whose text never occurs in training; trained {m['train_seconds']:.0f}s "
             f"on {m['train_examples']})")
+    g = read_json_file(cached_guard_demo_model(args.size) / "demo.json")
+    say(f"{GUARD_SPEC}: {args.size} demo model, held-out greedy generation: format {g['heldout_format_accuracy']:.3f}, "
+        f"safety label {g['heldout_safety_accuracy']:.3f}")
 
     server = TritonServer(args.repo, grpc_port=args.grpc_port or free_port(), http_port=None, metrics_port=None,
-                          models=specs)
+                          models=specs + tuple(p.name for p in guard_models))
     say("starting tritonserver ...")
     with server:
         say(f"tritonserver ready in {server.start_seconds:.1f}s on {server.grpc_url} (127.0.0.1 only)")
@@ -174,6 +243,10 @@ def run(args) -> int:
         if misses:
             raise GuardrtError(f"{len(misses)} demo sample(s) answered against their label ({'; '.join(misses)}): "
                                f"the {args.size} {args.precision} demo models did not learn their task")
+        say(f"{GUARD_SPEC} over gRPC, verdict and generate modes (held-out synthetic conversations):")
+        misses = _check_guard(server.grpc_url, guard_export, _guard_samples(args.size), say)
+        if misses:
+            raise GuardrtError(f"{GUARD_SPEC}: {len(misses)} wrong answer(s): {'; '.join(misses)}")
         for name in specs:
             payloads = synthetic_payloads(name, args.requests, seed=7)
             rate, execs, infers, p50 = _throughput(server.grpc_url, name, exports[name], payloads, args.concurrency)

@@ -42,7 +42,7 @@ def run(args) -> int:
         if args.spec in GUARD_DEMO_SPECS:  # generative guard demo models (guardrt.export.demo_guard_models)
             names = [args.spec]
         else:
-            names = [get_spec(args.spec).name] if args.spec else spec_names()
+            names = [get_spec(args.spec).name] if args.spec else spec_names(graph="classifier_logits")
     except ValueError as exc:
         raise GuardrtError(str(exc)) from None
     out = Path(args.out)

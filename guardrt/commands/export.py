@@ -69,6 +69,22 @@ def load_graph_pass(ref: str | None, target: str = "onnx"):
     return fn
 
 
+def _export_causal_lm(args, spec) -> int:
+    """qwen3guard-gen: the KV-cache generation graph and the verdict graph per precision (export/causal_lm_export.py)."""
+    from guardrt.export.causal_lm_export import export_causal_lm
+    from guardrt.export.progress import stderr_log
+    from guardrt.runtime.errors import GuardrtError
+
+    if args.target != "onnx":
+        raise GuardrtError(f"--target {args.target}: {spec.name}'s verdict engines are built by "
+                           "guardrt.export.verdict_tensorrt.build_verdict_engines (GPU host)")
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    out = export_causal_lm(args.model_dir, args.out, precisions, force=args.force,
+                           log=None if args.quiet else stderr_log)
+    print(getattr(out, "path", out))
+    return 0
+
+
 def run(args) -> int:
     from guardrt.runtime.errors import GuardrtError, require
     from guardrt.runtime.specs import get_spec
@@ -79,6 +95,8 @@ def run(args) -> int:
         raise GuardrtError(str(exc)) from None
     for module in ("torch", "transformers", "optimum.exporters.onnx", "onnx", "onnxruntime"):
         require(module, "export")
+    if spec.graph.kind == "causal_lm_with_past":
+        return _export_causal_lm(args, spec)
     from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, export_onnx, parse_precisions
     from guardrt.export.progress import stderr_log
 

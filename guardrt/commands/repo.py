@@ -6,6 +6,10 @@ with --plan, or the config alone when the engine is built later on a GPU host).
 
 From an export directory it also writes the text-in model `<name>-text` (python backend: JSON payload rows in, the
 card's JSON results out, for any KServe v2 client; `--no-text` skips it).
+
+From a Qwen3Guard-Gen export it writes both modes instead: the verdict model `<name>` (the export's verdict graph,
+served like a classifier: python flavor with ragged dynamic batching) and the generate model `<name>-generate`
+(decoupled python model batching concurrent requests' decoding); no text-in model.
 """
 from __future__ import annotations
 
@@ -66,6 +70,8 @@ def run(args) -> int:
         options.update(python_options)
     elif args.max_queue_size is not None or args.queue_timeout_us is not None:
         raise InputError("--max-queue-size / --queue-timeout-us apply to the python flavor")
+    if args.model and _is_guard_export(args.model):
+        return _write_guard(args, options)
     path = write_model(
         args.out,
         spec=args.spec,
@@ -88,4 +94,33 @@ def run(args) -> int:
                                 providers=args.providers, task_description=read_task_description(args.task_description),
                                 **text_options)
         print(f"wrote {text} (text in: BYTES payload -> BYTES result, python backend, {args.precision})")
+    return 0
+
+
+def _is_guard_export(export_dir) -> bool:
+    from guardrt.runtime.export_dir import load_export_dir
+    from guardrt.runtime.specs import get_spec
+
+    return get_spec(load_export_dir(export_dir).spec).output.kind == "qwen3guard_gen_text"
+
+
+def _write_guard(args, options) -> int:
+    """Both Qwen3Guard-Gen modes (runtime/triton_generate.py: write_guard_models)."""
+    from guardrt.runtime.errors import InputError
+    from guardrt.runtime.triton_generate import write_guard_models
+
+    if args.spec and args.spec != "qwen3guard-gen":
+        raise InputError(f"export {args.model} is a qwen3guard-gen export, not {args.spec}")
+    if args.task_description or args.max_payload_bytes is not None:
+        raise InputError("--task-description / --max-payload-bytes apply to text-in models; a qwen3guard-gen "
+                         "export has none")
+    generate_options = {"intra_op_threads": args.intra_op_threads}
+    if args.flavor == "python":
+        options = {k: v for k, v in options.items() if v is not None}
+    verdict, generate = write_guard_models(
+        args.out, args.model, precision=args.precision, name=args.name, flavor=args.flavor,
+        instance_count=args.instances, providers=args.providers, plan_path=args.plan,
+        generate_options=generate_options, **options)
+    print(f"wrote {verdict} (verdict: {args.flavor} flavor, {args.precision})")
+    print(f"wrote {generate} (generate: decoupled python model, continuous batching, {args.precision})")
     return 0

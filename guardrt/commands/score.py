@@ -20,7 +20,7 @@ HELP = ("score a JSONL or Parquet file of dialogues / texts: the same rows plus 
 def add_arguments(p) -> None:
     from guardrt.runtime.specs import spec_names
 
-    p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names())})")
+    p.add_argument("--spec", required=True, help=f"model spec ({', '.join(spec_names(graph='classifier_logits'))})")
     p.add_argument("--input", required=True, help="input file: JSONL (one JSON object per line) or Parquet")
     p.add_argument("--output", required=True, help="output file: JSONL or Parquet (by extension, or --output-format)")
     p.add_argument("--input-format", choices=["jsonl", "parquet"], help="input format (default: from the extension)")
@@ -67,6 +67,10 @@ def run(args) -> int:
     from guardrt.runtime.score_engines import EngineConfig
     from guardrt.runtime.scoring import run_score_job
 
+    from guardrt.runtime.specs import get_spec
+
+    if get_spec(args.spec).graph.kind != "classifier_logits":
+        raise InputError(f"guardrt score serves the classifiers; for {args.spec} use guardrt classify --mode ...")
     if args.workers is not None and not args.ray:
         raise InputError("--workers sizes the Ray actor pool: it needs --ray")
 

@@ -9,7 +9,11 @@ answer never waits for a long one. The computation per row is the one `GreedyGen
 equal to in-process generation).
 
 Request: `input_ids` INT64 [n] (one prompt: the chat template's ids, no padding), optional `max_new_tokens` INT32
-[1]. Response: `output_ids` INT64 [m], the new tokens, stop token included. A bad request gets its own error.
+[1]. Response: `output_ids` INT64 [m], the new tokens, stop token included, and `error` BYTES [1] ("" or the
+request's one-line error, with `output_ids` empty). A bad request (empty, not one row of
+integer ids, an id outside the vocabulary, a limit out of range, over the maximum length) gets its own one-line
+error and never reaches the decoder; a prefill that fails is retried one request at a time, so the others in it
+are still answered.
 Decoupled models are called over gRPC streams (`tritonclient.grpc` `start_stream` / `async_stream_infer`); see
 `guardrt.runtime.triton_generate`.
 
@@ -27,6 +31,18 @@ import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def _error_tensor(message):
+    return pb_utils.Tensor("error", np.asarray([message.encode("utf-8")], dtype=np.object_))
+
+
+def _error_response(message):
+    """A request's error as data (empty `output_ids`, the message in `error`): the gRPC stream hands an error
+    response to the client's callback without its request id, so a Triton-level error could not be matched to its
+    request; data responses keep the id."""
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output_ids", np.zeros((0,), dtype=np.int64)),
+                                                      _error_tensor(message)])
 
 
 class TritonPythonModel:
@@ -51,6 +67,10 @@ class TritonPythonModel:
         self.generator = GreedyGenerator(path, self.settings, intra_op_threads=threads,
                                          prefix_cache=PrefixCache(max_entries=entries) if entries else False)
         self.batch = DecodeBatch(self.generator)
+        # Token ids must index the embedding: an id outside it would fail the whole prefill it joins.
+        logits = [o for o in self.generator.runner.session.get_outputs() if o.name == "logits"]
+        vocab = logits[0].shape[-1] if logits else None
+        self.vocab_size = vocab if isinstance(vocab, int) else None
         self.pending = queue.Queue()
         self.senders = {}
         self.next_key = 0
@@ -69,6 +89,12 @@ class TritonPythonModel:
             raise ValueError(f"input_ids must be one prompt [n], got shape {list(ids.shape)}")
         if ids.size == 0:
             raise ValueError("empty prompt (no token ids)")
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids must be integers, got {ids.dtype}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size)) if self.vocab_size else np.flatnonzero(ids < 0)
+        if bad.size:
+            raise ValueError(f"token id {int(ids[bad[0]])} at position {int(bad[0])} is outside the vocabulary "
+                             f"(0..{(self.vocab_size or 0) - 1})")
         limit = self.settings.max_new_tokens
         lim_t = pb_utils.get_input_tensor_by_name(request, "max_new_tokens")
         if lim_t is not None:
@@ -86,8 +112,7 @@ class TritonPythonModel:
             try:
                 prompt, limit = self._parse(request)
             except ValueError as exc:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {exc}")),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(_error_response(f"{self.name}: {exc}"), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             self.pending.put((sender, prompt, limit))
         return None
@@ -110,16 +135,15 @@ class TritonPythonModel:
         for key, tokens in finished:
             sender = self.senders.pop(key)
             out = pb_utils.Tensor("output_ids", np.asarray(tokens, dtype=np.int64))
-            sender.send(pb_utils.InferenceResponse(output_tensors=[out]),
+            sender.send(pb_utils.InferenceResponse(output_tensors=[out, _error_tensor("")]),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _fail(self, keys, exc):
         for key in keys:
             sender = self.senders.pop(key, None)
             if sender is not None:
-                sender.send(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{self.name}: onnxruntime failed: {exc}")),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                message = " ".join(f"{self.name}: onnxruntime failed: {exc}".split())
+                sender.send(_error_response(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _loop(self):
         from guardrt.runtime.generate import DecodeBatch
@@ -132,11 +156,7 @@ class TritonPythonModel:
                     keys.append(self.next_key)
                     self.senders[self.next_key] = sender
                     self.next_key += 1
-                try:
-                    self._deliver(self.batch.add([p for _, p, _ in new], keys, [lim for _, _, lim in new]))
-                    self.executions += 1
-                except Exception as exc:  # a failed prefill fails its own requests only
-                    self._fail(keys, exc)
+                self._prefill(new, keys)
             if len(self.batch):
                 try:
                     self._deliver(self.batch.step())
@@ -144,6 +164,20 @@ class TritonPythonModel:
                 except Exception as exc:  # the running rows are lost; fail them and start afresh
                     self._fail(list(self.batch.keys), exc)
                     self.batch = DecodeBatch(self.generator)
+
+    def _prefill(self, new, keys):
+        """Prefill the admitted requests together; when that fails, each alone, so only a request that fails on
+        its own gets an error (the running rows are untouched: `add` merges only after a successful prefill)."""
+        try:
+            self._deliver(self.batch.add([p for _, p, _ in new], keys, [lim for _, _, lim in new]))
+            self.executions += 1
+            return
+        except Exception as exc:
+            if len(new) == 1:
+                self._fail(keys, exc)
+                return
+        for item, key in zip(new, keys):
+            self._prefill([item], [key])
 
     def finalize(self):
         self.closing.set()

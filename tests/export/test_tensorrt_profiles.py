@@ -20,7 +20,7 @@ from guardrt.runtime.specs import get_spec, spec_names
 from guardrt.runtime.tensorrt import select_profile
 
 
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_one_profile_per_bucket_covering_every_length_exactly_once(spec_name):
     spec = get_spec(spec_name)
     profiles = derive_profiles(spec)
@@ -40,7 +40,7 @@ def test_one_profile_per_bucket_covering_every_length_exactly_once(spec_name):
         assert holders == [spec.length_buckets.index(spec.bucket_for(length))]
 
 
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_every_profile_has_the_batch_range_tritons_dynamic_batcher_uses(spec_name):
     spec = get_spec(spec_name)
     for p in derive_profiles(spec):
@@ -76,7 +76,7 @@ def test_bad_buckets_are_refused():
         derive_profiles(dataclasses.replace(base, max_batch_size=0))
 
 
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_polygraphy_profiles_carry_the_same_shapes(spec_name):
     pytest.importorskip("polygraphy")
     derived = derive_profiles(spec_name)
@@ -88,7 +88,7 @@ def test_polygraphy_profiles_carry_the_same_shapes(spec_name):
             assert (tuple(prof[name].min), tuple(prof[name].opt), tuple(prof[name].max)) == (lo, opt, hi)
 
 
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_runner_profile_selection_agrees_with_the_derived_buckets(spec_name):
     spec = get_spec(spec_name)
     derived = derive_profiles(spec)
@@ -118,7 +118,7 @@ def test_check_engine_profiles_reports_differences():
 
 
 # -- consistency with the Triton config (the repository writer's `tensorrt` flavor) -------------------------------
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_tensorrt_plan_config_is_consistent_with_the_profiles(spec_name):
     """Triton's TensorRT backend rules: max_batch_size > 0 means the engine's first dim is the batch dim and `dims`
     exclude it; every profile an instance uses must accept batch 1..max_batch_size; a dim is -1 exactly where the

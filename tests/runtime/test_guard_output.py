@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from guardrt.runtime.guard_output import (PROMPT_CATEGORIES, QWEN3GUARD_GEN, RESPONSE_CATEGORIES, category_pattern,
-                                          moderation_kind, parse_guard_output)
+from guardrt.runtime.guard_output import (category_pattern, check_guard_tokens, guard_spec, moderation_kind,
+                                          parse_guard_output, verdict_from_row)
+from guardrt.runtime.specs import get_spec
 
 # The card's own regexes, copied verbatim (prompt moderation, response moderation).
 CARD_SAFE = r"Safety: (Safe|Unsafe|Controversial)"
@@ -61,7 +62,7 @@ def test_jailbreak_only_in_prompt_moderation_and_kind_rule():
     text = "Safety: Unsafe\nCategories: Jailbreak, PII"
     assert parse_guard_output(text, "prompt")["categories"] == ["Jailbreak", "PII"]
     assert parse_guard_output(text, "response")["categories"] == ["PII"]
-    assert "Jailbreak" in PROMPT_CATEGORIES and "Jailbreak" not in RESPONSE_CATEGORIES
+    assert "Jailbreak" in category_pattern("prompt").pattern and "Jailbreak" not in category_pattern("response").pattern
     assert moderation_kind([{"role": "user", "content": "x"}]) == "prompt"
     assert moderation_kind([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]) == "response"
     assert moderation_kind([{"role": "system", "content": "x"}]) == "response"  # the template's else-branch
@@ -77,12 +78,37 @@ def test_label_tokens_with_the_real_qwen3_tokenizer(qwen_tokenizer_dir):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(qwen_tokenizer_dir / "tokenizer.json"))
-    ids = QWEN3GUARD_GEN["label_token_ids"]
+    spec = get_spec("qwen3guard-gen")  # the one source of these ids
+    ids = spec.output.options["label_token_ids"]
     for label, first in (("Safe", "ĠSafe"), ("Unsafe", "ĠUnsafe"), ("Controversial", "ĠCont")):
         enc = tok.encode(f"Safety: {label}", add_special_tokens=False)
         assert enc.tokens[:3] == ["Safety", ":", first]
-        assert enc.ids[:2] == list(QWEN3GUARD_GEN["verdict_prefix_ids"]) and enc.ids[2] == ids[label]
+        assert enc.ids[:2] == list(spec.output.options["verdict_prefix_ids"]) and enc.ids[2] == ids[label]
     assert tok.encode("Safety: Controversial", add_special_tokens=False).ids[3:] == list(
-        QWEN3GUARD_GEN["controversial_tail_ids"])
-    assert tok.token_to_id("<|im_end|>") == QWEN3GUARD_GEN["eos_token_ids"][0]
-    assert tok.token_to_id("<|endoftext|>") == QWEN3GUARD_GEN["eos_token_ids"][1]
+        spec.output.options["controversial_tail_ids"])
+    assert tok.token_to_id("<|im_end|>") == spec.decoding.default_stop_token_ids[0]
+    assert tok.token_to_id("<|endoftext|>") == spec.decoding.default_stop_token_ids[1]
+    assert tok.token_to_id("<|endoftext|>") == spec.input.pad_token_id
+    check_guard_tokens(tok)  # what GuardGenerator runs at load
+
+
+def test_a_tokenizer_that_disagrees_with_the_spec_is_refused():
+    class Other:  # 'Safety: Safe' encoded otherwise (e.g. another model family's tokenizer)
+        def encode(self, text, add_special_tokens=False):
+            return type("E", (), {"ids": [1, 2, 3]})()
+
+    with pytest.raises(ValueError, match="encodes 'Safety: Safe' as \\[1, 2, 3\\]"):
+        check_guard_tokens(Other())
+
+
+def test_verdict_rows_are_parsed_with_the_spec_ids():
+    spec = guard_spec()
+    prefix, label_ids = spec.output.options["verdict_prefix_ids"], spec.output.options["label_token_ids"]
+    row = [0.1, 0.7, 0.15, 0.05, prefix[0], prefix[1], label_ids["Unsafe"]]
+    v = verdict_from_row(row)
+    assert v["safety"] == "Unsafe" and v["consistent"] and v["probs"]["Unsafe"] == pytest.approx(0.7)
+    assert v["risk"] == {"strict": pytest.approx(0.85), "loose": pytest.approx(0.7)}
+    assert v["other_mass"] == pytest.approx(0.05)
+    # greedy would write another label token than the argmax, or not `Safety:`: no verdict is invented
+    assert verdict_from_row(row[:6] + [label_ids["Safe"]])["safety"] is None
+    assert verdict_from_row([0.1, 0.7, 0.15, 0.05, 11, prefix[1], label_ids["Unsafe"]])["consistent"] is False

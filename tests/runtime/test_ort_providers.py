@@ -37,7 +37,7 @@ def _parse_shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_tensorrt_profile_covers_every_bucket_shape_in_one_profile(spec_name):
     """One explicit profile (the provider keeps its context on profile 0): batch 1..max_batch_size, sequence
     1..max_length, so no bucket shape the client sends makes the provider rebuild its engine."""

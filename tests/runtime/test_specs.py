@@ -63,17 +63,32 @@ def test_replace_with_shorthands_rebuilds_the_parts():
         dataclasses.replace(base, no_such_field=1)
 
 
-def test_declared_spec_is_refused_except_for_its_input():
-    spec = get_spec("qwen3guard-gen", input_only=True)
+def test_qwen3guard_gen_is_served():
+    spec = get_spec("qwen3guard-gen")
     assert spec.input.kind == "chat_template" and spec.input.request_field == "messages"
     assert spec.max_length == 32768 and spec.input.truncation_side == "none"
-    assert not spec.is_served
-    assert spec.unserved_parts == ("graph causal_lm_with_past", "decoding greedy", "output qwen3guard_gen_text")
-    with pytest.raises(InputError, match="registered for its input only.*graph causal_lm_with_past.*preprocess"):
-        get_spec("qwen3guard-gen")
-    assert "qwen3guard-gen" not in spec_names() and "qwen3guard-gen" in spec_names(input_only=True)
-    assert spec_names() == ["intent-safety", "rejection"]
+    assert spec.is_served and spec.unserved_parts == ()
+    assert spec_names() == ["intent-safety", "qwen3guard-gen", "rejection"]
+    assert spec_names(graph="classifier_logits") == ["intent-safety", "rejection"]
     assert spec.decoding.max_new_tokens == 128 and spec.output.labels == ("Safe", "Unsafe", "Controversial")
+    assert spec.decoding.default_stop_token_ids == (151645, 151643)
+    assert set(spec.output.options) == {"verdict_prefix_ids", "label_token_ids", "controversial_tail_ids"}
+
+
+def test_declared_spec_is_refused_except_for_its_input():
+    base = get_spec("qwen3guard-gen")
+    declared = ModelSpec(name="declared-stream", seed_card=base.seed_card, input=base.input,
+                         graph=dataclasses.replace(base.graph, kind="token_heads"),
+                         decoding=dataclasses.replace(base.decoding, kind="streaming"), output=base.output)
+    register(declared)
+    try:
+        assert declared.unserved_parts == ("graph token_heads", "decoding streaming")
+        with pytest.raises(InputError, match="registered for its input only.*graph token_heads.*preprocess"):
+            get_spec("declared-stream")
+        assert get_spec("declared-stream", input_only=True) is declared
+        assert "declared-stream" not in spec_names() and "declared-stream" in spec_names(input_only=True)
+    finally:
+        del SPECS["declared-stream"]
 
 
 def test_qwen3guard_gen_patterns_are_the_cards():
@@ -88,7 +103,7 @@ def test_qwen3guard_gen_patterns_are_the_cards():
 
 
 def test_unknown_spec_names_the_known_ones():
-    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: intent-safety, rejection"):
+    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: intent-safety, qwen3guard-gen, rejection"):
         get_spec("nope")
 
 

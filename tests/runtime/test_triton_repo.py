@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_every_flavor_config_parses_with_tritons_protobuf(spec_name, flavor):
     spec = get_spec(spec_name)
     cfg = parse_config(config_text(spec_name, flavor))
@@ -64,7 +64,7 @@ def test_queue_policy_is_derived_from_the_spec():
     (guardrt's client sends what is left of its deadline)."""
     from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S, QUEUED_BATCHES, queue_policy
 
-    for spec_name in spec_names():
+    for spec_name in spec_names(graph="classifier_logits"):
         spec = get_spec(spec_name)
         assert queue_policy(spec)["max_queue_size"] == QUEUED_BATCHES * spec.max_batch_size
         for flavor in FLAVORS:
@@ -111,7 +111,7 @@ def test_onnxruntime_flavor_gpu_accelerator():
     assert not cpu.optimization.execution_accelerators.gpu_execution_accelerator
 
 
-@pytest.mark.parametrize("spec_name", spec_names())
+@pytest.mark.parametrize("spec_name", spec_names(graph="classifier_logits"))
 def test_tensorrt_config_consistent_with_bucket_profiles(spec_name):
     """One TensorRT profile per length bucket (batch 1..max_batch_size, seq up to the bucket): the config must
     accept every batch the profiles accept and let instances use every profile."""
@@ -140,7 +140,7 @@ def test_committed_repository_configs_are_what_the_writer_generates(tmp_path):
 def test_write_default_configs(tmp_path):
     paths = write_default_configs(tmp_path)
     assert {p.parent.name: p.read_text() for p in paths if p.name == "config.pbtxt"} == default_configs()
-    assert set(default_configs()) == {n for s in spec_names() for n in (s, f"{s}-text")}
+    assert set(default_configs()) == {n for s in spec_names(graph="classifier_logits") for n in (s, f"{s}-text")}
     # every model's warm-up request names files that exist
     for name, text in default_configs().items():
         cfg = parse_config(text)
@@ -152,7 +152,7 @@ def test_write_default_configs(tmp_path):
 def test_warmup_files_hold_one_valid_row():
     import struct
 
-    for spec_name in spec_names():
+    for spec_name in spec_names(graph="classifier_logits"):
         spec = get_spec(spec_name)
         files = warmup_files(spec)
         ids = np.frombuffer(files["input_ids"], dtype="<i8")
