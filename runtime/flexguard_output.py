@@ -23,8 +23,7 @@ retry or escalate can test `score_parsed`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_STRICTNESS",
@@ -33,6 +32,7 @@ __all__ = [
     "FlexGuardOutput",
     "decide",
     "flexguard_result",
+    "is_well_formed",
     "parse_flexguard_output",
     "strictness_threshold",
 ]
@@ -42,12 +42,14 @@ DEFAULT_STRICTNESS = "moderate"  # the card: "if no regime is specified, use a c
 UNPARSED_DECISION = "unsafe"  # fail closed when the output has no risk score
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", flags=re.DOTALL)
+# The card's format exactly: one closed think block, a category line, an integer line, then at most a stop token.
+_WELL_FORMED = re.compile(r"\s*<think>(?:(?!<think>|</think>).)*</think>\s*[^\n]*\S[^\n]*\n\s*(\d{1,3})\s*"
+                          r"(?:<\|im_end\|>|<\|endoftext\|>)?\s*", flags=re.DOTALL)
 _STANDALONE_NUMBER = re.compile(r"\b(\d{1,3})\b")
 
 
-@dataclass(frozen=True)
-class FlexGuardOutput:
-    """The card's two parsed values: the CATEGORY line (or None) and RISK_SCORE clamped to [0, 100] (or None)."""
+class FlexGuardOutput(NamedTuple):
+    """The card's `(category, risk)`: the CATEGORY line (or None) and RISK_SCORE clamped to [0, 100] (or None)."""
 
     category: str | None
     risk_score: int | None
@@ -81,10 +83,18 @@ def decide(risk_score: float | None, threshold: float) -> str:
     return "unsafe" if risk_score >= threshold else "safe"
 
 
+def is_well_formed(text: str) -> bool:
+    """True when `text` is exactly the card's format: a closed think block, a category line, a score line of 1-3
+    digits in [0, 100], then at most a stop token. The card parses other texts too (an unclosed think block gives
+    the category "<think>" and the thinking's last number as the score); this flag lets callers spot them."""
+    m = _WELL_FORMED.fullmatch(text)
+    return m is not None and int(m.group(1)) <= 100
+
+
 def flexguard_result(text: str, threshold: float, **extra: Any) -> dict[str, Any]:
     """The output fields of one generated text: category, risk_score (int or None), threshold, decision,
-    score_parsed, text (the generated text as decoded, special tokens kept), plus `extra` (e.g. strictness)."""
+    score_parsed, well_formed, text (the generated text as decoded, special tokens kept), plus `extra`."""
     parsed = parse_flexguard_output(text)
     return {"category": parsed.category, "risk_score": parsed.risk_score, "threshold": threshold,
             "decision": decide(parsed.risk_score, threshold), "score_parsed": parsed.risk_score is not None,
-            **extra, "text": text}
+            "well_formed": is_well_formed(text), **extra, "text": text}
