@@ -33,7 +33,9 @@ __all__ = [
     "METRICS",
     "ThresholdPoint",
     "Calibration",
+    "FLEXBENCH_REGIMES",
     "calibrate",
+    "dev_row",
     "choose_threshold",
     "load_calibration",
     "resolve_threshold",
@@ -184,6 +186,47 @@ def calibrate(scores: list[float | None], labels: list[int], metric: str = "f1")
                        sum(1 for s in scores if s is None), tuple(curve))
 
 
+# FlexBench's derived binary labels (its dataset card): strict = severity >= 1, moderate >= 2, loose >= 3.
+FLEXBENCH_REGIMES = {"strict": 1, "moderate": 2, "loose": 3}
+_LABEL_WORDS = {"unsafe": 1, "safe": 0}
+
+
+def dev_row(record: Any, label_field: str = "label", regime: str | None = None) -> tuple[float | None, int]:
+    """(risk score or None, label 1 = unsafe) of one labelled dev row; InputError saying what is wrong otherwise.
+
+    The score: `risk_score` (a number in [0, 100] or null = unparsed), else `text` (a model output, parsed with the
+    card's parse_output). The label: `label_field` (0/1, true/false, "safe"/"unsafe"), or with `regime`, FlexBench's
+    `severity_level` 0-4 turned into that regime's binary label."""
+    from guardrt.runtime.flexguard_output import parse_flexguard_output
+
+    if not isinstance(record, Mapping):
+        raise InputError(f"expected an object, got {type(record).__name__}")
+    if "risk_score" in record:
+        score = record["risk_score"]
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
+                                  or not 0 <= score <= 100):
+            raise InputError(f"risk_score must be a number in [0, 100] or null, got {score!r:.40}")
+    elif "text" in record:
+        if not isinstance(record["text"], str):
+            raise InputError(f"text must be a string (a model output), got {type(record['text']).__name__}")
+        score = parse_flexguard_output(record["text"]).risk_score
+    else:
+        raise InputError('no "risk_score" or "text" (a model output) field')
+    if regime is not None and label_field not in record:
+        level = record.get("severity_level")
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 4:
+            raise InputError(f'no "{label_field}" and no severity_level 0-4 for --regime {regime}')
+        return score, int(level >= FLEXBENCH_REGIMES[regime])
+    if label_field not in record:
+        raise InputError(f'no "{label_field}" field (0/1, true/false or "safe"/"unsafe")')
+    label = record[label_field]
+    if isinstance(label, str) and label.lower() in _LABEL_WORDS:
+        return score, _LABEL_WORDS[label.lower()]
+    if label in (0, 1) and not isinstance(label, float):
+        return score, int(label)
+    raise InputError(f'{label_field} must be 0/1, true/false or "safe"/"unsafe", got {label!r:.40}')
+
+
 def write_calibration(calibration: Calibration, out: str | Path, **extra: Any) -> Path:
     """Write `calibration.json` into the directory `out` (or the file `out` when it ends in .json); its path."""
     path = Path(out)
@@ -203,7 +246,8 @@ def load_calibration(location: str | Path) -> dict[str, Any] | None:
         if not path.is_file():
             return None
     if not path.is_file():
-        raise ModelFilesError(f"no calibration file {path} (write it with `guardrt calibrate`)")
+        what = "calibration file" if path.suffix == ".json" else "model directory"
+        raise ModelFilesError(f"no {what} {path} (a calibration is written by `guardrt calibrate`)")
     data = read_json_file(path)
     threshold = data.get("threshold") if isinstance(data, Mapping) else None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
