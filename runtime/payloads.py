@@ -48,9 +48,12 @@ def parse_payload(line: str, spec: ModelSpec) -> Any:
     return payload_from_record(obj, spec)
 
 
-def payload_from_record(record: dict, spec: ModelSpec) -> Any:
+def payload_from_record(record: dict, spec: ModelSpec | str) -> Any:
     """The preprocessor input of one request object holding the spec's field: that field's value, or, for a spec
     whose input has a message builder (flexguard), the object's builder fields."""
+    from guardrt.runtime.specs import get_spec
+
+    spec = get_spec(spec, input_only=True) if isinstance(spec, str) else spec
     if spec.input.options.get("message_builder") == "flexguard":
         from guardrt.runtime.flexguard_prompt import flexguard_payload
 

@@ -296,7 +296,8 @@ def test_bad_requests_name_the_field(pre):
     for request, message in [({"assistant": "x"}, 'no "user" field'), ({"user": None}, '"user" must be a string'),
                              ({"user": 5}, '"user" must be a string'),
                              ({"user": "x", "assistant": None}, '"assistant" must be a string'),
-                             ("text", "expected an object")]:
+                             ("text", "expected an object"),
+                             ({"user": "lone \ud800 surrogate"}, "cannot tokenize")]:
         with pytest.raises(InputError, match=message):
             pre.encode(request)
 
