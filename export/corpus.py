@@ -10,6 +10,10 @@ template ignores (tool, developer, wrong casing, missing, non-string); messages 
 extra keys (name, reasoning_content, tool_calls); CJK, emoji, special-token strings (`<|im_end|>`, `<think>`...)
 inside content; very long content, some conversations over 32,768 tokens.
 
+FlexGuard request objects (`generate_flexguard_requests`): `{"user"}` / `{"user", "assistant"}` with the card's own
+markers (`[User]:`, `[Assistant]:`, `<think>`, `</think>`, its output format) and special tokens inside the texts,
+empty / long / huge texts, extra fields, and malformed requests.
+
 Hard cases covered on purpose: contexts far over 4,096 tokens; CJK, emoji (incl. ZWJ sequences and flags), combining
 characters and decomposed (non-NFC) text at the trim point; role aliases and casing, unknown / missing / non-string
 roles; empty, whitespace-only, None and numeric content; more than 8 turns; a trailing assistant turn; special-token
@@ -345,3 +349,73 @@ def generate_length_edge_conversations(count_tokens, limit: int, seed: int = 2, 
         else:
             lo = mid + 1
     return [convo(n) for n in range(max(0, lo - sweep // 2), lo + sweep // 2)]
+
+
+# -- FlexGuard request objects ------------------------------------------------------------------------------------
+# Material that collides with the card's own prompt structure: its think tags, its `[User]:` / `[Assistant]:`
+# markers, its output format, the template's special tokens.
+_FLEXGUARD_TRAPS = ["</think>", "<think>", "<think>\n\n</think>\n\n", "[User]: ", "\n[User]: ", "[Assistant]: ",
+                    "\n[Assistant]: ", "[User]:", "Now classify the following content according to the guidelines "
+                    "above:\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>system\n", "<|endoftext|>",
+                    "SAFE\n15", "VIO, ILG\n85", "RISK_SCORE", "<END OUTPUT FORMAT>", "\r\n", "\\n", "{{ messages }}",
+                    "{% if %}"]
+_NOT_A_STRING = [None, 42, 3.5, 0, True, False, ["a", "b"], [], {"k": "v"}, {}]
+
+
+def _flexguard_text(rng: random.Random, long: bool = False) -> str:
+    r = rng.random()
+    if r < 0.08:
+        return rng.choice(["", " ", "\n", "\n\n", "\u3000", "\t \n", "\r\n"])  # empty / whitespace-only
+    if r < 0.3:  # the prompt's own markers and special tokens inside the content
+        parts = [rng.choice(_FLEXGUARD_TRAPS) if rng.random() < 0.5 else _words(rng, rng.randint(1, 12))
+                 for _ in range(rng.randint(1, 6))]
+        return "".join(parts)
+    if long:
+        kind = rng.random()
+        if kind < 0.5:
+            return _words(rng, rng.randint(400, 3000))
+        if kind < 0.75:
+            return _dense(rng, rng.randint(1000, 5000))
+        return _long_line(rng, rng.randint(3000, 15000))
+    return _words(rng, rng.randint(1, 80))
+
+
+def generate_flexguard_requests(n: int, seed: int = 0, max_huge: int | None = None) -> list[Any]:
+    """`n` FlexGuard request objects (`{"user": ...}` or `{"user": ..., "assistant": ...}`) covering the hard
+    cases of the card's prompt building: empty and whitespace-only texts, CJK / emoji / combining marks, special-token
+    strings, `<think>` / `</think>`, `[User]:` / `[Assistant]:` and the output format inside the content, very long
+    texts (some over the 32,768-token maximum, at most `max_huge`), extra fields, and malformed requests (no
+    "user", a non-string user or assistant, null assistant, not an object)."""
+    rng = random.Random(seed)
+    out: list[Any] = []
+    huge = 0
+    for i in range(n):
+        mode = i % 8
+        if mode in (0, 1, 2):  # prompt moderation
+            req: Any = {"user": _flexguard_text(rng)}
+        elif mode in (3, 4, 5):  # response moderation
+            req = {"user": _flexguard_text(rng), "assistant": _flexguard_text(rng)}
+        elif mode == 6:  # long texts; some over the maximum length
+            req = {"user": _flexguard_text(rng, long=True)}
+            if rng.random() < 0.6:
+                req["assistant"] = _flexguard_text(rng, long=True)
+            if rng.random() < 1 / 6 and (max_huge is None or huge < max_huge):
+                huge += 1
+                req["user"] = _words(rng, rng.randint(14000, 28000))
+        else:  # malformed or odd requests
+            r = rng.random()
+            if r < 0.15:
+                req = {"assistant": _flexguard_text(rng)}  # no user
+            elif r < 0.35:
+                req = {"user": rng.choice(_NOT_A_STRING)}
+            elif r < 0.55:
+                req = {"user": _flexguard_text(rng), "assistant": rng.choice(_NOT_A_STRING)}
+            elif r < 0.7:
+                req = rng.choice(["a bare string", 5, None, ["user", "hi"], [{"role": "user", "content": "hi"}]])
+            else:  # extra fields (ignored), messages-style keys
+                req = {"user": _flexguard_text(rng), "messages": [{"role": "user", "content": "ignored"}],
+                       "id": i, "role": "assistant"}
+                if rng.random() < 0.5:
+                    req["assistant"] = _flexguard_text(rng)
+        out.append(req)
+    return out

@@ -27,6 +27,8 @@ Only `tokenizers` is used (no transformers; chat templates are rendered with jin
 * `ChatTemplatePreprocessor` (qwen3guard-gen, and the Qwen3-template guards after it): a list of {"role", "content"}
   messages through the model's own chat template (`runtime.chat_template`, rendered as transformers renders it),
   then encoded as the card's `tokenizer([text])` does. Never truncated: over the spec's max_length is an InputError.
+  A spec's `message_builder` option first turns its request object into messages (flexguard: the card's system
+  prompt and `[User]:`/`[Assistant]:` message, runtime/flexguard_prompt.py).
 """
 from __future__ import annotations
 
@@ -441,6 +443,7 @@ class ChatTemplatePreprocessor:
                  piecewise: bool | None = None):
         opts = spec.input.options
         self.spec = spec
+        self.message_builder = message_builder(opts.get("message_builder"))
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = spec.input.max_length
@@ -514,8 +517,13 @@ class ChatTemplatePreprocessor:
                              f"{self.max_length}; shorten it (the reference does not truncate)")
         return ids
 
-    def encode(self, messages: Any) -> list[int]:
-        return self.encode_text(self.render(messages))
+    def build_messages(self, payload: Any) -> Any:
+        """The messages of one payload: the payload itself, or what the spec's message builder makes of it."""
+        return payload if self.message_builder is None else self.message_builder(payload)
+
+    def encode(self, payload: Any) -> list[int]:
+        """Ids of one payload (messages, or the builder's request object, e.g. FlexGuard's {"user", "assistant"?})."""
+        return self.encode_text(self.render(self.build_messages(payload)))
 
     def encode_batch(self, conversations: Sequence[Any]) -> list[list[int]]:
         return [self.encode(messages) for messages in conversations]
@@ -523,6 +531,17 @@ class ChatTemplatePreprocessor:
     @property
     def cache_entries(self) -> int:
         return len(self._piece_cache)
+
+
+def message_builder(name: str | None):
+    """The request object -> messages function a chat_template spec names in its `message_builder` option."""
+    if name is None:
+        return None
+    if name == "flexguard":
+        from guardrt.runtime.flexguard_prompt import build_flexguard_messages
+
+        return build_flexguard_messages
+    raise ValueError(f"unknown message_builder {name!r} (known: flexguard)")
 
 
 def build_preprocessor(spec: ModelSpec | str, tokenizer_dir: str | Path, task_description: str | None = None):

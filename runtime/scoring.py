@@ -43,7 +43,7 @@ def _bad_row_reason(record: dict | None, key: str, reserved: Sequence[str]) -> s
 
 def score_chunk(layout: JobLayout, chunk: Chunk, engine, field_prefix: str = "") -> ChunkSummary:
     """Read, score and write one chunk (its part file appears only once it is complete)."""
-    from guardrt.runtime.payloads import payload_field
+    from guardrt.runtime.payloads import payload_field, payload_from_record
 
     t0 = time.perf_counter()
     rows = read_chunk(layout, chunk)
@@ -56,7 +56,7 @@ def score_chunk(layout: JobLayout, chunk: Chunk, engine, field_prefix: str = "")
         if reason:
             results[i] = {"error": reason if error else f"{where}: {reason}"}
         else:
-            payloads.append(record[key])
+            payloads.append(payload_from_record(record, engine.spec))
             slots.append(i)
     for i, result in zip(slots, engine.score(payloads) if payloads else []):
         if "error" in result:

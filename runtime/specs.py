@@ -24,7 +24,7 @@ saying what is missing; `get_spec(name, input_only=True)` returns it. `spec_name
 | intent-safety | dialogue_ctx (task + last 8 turns, left trim, 4,096) | classifier_logits | none | classifier (threshold 0.5) |
 | rejection | single_text (right truncation, 512) | classifier_logits | none | classifier (argmax) |
 | qwen3guard-gen | chat_template (the model's, 32,768, over = error) | causal_lm_with_past (+ a classifier-shaped verdict graph) | greedy, 128 new tokens, generation_config stop ids | qwen3guard_gen_text: the card's regexes; verdict rows (qwen3guard_verdict) |
-| flexguard (planned) | chat_template, Qwen3 template with add_generation_prompt + enable_thinking, after a `flexguard_prompt` message builder (card system prompt + `[User]:`/`[Assistant]:` block) | causal_lm_with_past | greedy (thinking budget) | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds |
+| flexguard | chat_template, the model's Qwen3 template with add_generation_prompt + enable_thinking, after the `flexguard` message builder (card system prompt + `[User]:`/`[Assistant]:` block; payload `{"user", "assistant"?}`) | causal_lm_with_past (declared) | greedy, 2,048 new tokens, special tokens kept (declared) | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds (parser served in runtime/flexguard_output.py) |
 | qwen3guard-stream (planned) | chat_template, Qwen3 template, enable_thinking=False | token_heads (risk/category logits per position, query + response heads, KV cache) | streaming (prompt once, then token by token) | stream_heads: per-token risk/category, two-consecutive debounce |
 
 **Read-only shorthands.** Code written for the flat classifier spec reads `spec.max_length`, `spec.labels`,
@@ -71,7 +71,9 @@ class InputFormat:
     truncation_side: "left" | "right" | "none" (never truncated: longer inputs are refused).
     options: kind-specific settings; for "chat_template": `add_generation_prompt` (bool, default False),
           `template_kwargs` (extra template variables, e.g. {"enable_thinking": False}), `template_name` (a named
-          template of the model dir; default: the model's default template).
+          template of the model dir; default: the model's default template), `message_builder` (a request object ->
+          messages function, e.g. "flexguard": the card's system prompt + `[User]:`/`[Assistant]:` message, see
+          runtime/flexguard_prompt.py; the payload is then the object's fields, `request_field` the required one).
     """
 
     kind: str
@@ -83,7 +85,7 @@ class InputFormat:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     KINDS = ("dialogue_ctx", "single_text", "chat_template")
-    CHAT_TEMPLATE_OPTIONS = ("add_generation_prompt", "template_kwargs", "template_name")
+    CHAT_TEMPLATE_OPTIONS = ("add_generation_prompt", "template_kwargs", "template_name", "message_builder")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
@@ -166,7 +168,9 @@ class OutputParser:
           `patterns["categories_prompt"]` when the last message is the user's and `patterns["categories_response"]`
           otherwise; `labels` are the three safety levels; `options`: the token ids of the verdict, see below), or
           "qwen3guard_verdict" (rows of the Qwen3Guard-Gen verdict graph -> safety, probs, risk: the classifier-shaped
-          spec `guardrt.runtime.guard_output.verdict_spec` derives from a qwen3guard_gen_text spec, never registered).
+          spec `guardrt.runtime.guard_output.verdict_spec` derives from a qwen3guard_gen_text spec, never registered),
+          or "flexguard_text" (the card's `parse_output`: CATEGORY line + RISK_SCORE 0-100, runtime/flexguard_output.py;
+          `threshold` is the default strictness threshold, unsafe = risk_score >= threshold; `labels` the categories).
     options: kind-specific settings; for "qwen3guard_gen_text": `verdict_prefix_ids` (the tokens greedy output starts
           with before the label, `Safety` `:`), `label_token_ids` ({label: the first token of " <label>"}),
           `controversial_tail_ids` (the rest of " Controversial"); checked against the tokenizer when a model loads.
@@ -180,7 +184,7 @@ class OutputParser:
     patterns: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    KINDS = ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict")
+    KINDS = ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "flexguard_text")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
@@ -494,6 +498,43 @@ register(
                 "label_token_ids": {"Safe": 22291, "Unsafe": 73067, "Controversial": 2093},
                 "controversial_tail_ids": (12563, 530),
             },
+        ),
+        serving=ServingPolicy(),
+        gates=Gates(),
+    )
+)
+
+# FlexGuard-Qwen3-8B: thinks, then writes CATEGORY and RISK_SCORE 0-100; strictness = a threshold on the score.
+register(
+    ModelSpec(
+        name="flexguard",
+        seed_card="FlexGuard-Qwen3-8B.model-card.txt",
+        input=InputFormat(
+            kind="chat_template",
+            request_field="user",  # {"user": ...} (prompt moderation) or {"user": ..., "assistant": ...} (response)
+            max_length=32768,
+            padding_side="left",
+            truncation_side="none",
+            pad_token_id=151643,  # the card sets pad_token = eos_token (<|endoftext|>)
+            options={"add_generation_prompt": True, "template_kwargs": {"enable_thinking": True},
+                     "message_builder": "flexguard"},
+        ),
+        graph=GraphContract(
+            kind="causal_lm_with_past",
+            architecture="Qwen3ForCausalLM",
+            model_type="qwen3",
+            task="text-generation-with-past",
+            input_names=("input_ids", "attention_mask", "position_ids"),
+            output_names=("logits",),
+            onnx_opset=18,
+            kv_cache=KVCacheNames(),
+        ),
+        # The card's SamplingParams: temperature 0 (greedy), max_tokens 2048, skip_special_tokens=False.
+        decoding=Decoding(kind="greedy", max_new_tokens=2048, stop_token_ids=None, skip_special_tokens=False),
+        output=OutputParser(
+            kind="flexguard_text",
+            labels=("SAFE", "VIO", "ILG", "SEX", "INF", "DIS", "MIS", "JAIL"),
+            threshold=40,  # the card's default (moderate); strict 20, loose 60 (runtime/flexguard_output.py)
         ),
         serving=ServingPolicy(),
         gates=Gates(),

@@ -7,6 +7,7 @@ COMMAND_MODULES = [
     "demo_models",
     "export",
     "classify",
+    "calibrate",
     "score",
     "repo",
     "serve",

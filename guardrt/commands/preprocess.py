@@ -2,7 +2,8 @@
 
 Input lines: the spec's request field (`spec.input.request_field`): `{"turns": [{"role": ..., "content": ...}, ...]}`
 (intent-safety), `{"text": ...}` (rejection), `{"messages": [{"role": ..., "content": ...}, ...]}` (chat-template
-specs: qwen3guard-gen; `--tokenizer DIR` then also supplies the chat template, as transformers reads it).
+specs: qwen3guard-gen; `--tokenizer DIR` then also supplies the chat template, as transformers reads it),
+`{"user": ...}` / `{"user": ..., "assistant": ...}` (flexguard: prompt / response moderation, the card's prompts).
 The payload format is runtime/payloads.py's, also what a `<spec>-text` Triton model takes.
 Output: one `{"input_ids": [...]}` line per input line, same order, flushed line by line. A malformed line stops
 the run with an error naming its line number (exit 2); the lines before it are already written.
