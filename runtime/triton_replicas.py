@@ -38,7 +38,7 @@ from guardrt.runtime.request_flow import QUEUE_FULL, QUEUE_TIMEOUT, RETRYABLE
 from guardrt.runtime.triton_client import AsyncTritonClassifier, TritonClassifier, _message, _status
 
 __all__ = ["ReplicatedTritonClassifier", "AsyncReplicatedTritonClassifier", "Replica", "ReplicaSet",
-           "triton_classifier", "DEFAULT_HEALTH_INTERVAL_S"]
+           "triton_classifier", "warn_down_replicas", "DEFAULT_HEALTH_INTERVAL_S"]
 
 DEFAULT_HEALTH_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2.0  # one health probe (three RPCs) on one replica
@@ -440,3 +440,14 @@ def triton_classifier(urls: Sequence[str] | str, spec="rejection", tokenizer_dir
         kwargs.pop("health_interval_s", None)
         return TritonClassifier(urls[0], spec, tokenizer_dir, **kwargs)
     return ReplicatedTritonClassifier(urls, spec, tokenizer_dir, **kwargs)
+
+
+def warn_down_replicas(client, who: str) -> None:
+    """One stderr line per replica that failed its first probe (the client goes on with the others and keeps
+    probing it)."""
+    import sys
+
+    replicas = getattr(client, "replicas", None)  # None: a single-URL TritonClassifier
+    for replica in replicas.down() if replicas is not None else ():
+        print(f"{who}: warning: replica {replica.url} is not ready, using the others until it is: {replica.reason}",
+              file=sys.stderr)
