@@ -29,14 +29,17 @@ def _bench():
 
 @pytest.fixture(scope="module")
 def replicas(triton_repo):
-    """Two servers of the session repository (this spec only, for a quick start); stopped at the end."""
+    """Two servers of the session repository (this spec only, for a quick start), started side by side; stopped at
+    the end."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from guardrt.runtime.server import TritonServer, free_port
 
     servers = [TritonServer(triton_repo, grpc_port=free_port(), http_port=None, metrics_port=None, models=(SPEC,))
                for _ in range(2)]
     try:
-        for server in servers:
-            server.start()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(TritonServer.start, servers))
         yield servers
     finally:
         for server in servers:
