@@ -6,7 +6,8 @@ requests at once); when `kill_after` of them have been answered, the process gro
 Counted at the application: requests sent, answers received per request (lost = none, duplicated = more than one),
 errors; every answer is compared with in-process ONNX Runtime. Timed: the latency of every request, the requests in
 flight at the kill (sent before it, answered after it: they carry the failover), how long until the client marked
-the replica down, and, after a restart of the killed replica on the same port, how long until it was used again.
+the replica down, and, after a restart of the killed replica on the same ports, how long from the restart until the
+client found it ready and sent it requests again.
 
 Writes benchmarks/results/failover.json (and failover.png: request latency over time, the kill marked).
 
@@ -135,17 +136,21 @@ def _summary(x: np.ndarray) -> dict[str, float] | None:
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
 
 
-def wait_used_again(client, server, seqs, concurrency: int = 16, timeout_s: float = 15.0) -> dict:
-    """After `server` restarted: seconds until the client's prober finds it ready, then how many of len(seqs)
-    requests (no kill) it answered, and whether all were answered once."""
+def restart_and_reuse(client, server, seqs, concurrency: int = 16, timeout_s: float = 15.0) -> dict:
+    """Restart the (killed) `server` on its ports; then the seconds from the restart until the client's prober
+    found it ready (Triton's own startup included), how many of len(seqs) requests (no kill) it answered, and
+    whether all were answered once."""
+    server.stop()  # reap what is left of the killed process group
     t0 = time.monotonic()
+    server.start()
     replica = next(r for r in client.replicas.replicas if r.url == server.grpc_url)
     while not replica.healthy and time.monotonic() - t0 < timeout_s:
         time.sleep(0.05)
-    healthy_after = time.monotonic() - t0 if replica.healthy else None
+    healthy_after = replica.up_at - t0 if replica.healthy else None
     before = replica.answered
     run = load_with_kill(client, seqs, server, kill_after=None, concurrency=concurrency)
-    return {"healthy_after_restart_s": healthy_after, "requests": len(seqs),
+    return {"triton_start_s": server.start_seconds, "ready_in_client_after_restart_s": healthy_after,
+            "requests": len(seqs),
             "answered_after_restart": replica.answered - before, "lost": run["lost"],
             "duplicated": run["duplicated"], "errors": run["errors"]}
 
@@ -191,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 got = run.pop("answers")
                 run["max_abs_diff_vs_in_process"] = float(max(
                     np.abs(a[0] - expected[i]).max() for i, a in got.items() if a))
-                victim.stop()
-                victim.start()
-                run["restart_s"] = victim.start_seconds
-                run["restart"] = wait_used_again(client, victim, seqs[:200], args.concurrency)
+                run["restart"] = restart_and_reuse(client, victim, seqs[:200], args.concurrency)
                 if mode == "sync":
                     client.close()
                 else:
@@ -215,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['duplicated']}, errors {r['errors']}, failovers {r['failovers']}, in flight at the kill "
               f"{r['in_flight_at_kill']} (max {r['in_flight_at_kill_latency_ms']['max']:.0f} ms), p50 "
               f"{r['latency_ms']['p50']:.1f} ms, marked down {r['marked_down_after_kill_ms']} ms after the kill, "
-              f"back in use {r['restart']['healthy_after_restart_s']} s after the restart")
+              f"restarted: Triton ready in {r['restart']['triton_start_s']:.2f} s, the client using it "
+              f"{r['restart']['ready_in_client_after_restart_s']:.2f} s after the restart began "
+              f"({r['restart']['answered_after_restart']} of {r['restart']['requests']} requests)")
     print(f"wrote {out}")
     return 0
 

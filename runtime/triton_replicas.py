@@ -71,7 +71,8 @@ class Replica:
     answered: int = 0
     failed: int = 0
     generation: int = 0  # bumped each time the replica comes back up: its clients open a new channel
-    down_at: float | None = None  # monotonic time it was marked down by a failed request (diagnostics)
+    down_at: float | None = None  # monotonic time it was last marked down by a failed request (diagnostics)
+    up_at: float | None = None  # monotonic time a probe last found it ready after it was not (diagnostics)
 
 
 class ReplicaSet:
@@ -141,6 +142,7 @@ class ReplicaSet:
         with self._lock:
             if not replica.healthy:
                 replica.generation += 1
+                replica.up_at = time.monotonic()
             replica.healthy, replica.reason = True, "ready"
         return True
 
