@@ -93,6 +93,7 @@ class ReplicaSet:
         self.health_interval_s = float(health_interval_s)
         self._lock = threading.Lock()
         self._turn = 0
+        self.failovers = 0  # attempts re-sent elsewhere after a failure (diagnostics)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +122,10 @@ class ReplicaSet:
                 replica.answered += 1
             else:
                 replica.failed += 1
+
+    def note_failover(self) -> None:
+        with self._lock:
+            self.failovers += 1
 
     def mark_down(self, replica: Replica, reason: str) -> None:
         """A request failed for the replica's state: no request goes there until a probe passes."""
@@ -200,7 +205,6 @@ class _ReplicatedBase:
     def _setup_replicas(self, urls: Sequence[str], health_interval_s: float) -> None:
         self.urls = list(urls)
         self.replicas = ReplicaSet(self.urls, self._probe_replica, health_interval_s)
-        self.failovers = 0  # requests re-sent to another replica after a failure (diagnostics)
         self._flavor_lock = threading.Lock()
 
     def _probe_replica(self, replica: Replica) -> None:
@@ -241,8 +245,13 @@ class _ReplicatedBase:
             raise error
         if status == "StatusCode.UNAVAILABLE" and QUEUE_FULL not in msg.lower():
             self.replicas.mark_down(replica, str(error))  # a full queue is a busy replica, not a down one
-        self.failovers += 1
+        self.replicas.note_failover()
         return error
+
+    @property
+    def failovers(self) -> int:
+        """Attempts re-sent to another replica after a failure, so far (diagnostics)."""
+        return self.replicas.failovers
 
     def _no_replica_error(self, what: str, last: ServerError | None) -> ServerError:
         if last is not None and "overloaded" in str(last):
