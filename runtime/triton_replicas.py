@@ -205,7 +205,8 @@ class _ReplicatedBase:
     def _setup_replicas(self, urls: Sequence[str], health_interval_s: float) -> None:
         self.urls = list(urls)
         self.replicas = ReplicaSet(self.urls, self._probe_replica, health_interval_s)
-        self._flavor_lock = threading.Lock()
+        self._flavor_lock = threading.Lock()  # the probes (prober thread, check_ready) agree on one flavor
+        self._check_lock = threading.Lock()  # one first check_ready, however many threads send at once
 
     def _probe_replica(self, replica: Replica) -> None:
         """ServerError (one line) unless the replica is live and the model ready, with the flavor of the others.
@@ -298,7 +299,7 @@ class ReplicatedTritonClassifier(_ReplicatedBase, TritonClassifier):
     def _send(self, what: str, request: Callable[[Any, dict], Any], queue_timeout: bool = False):
         """request(client, limits) on the least loaded healthy replica, failing over within one deadline."""
         if not self.replicas.checked:
-            with self._flavor_lock:
+            with self._check_lock:
                 if not self.replicas.checked:
                     self._check_replicas()
         end = time.monotonic() + self.timeout_s

@@ -177,3 +177,29 @@ def test_check_ready_with_nothing_listening_is_one_line():
     assert msg.startswith("none of the 2 Triton servers is ready: ") and "\n" not in msg
     assert all(u in msg for u in urls)
     client.close()
+
+
+def test_a_first_request_without_check_ready_probes_first():
+    """A client given its flavor skips the base class's readiness call: its first request probes the replicas
+    (here: nothing listens, so one line, not a hang)."""
+    from guardrt.runtime.errors import ServerError
+    from guardrt.runtime.server import free_port
+    from guardrt.runtime.triton_replicas import ReplicatedTritonClassifier
+
+    client = ReplicatedTritonClassifier([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"], "rejection",
+                                        flavor="python")
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(_raised(client.logits_for_ids, [[1, 2]])), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    client.close()
+    assert outcome and isinstance(outcome[0], ServerError), outcome
+    assert str(outcome[0]).startswith("none of the 2 Triton servers is ready")
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:
+        return exc
+    return None
