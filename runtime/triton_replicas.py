@@ -71,7 +71,7 @@ class Replica:
     answered: int = 0
     failed: int = 0
     generation: int = 0  # bumped each time the replica comes back up: its clients open a new channel
-    down_at: float | None = None  # monotonic time it was last marked down by a failed request (diagnostics)
+    down_at: float | None = None  # monotonic time it was last marked down, by a failed request or probe (diagnostics)
     up_at: float | None = None  # monotonic time a probe last found it ready after it was not (diagnostics)
 
 
@@ -142,6 +142,8 @@ class ReplicaSet:
             self._probe(replica)
         except ServerError as exc:
             with self._lock:
+                if replica.healthy:
+                    replica.down_at = time.monotonic()
                 replica.healthy, replica.reason = False, str(exc)
             return False
         with self._lock:
