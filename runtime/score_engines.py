@@ -82,12 +82,13 @@ class EngineConfig:
             load_export_dir(self.model, spec=self.spec).model_path(self.precision)
         elif not (self.tokenizer or self.model):
             raise InputError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
-        else:  # every server up and serving the model, before any file is written
-            from guardrt.runtime.triton_client import TritonClassifier
+        else:  # the server (one of the replicas) up and serving the model, before any file is written
+            from guardrt.runtime.triton_replicas import triton_classifier, warn_down_replicas
 
-            for url in self.urls:
-                with TritonClassifier(url, self.spec, model_name=self.model_name, timeout_s=self.timeout_s) as client:
-                    client.check_ready()
+            with triton_classifier(self.urls, self.spec, model_name=self.model_name,
+                                   timeout_s=self.timeout_s) as client:
+                client.check_ready()
+                warn_down_replicas(client, "guardrt score")
 
     def settings(self) -> dict[str, Any]:
         """What changes the results: a resumed job must have the same (threads, batch size, URLs do not)."""
@@ -132,35 +133,24 @@ class InProcessEngine:
 
 
 class TritonEngine:
-    """Triton endpoints: one `TritonClassifier` per URL, each chunk's rows cut into one contiguous slice per URL and
-    sent concurrently (the larger slices to the least used clients). Tokenization happens here, once, with one
-    preprocessor.
-
-    Issue 14 item 3 (one client over several URLs: health checks, least-outstanding-requests balancing, failover)
-    replaces `self.clients` with that one client; `score` then sends all rows to it.
-    """
+    """Triton endpoints through one client: a `TritonClassifier` for one URL, a `ReplicatedTritonClassifier` for
+    several (each request to the least busy ready replica; a request refused by a replica that went down is re-sent
+    to another, so an outage of one replica costs no row). Tokenization happens here, once."""
 
     def __init__(self, config: EngineConfig):
-        from concurrent.futures import ThreadPoolExecutor
-
         from guardrt.runtime.preprocess import build_preprocessor
-        from guardrt.runtime.triton_client import TritonClassifier
+        from guardrt.runtime.triton_replicas import triton_classifier
 
         self.spec = get_spec(config.spec)
         self.preprocessor = build_preprocessor(self.spec, config.tokenizer or config.model, config.task_description)
-        self.clients = []
+        self.client = triton_classifier(config.urls, self.spec, preprocessor=self.preprocessor,
+                                        model_name=config.model_name, timeout_s=config.timeout_s,
+                                        threshold=config.threshold)
         try:
-            for url in config.urls:
-                client = TritonClassifier(url, self.spec, preprocessor=self.preprocessor,
-                                          model_name=config.model_name, timeout_s=config.timeout_s,
-                                          threshold=config.threshold)
-                self.clients.append(client)
-                client.check_ready()  # server down / model not ready: one line before any row is read
+            self.client.check_ready()  # server(s) down / model not ready: one line before any row is read
         except GuardrtError:
-            self.close()
+            self.client.close()
             raise
-        self.pool = ThreadPoolExecutor(max_workers=len(self.clients), thread_name_prefix="guardrt-triton")
-        self.rows_sent = [0] * len(self.clients)
 
     def score(self, payloads: Sequence[Any]) -> list[dict]:
         from guardrt.runtime.postprocess import postprocess
@@ -168,23 +158,11 @@ class TritonEngine:
         ids, errors = encode_each(self.preprocessor, payloads)
         results: list[dict] = [{"error": e} if e else {} for e in errors]
         good = [i for i, e in enumerate(errors) if e is None]
-        if not good:
-            return results
-        n = len(self.clients)
-        slices = sorted((good[k * len(good) // n:(k + 1) * len(good) // n] for k in range(n)), key=len, reverse=True)
-        # The larger slices go to the clients that were sent the fewest rows so far: even over a whole job.
-        order = sorted(range(n), key=lambda k: self.rows_sent[k])
-        jobs = [(self.clients[k], rows) for k, rows in zip(order, slices) if rows]
-        for k, rows in zip(order, slices):
-            self.rows_sent[k] += len(rows)
-        futures = [self.pool.submit(client.logits_for_ids, [ids[i] for i in rows]) for client, rows in jobs]
-        for (client, rows), fut in zip(jobs, futures):
-            for i, result in zip(rows, postprocess(self.spec, fut.result(), client.threshold)):
+        if good:
+            logits = self.client.logits_for_ids([ids[i] for i in good])
+            for i, result in zip(good, postprocess(self.spec, logits, self.client.threshold)):
                 results[i] = result
         return results
 
     def close(self) -> None:
-        if getattr(self, "pool", None) is not None:
-            self.pool.shutdown(wait=True)
-        for client in self.clients:
-            client.close()
+        self.client.close()

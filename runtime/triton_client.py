@@ -117,26 +117,27 @@ class _ClassifierBase:
         self._utils = require("tritonclient.utils", "client")
 
     # -- retries and errors -----------------------------------------------------------------------------------------
-    def _deadline_error(self, what: str) -> ServerError:
-        err = ServerError(f"{what} on {self.url} exceeded its {self.timeout_s:g}s deadline (end to end, retries "
-                          "included; a slow model or host needs a longer timeout_s / --timeout)")
+    def _deadline_error(self, what: str, url: str | None = None) -> ServerError:
+        err = ServerError(f"{what} on {url or self.url} exceeded its {self.timeout_s:g}s deadline (end to end, "
+                          "retries included; a slow model or host needs a longer timeout_s / --timeout)")
         err.status = "StatusCode.DEADLINE_EXCEEDED"
         return err
 
-    def _server_error(self, exc: Exception, what: str, attempts: int = 1) -> ServerError:
-        status, msg = _status(exc), _message(exc)
+    def _server_error(self, exc: Exception, what: str, attempts: int = 1, url: str | None = None) -> ServerError:
+        """One line for a failed call to `url` (default: this client's URL)."""
+        status, msg, url = _status(exc), _message(exc), url or self.url
         tried = f" (after {attempts} attempts)" if attempts > 1 else ""
         if status == "StatusCode.DEADLINE_EXCEEDED" or QUEUE_TIMEOUT in msg.lower():
-            return self._deadline_error(what)
+            return self._deadline_error(what, url)
         if QUEUE_FULL in msg.lower() or status == "StatusCode.RESOURCE_EXHAUSTED":
-            err = ServerError(f"{what} on {self.url}: server overloaded, request refused: {msg}{tried}")
+            err = ServerError(f"{what} on {url}: server overloaded, request refused: {msg}{tried}")
         elif status == "StatusCode.UNAVAILABLE":
-            err = ServerError(f"Triton server at {self.url} is not reachable ({what}: {msg}){tried}; "
+            err = ServerError(f"Triton server at {url} is not reachable ({what}: {msg}){tried}; "
                               "is `guardrt serve` running?")
         elif "unknown model" in msg.lower() or "not found" in msg.lower():
-            err = ServerError(f"model '{self.model_name}' is not served at {self.url}: {msg}")
+            err = ServerError(f"model '{self.model_name}' is not served at {url}: {msg}")
         else:
-            err = ServerError(f"{what} on {self.url} failed: {msg}")
+            err = ServerError(f"{what} on {url} failed: {msg}")
         err.status = status
         return err
 

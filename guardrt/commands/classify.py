@@ -5,10 +5,12 @@ one stored in the export directory. Lines are read in chunks and classified in b
 batch-independent), written in input order. A malformed line stops the run with its line number (exit 2), after the
 results of every line before it are written.
 
-Backends are chosen in `run` by flag: `_classifier_in_process` builds the in-process one; a Triton backend
-(`--url`) plugs in next to it with the same shape (`preprocessor.encode(payload)`, `classify_ids(ids)`).
+Backends are chosen in `run` by flag: `_classifier_in_process` builds the in-process one; `--url` a Triton client
+with the same `classify_ids` shape. `--url` repeated: one client over the replicas (runtime/triton_replicas.py:
+health-checked, least outstanding requests first, a request refused by a replica that went down is re-sent to
+another one); replicas down at the start are named on stderr, and the run goes on while one is ready.
 qwen3guard-gen (`--mode verdict|generate`, lines `{"messages": [...]}`) uses `GuardClassifier` in process and
-`TritonGuardClient` over `--url`: the same results and the same per-line errors.
+`TritonGuardClient` over `--url` (one URL): the same results and the same per-line errors.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (threshold specs; default: "
                                                                   "the card's)")
-    p.add_argument("--url", help="Triton gRPC address (e.g. 127.0.0.1:8001): classify over gRPC instead of "
-                                 "in-process; the tokenizer comes from --tokenizer (or --model)")
+    p.add_argument("--url", action="append", default=None,
+                   help="Triton gRPC address (e.g. 127.0.0.1:8001): classify over gRPC instead of in-process; the "
+                        "tokenizer comes from --tokenizer (or --model). Repeat for replicas of one repository: "
+                        "requests go to the least busy ready one and fail over when one goes down")
     p.add_argument("--model-name", help="--url: Triton model name (default: the spec name)")
     p.add_argument("--timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                    help="--url: deadline of each request in seconds, end to end, retries included (default: "
@@ -61,19 +65,20 @@ def _classifier_in_process(args, spec, task_description):
 
 def _classifier_triton(args, spec, task_description):
     from guardrt.runtime.errors import GuardrtError
-    from guardrt.runtime.triton_client import TritonClassifier
+    from guardrt.runtime.triton_replicas import triton_classifier, warn_down_replicas
 
     tokenizer = args.tokenizer or args.model
     if not tokenizer:
         raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
-    client = TritonClassifier(args.url, spec, tokenizer, task_description=task_description,
-                              model_name=args.model_name, timeout_s=args.timeout, threshold=args.threshold,
-                              max_in_flight=args.max_in_flight)
+    client = triton_classifier(args.url, spec, tokenizer, task_description=task_description,
+                               model_name=args.model_name, timeout_s=args.timeout, threshold=args.threshold,
+                               max_in_flight=args.max_in_flight)
     try:
-        client.check_ready()  # server down / model not ready: one line before reading any input
+        client.check_ready()  # server(s) down / model not ready: one line before reading any input
     except GuardrtError:
         client.close()
         raise
+    warn_down_replicas(client, "guardrt classify")
     return client
 
 
@@ -88,13 +93,16 @@ def _guard_in_process(args, spec):
 
 
 def _guard_triton(args, spec):
-    from guardrt.runtime.errors import GuardrtError
+    from guardrt.runtime.errors import GuardrtError, InputError
     from guardrt.runtime.guard_client import TritonGuardClient
 
     tokenizer = args.tokenizer or args.model
     if not tokenizer:
         raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
-    client = TritonGuardClient(args.url, tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
+    urls = [args.url] if isinstance(args.url, str) else list(args.url)
+    if len(urls) > 1:
+        raise InputError(f"{spec.name}: give --url once (replicated serving covers the classifier specs so far)")
+    client = TritonGuardClient(urls[0], tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
                                timeout_s=args.timeout, max_in_flight=args.max_in_flight)
     try:
         client.check_ready()  # server down / model not ready: one line before reading any input

@@ -1,4 +1,5 @@
-"""`guardrt score --url` against the real server: the in-process rows, with the rows spread over one client per URL;
+"""`guardrt score --url` against the real server: the in-process rows, with the requests spread over the URLs (one
+replicated client, least outstanding requests first);
 a server that stops answering leaves the chunk unfinished (resumable) instead of marking its rows bad."""
 from __future__ import annotations
 
@@ -25,24 +26,25 @@ def _write(path, spec_name, n):
 def test_score_over_two_urls_matches_in_process(spec_name, tmp_path, triton_server, demo_exports, monkeypatch):
     from guardrt.runtime.score_engines import EngineConfig
     from guardrt.runtime.scoring import run_score_job
-    from guardrt.runtime.triton_client import TritonClassifier
+    from guardrt.runtime.triton_replicas import ReplicaSet
 
     _write(tmp_path / "in.jsonl", spec_name, 24)
     export = str(demo_exports[spec_name])
     run_score_job(tmp_path / "in.jsonl", tmp_path / "local.jsonl", EngineConfig(spec=spec_name, model=export),
                   chunk_rows=10, progress=False)
-    sent: dict[int, int] = {}
-    real = TritonClassifier.logits_for_ids
+    answered: dict[str, int] = {}
+    real = ReplicaSet.release
 
-    def counting(self, sequences):
-        sent[id(self)] = sent.get(id(self), 0) + len(sequences)
-        return real(self, sequences)
+    def counting(self, replica, ok):
+        answered[replica.url] = answered.get(replica.url, 0) + ok
+        return real(self, replica, ok)
 
-    monkeypatch.setattr(TritonClassifier, "logits_for_ids", counting)
+    monkeypatch.setattr(ReplicaSet, "release", counting)
     url = triton_server.grpc_url
-    cfg = EngineConfig(spec=spec_name, tokenizer=export, urls=(url, url.replace("127.0.0.1", "localhost")))
+    urls = (url, url.replace("127.0.0.1", "localhost"))
+    cfg = EngineConfig(spec=spec_name, tokenizer=export, urls=urls)
     run_score_job(tmp_path / "in.jsonl", tmp_path / "remote.jsonl", cfg, chunk_rows=10, progress=False)
-    assert sorted(sent.values()) == [12, 12]  # 24 good rows, half to each client
+    assert sorted(answered) == sorted(urls) and all(answered.values())  # both URLs answered requests
     local = [json.loads(x) for x in (tmp_path / "local.jsonl").read_text().splitlines()]
     remote = [json.loads(x) for x in (tmp_path / "remote.jsonl").read_text().splitlines()]
     assert len(remote) == len(local) == 25
