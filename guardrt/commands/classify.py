@@ -44,6 +44,10 @@ def add_arguments(p) -> None:
     p.add_argument("--mode", default="verdict", choices=["verdict", "generate"],
                    help="qwen3guard-gen: verdict (one prefill: safety, probs, risk) or generate (greedy generation: "
                         "safety, categories, refusal, text); default: verdict")
+    p.add_argument("--verdict-engine", default="kv", choices=["kv", "graph"],
+                   help="qwen3guard-gen --url --mode verdict: kv (default: verdict requests to the generate model, "
+                        "its KV-cache prefill with the server's prefix cache) or graph (the verdict-graph model, "
+                        "e.g. a TensorRT flavor)")
     p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
                    help=f"--url: requests in flight at once (default: {DEFAULT_MAX_IN_FLIGHT})")
 
@@ -95,7 +99,8 @@ def _guard_triton(args, spec):
     if not tokenizer:
         raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
     client = TritonGuardClient(args.url, tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
-                               timeout_s=args.timeout, max_in_flight=args.max_in_flight)
+                               verdict_engine=args.verdict_engine, timeout_s=args.timeout,
+                               max_in_flight=args.max_in_flight)
     try:
         client.check_ready()  # server down / model not ready: one line before reading any input
     except GuardrtError:

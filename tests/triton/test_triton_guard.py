@@ -74,11 +74,12 @@ def _same(got, want, tol=1e-4):
         assert g == w
 
 
-@pytest.mark.parametrize("mode", ["verdict", "generate"])
-def test_classify_url_equals_in_process(mode, guard_server, guard_export, in_process, conversations):
+@pytest.mark.parametrize("mode,engine", [("verdict", "kv"), ("verdict", "graph"), ("generate", "kv")])
+def test_classify_url_equals_in_process(mode, engine, guard_server, guard_export, in_process, conversations):
     lines = [json.dumps({"messages": m}, ensure_ascii=False) for m in conversations]
     proc = subprocess.run([sys.executable, "-m", "guardrt", "classify", "--spec", "qwen3guard-gen", "--mode", mode,
-                           "--url", guard_server.grpc_url, "--tokenizer", str(guard_export)],
+                           "--verdict-engine", engine, "--url", guard_server.grpc_url,
+                           "--tokenizer", str(guard_export)],
                           input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
                           env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr
