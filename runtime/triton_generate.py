@@ -28,7 +28,7 @@ GENERATE_BACKEND = Path(__file__).with_name("triton_backend") / "generate_model.
 
 def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_op_threads: int = 0,
                          max_active_rows: int = 32, prefix_cache_entries: int = 8, max_verdict_batch: int = 16,
-                         precision: str = "fp32", onnx_file: str = "model.onnx") -> str:
+                         intra_op_spinning: bool = False, precision: str = "fp32", onnx_file: str = "model.onnx") -> str:
     """config.pbtxt of the decoupled generate model (checked with Triton's ModelConfig protobuf)."""
     from guardrt.runtime.triton_repo import _parameters_block, _q, parse_config
 
@@ -38,7 +38,7 @@ def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_
         "pad_token_id": settings.pad_token_id, "max_new_tokens": settings.max_new_tokens,
         "max_length": settings.max_length, "intra_op_threads": int(intra_op_threads),
         "max_active_rows": int(max_active_rows), "prefix_cache_entries": int(prefix_cache_entries),
-        "max_verdict_batch": int(max_verdict_batch),
+        "max_verdict_batch": int(max_verdict_batch), "intra_op_spinning": int(bool(intra_op_spinning)),
     }
     text = (
         f"name: {_q(name)}\nbackend: \"python\"\nmax_batch_size: 0\n"
