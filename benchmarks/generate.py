@@ -13,7 +13,9 @@ safety agreement (lower precisions), verdict == HF's generated `safety`.
 Over gRPC (`--grpc-concurrency`, empty to skip): `guardrt repo`'s two models of the fp32 export on the real
 tritonserver (127.0.0.1, started and stopped here), the asyncio thin client sending the same conversations with 1 /
 8 / 32 requests in flight, per mode: per-request p50 / p99, requests/s, and the answers' agreement with in-process
-(generate: identical results; verdict: same safety).
+(generate: identical results; verdict: same safety). The verdict runs as the client's default (verdict requests to
+the generate model: KV prefill with the server's prefix cache, `grpc-verdict-*`) and, at concurrency 1, through the
+verdict-graph model (`grpc-verdict-graph-*`, the classifier-shaped graph the native / TensorRT flavors serve).
 
 Writes benchmarks/results/generate.json and generate_qwen3guard-gen.png. Run it under the machine's heavy lock for
 numbers worth reporting (and say so); the PyTorch baseline is measured in the same run.
@@ -167,8 +169,9 @@ def _grpc(export, messages, levels, threads, hf_safety) -> dict:
                            generate_options={"intra_op_threads": threads, "max_active_rows": max(levels)})
         server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
         with server:
-            async def run(mode, concurrency):
-                async with AsyncTritonGuardClient(server.grpc_url, export, mode=mode) as client:
+            async def run(mode, concurrency, engine="kv"):
+                async with AsyncTritonGuardClient(server.grpc_url, export, mode=mode,
+                                                  verdict_engine=engine) as client:
                     await client.check_ready()
                     await client.classify_messages(messages[0])  # warm-up
                     sem = asyncio.Semaphore(concurrency)
@@ -185,20 +188,22 @@ def _grpc(export, messages, levels, threads, hf_safety) -> dict:
                     got = await asyncio.gather(*(one(i) for i in range(len(messages))))
                     return list(got), times, time.perf_counter() - t0
 
-            for mode in ("verdict", "generate"):
-                for c in levels:
-                    got, times, wall = asyncio.run(run(mode, c))
-                    row = {"latency": summarize(times), "requests": len(messages), "concurrency": c,
-                           "requests_per_s": len(messages) / wall,
-                           "safety_equals_hf": sum(g["safety"] == s for g, s in zip(got, hf_safety))}
-                    if mode == "generate":
-                        row["identical_to_in_process"] = sum(g == w for g, w in zip(got, want[mode]))
-                    else:
-                        row["safety_equals_in_process"] = sum(g["safety"] == w["safety"]
-                                                              for g, w in zip(got, want[mode]))
-                    out[f"grpc-{mode}-fp32-c{c}"] = row
-                    print(f"  grpc {mode} c={c}: p50 {row['latency']['p50_ms']:.1f} ms, "
-                          f"{row['requests_per_s']:.2f} req/s", file=sys.stderr, flush=True)
+            cases = ([("verdict", c, "kv") for c in levels] + [("verdict", min(levels), "graph")]
+                     + [("generate", c, "kv") for c in levels])
+            for mode, c, engine in cases:
+                got, times, wall = asyncio.run(run(mode, c, engine))
+                row = {"latency": summarize(times), "requests": len(messages), "concurrency": c,
+                       "requests_per_s": len(messages) / wall,
+                       "safety_equals_hf": sum(g["safety"] == s for g, s in zip(got, hf_safety))}
+                if mode == "generate":
+                    row["identical_to_in_process"] = sum(g == w for g, w in zip(got, want[mode]))
+                else:
+                    row["safety_equals_in_process"] = sum(g["safety"] == w["safety"]
+                                                          for g, w in zip(got, want[mode]))
+                name = f"grpc-{mode}" + ("-graph" if engine == "graph" else "")
+                out[f"{name}-fp32-c{c}"] = row
+                print(f"  {name} c={c}: p50 {row['latency']['p50_ms']:.1f} ms, "
+                      f"{row['requests_per_s']:.2f} req/s", file=sys.stderr, flush=True)
     return out
 
 

@@ -3,10 +3,15 @@
 `TritonGuardClient` (sync) and `AsyncTritonGuardClient` (asyncio) build the prompt here with the exact chat template
 (`GuardInput`, shared with the in-process `GuardClassifier`: same ids, same errors) and send token ids:
 
-* verdict -> the verdict model (`<spec>`, python flavor, ragged dynamic batching: `guardrt repo`): the prompt plus
-  the verdict prefix (`Safety` `:`) through `TritonClassifier` / `AsyncTritonClassifier` with the classifier-shaped
-  `guard_output.verdict_spec` (request sizing, deadlines, retries, per-item isolation are theirs). A row whose
-  greedy output would not be `Safety: <label>` falls back to the generate model, as in process.
+* verdict, `verdict_engine="kv"` (default) -> verdict requests to the generate model (`<spec>-generate`): one
+  prefill of the prompt plus the verdict prefix (`Safety` `:`) through the KV-cache graph with the server's prefix
+  cache, what the in-process default engine computes (and as fast: the shared template head is not recomputed).
+* verdict, `verdict_engine="graph"` -> the verdict model (`<spec>`, python flavor with ragged dynamic batching, or a
+  native / TensorRT flavor: `guardrt repo`): the prompt plus the verdict prefix through `TritonClassifier` /
+  `AsyncTritonClassifier` with the classifier-shaped `guard_output.verdict_spec` (request sizing, deadlines,
+  retries, per-item isolation are theirs).
+  Either way, a row whose greedy output would not be `Safety: <label>` falls back to the generate model, as in
+  process.
 * generate -> the decoupled generate model (`<spec>-generate`, continuous batching) over one gRPC stream
   (`TritonGenerateClient`); the new tokens are decoded (special tokens skipped) and parsed with the card's regexes.
 
@@ -14,8 +19,8 @@ Results are those of `GuardClassifier` (runtime/guard_engine.py). `classify_batc
 good conversation and gives `{"error": "item i: ..."}` for a bad or failed one; `classify_ids` raises on the first
 failure (what `guardrt classify --url` uses, after checking each line with `preprocessor.encode`).
 
-The asyncio client awaits the verdict model natively (`tritonclient.grpc.aio`) and runs the generate stream's
-blocking wait in a worker thread (`asyncio.to_thread`); many concurrent calls share that one stream.
+The asyncio client awaits the verdict model natively (`tritonclient.grpc.aio`) and the generate stream's responses
+as futures (`TritonGenerateClient.each_async`); many concurrent calls share that one stream.
 Imports neither torch nor transformers nor onnxruntime.
 """
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Any
 
 from guardrt.runtime.errors import InputError, ServerError
 from guardrt.runtime.guard_engine import GuardInput, check_mode, encode_items
-from guardrt.runtime.guard_output import guard_spec, parse_guard_output, verdict_prefix_ids, verdict_spec
+from guardrt.runtime.guard_output import (guard_spec, parse_guard_output, verdict_from_row, verdict_prefix_ids,
+                                          verdict_spec)
 from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S
 
 __all__ = ["AsyncTritonGuardClient", "TritonGuardClient", "generate_model_name"]
@@ -60,7 +66,7 @@ class _GuardClientBase:
     """Prompt building and result assembly shared by the sync and asyncio clients (no I/O here)."""
 
     def __init__(self, url: str, tokenizer_dir: str | Path | None, *, spec=None, mode: str = "verdict",
-                 verdict_model: str | None = None, generate_model: str | None = None,
+                 verdict_model: str | None = None, generate_model: str | None = None, verdict_engine: str = "kv",
                  timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, generate_timeout_s: float = DEFAULT_GENERATE_TIMEOUT_S,
                  preprocessor=None, **classifier_kwargs):
         from guardrt.runtime.generate import moderation_kind_of_ids  # numpy + tokenizers; onnxruntime is lazy there
@@ -69,6 +75,9 @@ class _GuardClientBase:
         self.spec = guard_spec(spec)
         self.url = url
         self.mode = check_mode(mode)
+        if verdict_engine not in ("kv", "graph"):
+            raise InputError(f"verdict engine must be kv or graph, got {verdict_engine!r}")
+        self.verdict_engine = verdict_engine
         if preprocessor is None:
             if tokenizer_dir is None:
                 raise InputError("the Qwen3Guard-Gen client needs the model's tokenizer directory (chat template "
@@ -99,8 +108,20 @@ class _GuardClientBase:
 
     def _generate_each(self, prompts: list[list[int]]) -> list[dict[str, Any] | str]:
         """Generate-mode result or error text per prompt (blocking)."""
+        return self._generated(prompts, self.generate_client.generate_each(prompts))
+
+    @staticmethod
+    def _kv_verdicts(outcomes: list) -> list[dict[str, Any] | str]:
+        """Verdict result or error text per (verdict row, error) outcome of the generate model."""
+        import numpy as np
+
+        return [error if error is not None else verdict_from_row(np.asarray(row, dtype=np.float32))
+                for row, error in outcomes]
+
+    def _generated(self, prompts: list[list[int]], outcomes: list) -> list[dict[str, Any] | str]:
+        """Generate-mode result or error text per (new token ids, error) outcome."""
         out: list[dict[str, Any] | str] = []
-        for prompt, (tokens, error) in zip(prompts, self.generate_client.generate_each(prompts)):
+        for prompt, (tokens, error) in zip(prompts, outcomes):
             if error is not None:
                 out.append(error)
                 continue
@@ -183,7 +204,10 @@ class TritonGuardClient(_GuardClientBase):
     def check_ready(self, mode: str | None = None) -> None:
         """ServerError (one line) unless the server is up and the mode's model is ready."""
         mode = check_mode(mode or self.mode)
-        self.verdict_client.check_ready() if mode == "verdict" else self._check_generate_ready()
+        if mode == "verdict" and self.verdict_engine == "graph":
+            self.verdict_client.check_ready()
+        else:
+            self._check_generate_ready()
 
     def _check_generate_ready(self) -> None:
         ready = ModelProbe(self.url, self.generate_model, self.timeout_s)
@@ -192,7 +216,10 @@ class TritonGuardClient(_GuardClientBase):
     def _run(self, prompts: list[list[int]], mode: str) -> list[dict[str, Any]]:
         if mode == "generate":
             return self._as_results(self._generate_each(prompts))
-        results = self.verdict_client.classify_batch(self._verdict_rows(prompts))
+        if self.verdict_engine == "kv":
+            results = self._kv_verdicts(self.generate_client.verdict_each(prompts))
+        else:
+            results = self.verdict_client.classify_batch(self._verdict_rows(prompts))
         items = self._fallback_items(prompts, results)
         if items:
             self._apply_fallback(results, items, self._generate_each([prompts[i] for i in items]))
@@ -248,20 +275,27 @@ class AsyncTritonGuardClient(_GuardClientBase):
 
     async def check_ready(self, mode: str | None = None) -> None:
         mode = check_mode(mode or self.mode)
-        if mode == "verdict":
+        if mode == "verdict" and self.verdict_engine == "graph":
             await self.verdict_client.check_ready()
         else:
             await asyncio.to_thread(ModelProbe(self.url, self.generate_model, self.timeout_s).check)
 
     async def _run(self, prompts: list[list[int]], mode: str) -> list[dict[str, Any]]:
         if mode == "generate":
-            return self._as_results(await asyncio.to_thread(self._generate_each, prompts))
-        results = await self.verdict_client.classify_batch(self._verdict_rows(prompts))
+            return self._as_results(await self._generate_async(prompts))
+        if self.verdict_engine == "kv":
+            results = self._kv_verdicts(await self.generate_client.each_async(prompts, verdict=True))
+        else:
+            results = await self.verdict_client.classify_batch(self._verdict_rows(prompts))
         items = self._fallback_items(prompts, results)
         if items:
-            generated = await asyncio.to_thread(self._generate_each, [prompts[i] for i in items])
+            generated = await self._generate_async([prompts[i] for i in items])
             self._apply_fallback(results, items, generated)
         return self._as_results(results)
+
+    async def _generate_async(self, prompts: list[list[int]]) -> list[dict[str, Any] | str]:
+        client = self.generate_client  # opening the stream blocks (once)
+        return self._generated(prompts, await client.each_async(prompts))
 
     async def classify_ids(self, prompts: Sequence[Sequence[int]], mode: str | None = None) -> list[dict[str, Any]]:
         mode = check_mode(mode or self.mode)

@@ -27,8 +27,8 @@ GENERATE_BACKEND = Path(__file__).with_name("triton_backend") / "generate_model.
 
 
 def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_op_threads: int = 0,
-                         max_active_rows: int = 32, prefix_cache_entries: int = 8, precision: str = "fp32",
-                         onnx_file: str = "model.onnx") -> str:
+                         max_active_rows: int = 32, prefix_cache_entries: int = 8, max_verdict_batch: int = 16,
+                         intra_op_spinning: bool = False, precision: str = "fp32", onnx_file: str = "model.onnx") -> str:
     """config.pbtxt of the decoupled generate model (checked with Triton's ModelConfig protobuf)."""
     from guardrt.runtime.triton_repo import _parameters_block, _q, parse_config
 
@@ -38,15 +38,18 @@ def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_
         "pad_token_id": settings.pad_token_id, "max_new_tokens": settings.max_new_tokens,
         "max_length": settings.max_length, "intra_op_threads": int(intra_op_threads),
         "max_active_rows": int(max_active_rows), "prefix_cache_entries": int(prefix_cache_entries),
+        "max_verdict_batch": int(max_verdict_batch), "intra_op_spinning": int(bool(intra_op_spinning)),
     }
     text = (
         f"name: {_q(name)}\nbackend: \"python\"\nmax_batch_size: 0\n"
         "model_transaction_policy { decoupled: true }\n"
         "input [\n"
         "  { name: \"input_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
-        "  { name: \"max_new_tokens\" data_type: TYPE_INT32 dims: [ 1 ] optional: true }\n"
+        "  { name: \"max_new_tokens\" data_type: TYPE_INT32 dims: [ 1 ] optional: true },\n"
+        "  { name: \"verdict_mode\" data_type: TYPE_BOOL dims: [ 1 ] optional: true }\n"
         "]\n"
         "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
+        "  { name: \"verdict\" data_type: TYPE_FP32 dims: [ -1 ] },\n"
         "  { name: \"error\" data_type: TYPE_STRING dims: [ 1 ] }\n]\n"
         f"instance_group [\n  {{ count: {int(instance_count)} kind: KIND_CPU }}\n]\n"
         + _parameters_block(params)
@@ -111,14 +114,15 @@ def write_guard_models(repo: str | Path, export_dir: str | Path, *, precision: s
 
 class TritonGenerateClient:
     """`generate(prompts)` -> new token ids per prompt, all requests in flight at once on one gRPC stream (the
-    server batches their decoding). Context manager; one line errors (server down, model error naming the item)."""
+    server batches their decoding); `verdict_each(prompts)` -> verdict rows from the same model. Context manager;
+    one line errors (server down, model error naming the item)."""
 
     def __init__(self, url: str, model: str = "qwen3guard-gen-generate", timeout_s: float = 300.0):
         grpc = require("tritonclient.grpc", "client")
         self.url, self.model, self.timeout_s = url, model, float(timeout_s)
         self._grpc = grpc
         self.client = grpc.InferenceServerClient(url)
-        self._results: dict[str, queue.Queue] = {}
+        self._sinks: dict = {}  # request id -> callable taking (value, error), called on the stream thread
         self._lock = threading.Lock()
         self._ids = itertools.count()
         try:
@@ -127,6 +131,7 @@ class TritonGenerateClient:
             raise ServerError(f"cannot open a gRPC stream to {url}: {str(exc).splitlines()[0]}") from None
 
     def _on_response(self, result=None, error=None):
+        """Runs on tritonclient's stream thread: hands (value, None) or (None, error text) to the request's sink."""
         if error is not None:
             request_id = getattr(error, "request_id", None) or ""
             message = error.message() if hasattr(error, "message") else str(error)
@@ -134,19 +139,20 @@ class TritonGenerateClient:
             request_id = result.get_response().id
             message = None
         with self._lock:
-            q = self._results.get(request_id)
-        if q is None and error is not None:  # an error without request id: give it to every waiter
-            with self._lock:
-                for q in self._results.values():
-                    q.put((None, message))
+            sink = self._sinks.get(request_id)
+            every = list(self._sinks.values()) if sink is None and error is not None else []
+        for other in every:  # an error without request id: give it to every waiter
+            other((None, message))
+        if sink is None:
             return
-        if q is not None and error is None:  # the model reports a request's own error as data (`error` output)
-            text = result.as_numpy("error")
-            text = text.reshape(-1)[0] if text is not None and text.size else b""
-            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-            q.put((None, text) if text else (result.as_numpy("output_ids").tolist(), None))
-        elif q is not None:
-            q.put((None, message))
+        if error is not None:
+            sink((None, message))
+            return
+        text = result.as_numpy("error")  # the model reports a request's own error as data (`error` output)
+        text = text.reshape(-1)[0] if text is not None and text.size else b""
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        output = "verdict" if request_id.startswith("v") else "output_ids"
+        sink((None, text) if text else (result.as_numpy(output).tolist(), None))
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         """New token ids per prompt; ServerError naming every failed item (see `generate_each`)."""
@@ -161,40 +167,90 @@ class TritonGenerateClient:
         """(new token ids, None) or (None, the server's one-line error) per prompt: a request refused or failed on
         the server fails only its own item. InputError for a prompt that is not a non-empty list of ids (nothing
         sent); ServerError when the stream is down."""
+        return self._each(prompts, max_new_tokens, verdict=False)
+
+    def verdict_each(self, prompts: Sequence[Sequence[int]]) -> list[tuple[list[float] | None, str | None]]:
+        """(verdict row, None) or (None, error) per prompt (chat-template ids, without the verdict prefix): the
+        model's verdict requests, one KV-cache prefill with its prefix cache (`VERDICT_COLUMNS`); errors as in
+        `generate_each`."""
+        return self._each(prompts, None, verdict=True)
+
+    async def each_async(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None,
+                         verdict: bool = False) -> list[tuple[list | None, str | None]]:
+        """`generate_each` / `verdict_each` for asyncio: awaits the responses without holding a thread, so any
+        number of concurrent calls share the stream."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        futures = []
+
+        def sink_for(future):
+            return lambda outcome: loop.call_soon_threadsafe(lambda: future.done() or future.set_result(outcome))
+
+        for ids in self._checked(prompts):
+            future = loop.create_future()
+            futures.append((self._send(ids, verdict, max_new_tokens, sink_for(future)), future))
+        out = []
+        for request_id, future in futures:
+            try:
+                value, error = await asyncio.wait_for(future, self.timeout_s)
+            except asyncio.TimeoutError:
+                value, error = None, f"no response within {self.timeout_s:.0f}s"
+            with self._lock:
+                self._sinks.pop(request_id, None)
+            out.append((None, " ".join(str(error).split())) if error is not None else (value, None))
+        return out
+
+    @staticmethod
+    def _checked(prompts) -> list[np.ndarray]:
         if not prompts:
             raise InputError("empty batch: at least one prompt is needed")
-        waiting = []
+        out = []
         for i, p in enumerate(prompts):
             ids = np.asarray(list(p), dtype=np.int64)
             if ids.ndim != 1 or ids.size == 0:
                 raise InputError(f"item {i}: a prompt must be a non-empty list of token ids")
-            request_id = f"g{next(self._ids)}"
+            out.append(ids)
+        return out
+
+    def _send(self, ids: np.ndarray, verdict: bool, max_new_tokens: int | None, sink) -> str:
+        """Send one request on the stream; its outcome goes to `sink`. Returns the request id."""
+        request_id = f"{'v' if verdict else 'g'}{next(self._ids)}"  # the prefix says which output to read
+        with self._lock:
+            self._sinks[request_id] = sink
+        inputs = [self._grpc.InferInput("input_ids", [ids.size], "INT64")]
+        inputs[0].set_data_from_numpy(ids)
+        if verdict:
+            flag = self._grpc.InferInput("verdict_mode", [1], "BOOL")
+            flag.set_data_from_numpy(np.asarray([True]))
+            inputs.append(flag)
+        elif max_new_tokens is not None:
+            lim = self._grpc.InferInput("max_new_tokens", [1], "INT32")
+            lim.set_data_from_numpy(np.asarray([max_new_tokens], dtype=np.int32))
+            inputs.append(lim)
+        try:
+            self.client.async_stream_infer(self.model, inputs, request_id=request_id)
+        except Exception as exc:  # tritonclient's InferenceServerException: the stream is closed
+            with self._lock:
+                self._sinks.pop(request_id, None)
+            raise ServerError(f"request to {self.model} at {self.url} failed (server down or stream closed): "
+                              f"{str(exc).splitlines()[0]}") from None
+        return request_id
+
+    def _each(self, prompts, max_new_tokens, verdict: bool):
+        waiting = []
+        for ids in self._checked(prompts):
             q: queue.Queue = queue.Queue()
-            with self._lock:
-                self._results[request_id] = q
-            inputs = [self._grpc.InferInput("input_ids", [ids.size], "INT64")]
-            inputs[0].set_data_from_numpy(ids)
-            if max_new_tokens is not None:
-                lim = self._grpc.InferInput("max_new_tokens", [1], "INT32")
-                lim.set_data_from_numpy(np.asarray([max_new_tokens], dtype=np.int32))
-                inputs.append(lim)
+            waiting.append((self._send(ids, verdict, max_new_tokens, q.put), q))
+        out: list[tuple[list | None, str | None]] = []
+        for request_id, q in waiting:
             try:
-                self.client.async_stream_infer(self.model, inputs, request_id=request_id)
-            except Exception as exc:  # tritonclient's InferenceServerException: the stream is closed
-                with self._lock:
-                    self._results.pop(request_id, None)
-                raise ServerError(f"generate request to {self.url} failed (server down or stream closed): "
-                                  f"{str(exc).splitlines()[0]}") from None
-            waiting.append((i, request_id, q))
-        out: list[tuple[list[int] | None, str | None]] = [(None, None)] * len(prompts)
-        for i, request_id, q in waiting:
-            try:
-                tokens, error = q.get(timeout=self.timeout_s)
+                value, error = q.get(timeout=self.timeout_s)
             except queue.Empty:
-                tokens, error = None, f"no response within {self.timeout_s:.0f}s"
+                value, error = None, f"no response within {self.timeout_s:.0f}s"
             with self._lock:
-                self._results.pop(request_id, None)
-            out[i] = (None, " ".join(str(error).split())) if error is not None else (tokens, None)
+                self._sinks.pop(request_id, None)
+            out.append((None, " ".join(str(error).split())) if error is not None else (value, None))
         return out
 
     def close(self) -> None:

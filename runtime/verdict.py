@@ -34,7 +34,7 @@ from guardrt.runtime.guard_output import (VERDICT_COLUMNS, guard_spec, label_tok
                                           verdict_from_row, verdict_prefix_ids)
 from guardrt.runtime.onnxrt import OnnxRunner
 
-__all__ = ["VERDICT_COLUMNS", "VerdictRunner", "verdict_from_row"]
+__all__ = ["VERDICT_COLUMNS", "VerdictRunner", "kv_verdict_rows", "verdict_from_row"]
 
 _SPEC = guard_spec()  # the registered qwen3guard-gen: its verdict prefix, label tokens and pad id
 _PREFIX = verdict_prefix_ids(_SPEC)
@@ -53,6 +53,13 @@ def _rows_from_logits(logits: np.ndarray) -> np.ndarray:
     label = probs[:, _LABEL_IDS]
     return np.concatenate([label, 1.0 - label.sum(axis=1, keepdims=True),
                            logits.argmax(axis=-1).astype(np.float32)], axis=1).astype(np.float32)
+
+
+def kv_verdict_rows(generator, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+    """Verdict rows [n, 7] of `prompts` (chat-template ids, without the verdict prefix) from one prefill of the
+    KV-cache graph of `generator` (a `GreedyGenerator`; its prefix cache is used), as one left-padded batch. What the
+    "kv" engine runs in process and the generate model runs for verdict requests on Triton."""
+    return _rows_from_logits(generator.prefill([list(p) + _PREFIX for p in prompts], compute_last=3)[0])
 
 
 class VerdictRunner:
@@ -116,12 +123,11 @@ class VerdictRunner:
         out = np.zeros((len(prompts), len(VERDICT_COLUMNS)), dtype=np.float32)
         for start in range(0, len(order), self.max_batch_size):
             idx = order[start:start + self.max_batch_size]
-            rows = [list(prompts[i]) + _PREFIX for i in idx]
             if self.runner is not None:
-                ids, mask = pad_batch(rows, _SPEC.input.pad_token_id, "left")
+                ids, mask = pad_batch([list(prompts[i]) + _PREFIX for i in idx], _SPEC.input.pad_token_id, "left")
                 out[idx] = self.runner.infer({"input_ids": ids, "attention_mask": mask})["verdict"]
             else:
-                out[idx] = _rows_from_logits(self.generator.generator.prefill(rows, compute_last=3)[0])
+                out[idx] = kv_verdict_rows(self.generator.generator, [prompts[i] for i in idx])
         return out
 
     def verdict(self, prompts: Sequence[Sequence[int]], kinds: Sequence[str] | None = None,

@@ -48,6 +48,10 @@ def add_arguments(p) -> None:
     p.add_argument("--mode", default="verdict", choices=["verdict", "generate"],
                    help="qwen3guard-gen: verdict (one prefill: safety, probs, risk) or generate (greedy generation: "
                         "safety, categories, refusal, text); default: verdict")
+    p.add_argument("--verdict-engine", default="kv", choices=["kv", "graph"],
+                   help="qwen3guard-gen --url --mode verdict: kv (default: verdict requests to the generate model, "
+                        "its KV-cache prefill with the server's prefix cache) or graph (the verdict-graph model, "
+                        "e.g. a TensorRT flavor)")
     p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
                    help=f"--url: requests in flight at once (default: {DEFAULT_MAX_IN_FLIGHT})")
 
@@ -103,7 +107,7 @@ def _guard_triton(args, spec):
     if len(urls) > 1:
         raise InputError(f"{spec.name}: give --url once (replicated serving covers the classifier specs so far)")
     client = TritonGuardClient(urls[0], tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
-                               timeout_s=args.timeout, max_in_flight=args.max_in_flight)
+                               verdict_engine=args.verdict_engine, timeout_s=args.timeout, max_in_flight=args.max_in_flight)
     try:
         client.check_ready()  # server down / model not ready: one line before reading any input
     except GuardrtError:

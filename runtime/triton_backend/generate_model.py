@@ -9,8 +9,15 @@ answer never waits for a long one. The computation per row is the one `GreedyGen
 equal to in-process generation).
 
 Request: `input_ids` INT64 [n] (one prompt: the chat template's ids, no padding), optional `max_new_tokens` INT32
-[1]. Response: `output_ids` INT64 [m], the new tokens, stop token included, and `error` BYTES [1] ("" or the
-request's one-line error, with `output_ids` empty). A bad request (empty, not one row of
+[1], optional `verdict_mode` BOOL [1]. Response: `output_ids` INT64 [m], the new tokens, stop token included, `verdict`
+FP32 [7] (verdict requests: `guardrt.runtime.verdict.VERDICT_COLUMNS`, else empty) and `error` BYTES [1] ("" or the
+request's one-line error, with the other outputs empty).
+
+Verdict requests (`verdict_mode` true) are Qwen3Guard-Gen's verdict mode served on the same session: one prefill of
+`prompt + Safety :` through the KV-cache graph, reusing the prefix cache (the template head shared by every prompt
+is not recomputed), exactly what the in-process default verdict engine ("kv", `kv_verdict_rows`) computes. They are
+answered between two decode steps, every verdict request that arrived in one prefill (sorted by length, batches of
+at most `max_verdict_batch`), so they never wait for a generation to end. A bad request (empty, not one row of
 integer ids, an id outside the vocabulary, a limit out of range, over the maximum length) gets its own one-line
 error and never reaches the decoder; a prefill that fails is retried one request at a time, so the others in it
 are still answered.
@@ -19,7 +26,7 @@ Decoupled models are called over gRPC streams (`tritonclient.grpc` `start_stream
 
 config.pbtxt `parameters` (written by `guardrt.runtime.triton_generate.write_generate_model`): onnx_file,
 eos_token_ids ("151645,151643"), pad_token_id, max_new_tokens, max_length, intra_op_threads, max_active_rows (rows
-decoding at once; more wait in the queue), prefix_cache_entries.
+decoding at once; more wait in the queue), prefix_cache_entries, max_verdict_batch, intra_op_spinning ("0", default: idle ORT threads sleep).
 
 Needs guardrt's runtime (numpy + onnxruntime) importable by the backend's Python: the stub guardrt assembles is for
 the Python that runs `guardrt serve`.
@@ -37,17 +44,24 @@ def _error_tensor(message):
     return pb_utils.Tensor("error", np.asarray([message.encode("utf-8")], dtype=np.object_))
 
 
+def _response(output_ids=(), verdict=(), error=""):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor("output_ids", np.asarray(output_ids, dtype=np.int64).reshape(-1)),
+        pb_utils.Tensor("verdict", np.asarray(verdict, dtype=np.float32).reshape(-1)),
+        _error_tensor(error)])
+
+
 def _error_response(message):
     """A request's error as data (empty `output_ids`, the message in `error`): the gRPC stream hands an error
     response to the client's callback without its request id, so a Triton-level error could not be matched to its
     request; data responses keep the id."""
-    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output_ids", np.zeros((0,), dtype=np.int64)),
-                                                      _error_tensor(message)])
+    return _response(error=message)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         from guardrt.runtime.generate import DecodeBatch, GenerationSettings, GreedyGenerator, PrefixCache
+        from guardrt.runtime.guard_output import guard_spec, verdict_prefix_ids
 
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
@@ -61,11 +75,15 @@ class TritonPythonModel:
             max_length=int(params["max_length"]),
         )
         self.max_active = int(params.get("max_active_rows", "32") or 32)
+        self.max_verdict_batch = int(params.get("max_verdict_batch", "16") or 16)
+        self.verdict_prefix_len = len(verdict_prefix_ids(guard_spec(params.get("guardrt_spec") or None)))
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
         threads = int(params.get("intra_op_threads", "0") or 0) or None
         entries = int(params.get("prefix_cache_entries", "8") or 0)
         self.generator = GreedyGenerator(path, self.settings, intra_op_threads=threads,
                                          prefix_cache=PrefixCache(max_entries=entries) if entries else False)
+        if params.get("intra_op_spinning", "0") == "0":
+            self._stop_spinning(path, threads)
         self.batch = DecodeBatch(self.generator)
         # Token ids must index the embedding: an id outside it would fail the whole prefill it joins.
         logits = [o for o in self.generator.runner.session.get_outputs() if o.name == "logits"]
@@ -80,7 +98,23 @@ class TritonPythonModel:
         self.worker.start()
         pb_utils.Logger.log_info(f"guardrt {self.name}: {path}, continuous batching up to {self.max_active} rows")
 
+    def _stop_spinning(self, path, threads):
+        """Re-create the generator's session with ORT's idle threads sleeping (`session.intra_op.allow_spinning`
+        0), as the classifier backend does: between two decode steps this process runs Python (argmax, admitting
+        requests, sending responses) and Triton's gRPC threads and the client need the cores; spinning pool threads
+        take them (tiny model, one request at a time over gRPC, contended machine: p50 16-45 ms spinning, 12-23 ms not;
+        realistic model: 1,809 vs 1,600 ms, one run each). GreedyGenerator takes
+        no session options (its file is part of the export cache key), hence the second, one-time session load."""
+        import onnxruntime as ort
+        from guardrt.runtime.onnxrt import OnnxRunner
+
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.generator.runner.close()
+        self.generator.runner = OnnxRunner(path, intra_op_threads=threads, session_options=options)
+
     def _parse(self, request):
+        """(prompt ids, token limit; None for a verdict request), or ValueError naming what is wrong."""
         ids_t = pb_utils.get_input_tensor_by_name(request, "input_ids")
         if ids_t is None:
             raise ValueError("request needs input_ids")
@@ -95,6 +129,12 @@ class TritonPythonModel:
         if bad.size:
             raise ValueError(f"token id {int(ids[bad[0]])} at position {int(bad[0])} is outside the vocabulary "
                              f"(0..{(self.vocab_size or 0) - 1})")
+        verdict_t = pb_utils.get_input_tensor_by_name(request, "verdict_mode")
+        if verdict_t is not None and bool(verdict_t.as_numpy().reshape(-1)[0]):
+            if ids.size + self.verdict_prefix_len > self.settings.max_length:
+                raise ValueError(f"{ids.size} prompt tokens + {self.verdict_prefix_len} verdict-prefix tokens exceed "
+                                 f"the maximum length {self.settings.max_length}")
+            return ids.astype(np.int64).tolist(), None
         limit = self.settings.max_new_tokens
         lim_t = pb_utils.get_input_tensor_by_name(request, "max_new_tokens")
         if lim_t is not None:
@@ -134,9 +174,7 @@ class TritonPythonModel:
     def _deliver(self, finished):
         for key, tokens in finished:
             sender = self.senders.pop(key)
-            out = pb_utils.Tensor("output_ids", np.asarray(tokens, dtype=np.int64))
-            sender.send(pb_utils.InferenceResponse(output_tensors=[out, _error_tensor("")]),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(_response(output_ids=tokens), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _fail(self, keys, exc):
         for key in keys:
@@ -150,6 +188,10 @@ class TritonPythonModel:
 
         while not self.closing.is_set():
             new = self._admit(block=len(self.batch) == 0)
+            verdicts = [item for item in new if item[2] is None]
+            if verdicts:
+                self._verdicts(verdicts)
+                new = [item for item in new if item[2] is not None]
             if new:
                 keys = []
                 for sender, _, _ in new:
@@ -164,6 +206,29 @@ class TritonPythonModel:
                 except Exception as exc:  # the running rows are lost; fail them and start afresh
                     self._fail(list(self.batch.keys), exc)
                     self.batch = DecodeBatch(self.generator)
+
+    def _verdicts(self, items):
+        """Answer verdict requests: longest first, batches of `max_verdict_batch`, one prefill each (prefix cache
+        used); a batch that fails is retried one request at a time, so only a request that fails alone gets an
+        error."""
+        from guardrt.runtime.verdict import kv_verdict_rows
+
+        items = sorted(items, key=lambda item: -len(item[1]))
+        for start in range(0, len(items), self.max_verdict_batch):
+            chunk = items[start:start + self.max_verdict_batch]
+            try:
+                rows = kv_verdict_rows(self.generator, [prompt for _, prompt, _ in chunk])
+                self.executions += 1
+            except Exception as exc:
+                if len(chunk) == 1:
+                    message = " ".join(f"{self.name}: onnxruntime failed: {exc}".split())
+                    chunk[0][0].send(_error_response(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                else:
+                    for item in chunk:
+                        self._verdicts([item])
+                continue
+            for (sender, _, _), row in zip(chunk, rows):
+                sender.send(_response(verdict=row), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _prefill(self, new, keys):
         """Prefill the admitted requests together; when that fails, each alone, so only a request that fails on

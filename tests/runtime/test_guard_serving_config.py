@@ -23,13 +23,17 @@ def test_verdict_model_config_is_a_ragged_python_classifier():
 
 
 def test_generate_model_config_is_decoupled_and_reports_errors_as_data():
+    """Also serves verdict requests (optional `verdict_mode` input, `verdict` output)."""
     from guardrt.runtime.generate import GenerationSettings
     from guardrt.runtime.triton_generate import generate_config_text
 
     config = parse_config(generate_config_text("qwen3guard-gen-generate", GenerationSettings()))
     assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
-    assert [o.name for o in config.output] == ["output_ids", "error"]
+    assert [o.name for o in config.output] == ["output_ids", "verdict", "error"]
+    assert [(i.name, i.optional) for i in config.input] == [("input_ids", False), ("max_new_tokens", True),
+                                                            ("verdict_mode", True)]
     params = config_parameters(config)
+    assert params["max_verdict_batch"] == "16"
     assert params["eos_token_ids"] == "151645,151643" and params["max_new_tokens"] == "128"
     assert params["max_length"] == "32768"
 

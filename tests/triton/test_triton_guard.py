@@ -59,24 +59,27 @@ def guard_server(tmp_path_factory, guard_export):
     print(log[-2000:])
 
 
-def _same(got, want):
-    """Equal results; verdict probabilities within 1e-4 (the served verdict graph vs the in-process KV prefill)."""
+def _same(got, want, tol=1e-4):
+    """Equal results; verdict probabilities within `tol` (1e-4: the served verdict graph vs the in-process KV prefill;
+    the served KV prefill is the same computation, its float rounding differs only where the prefix cache held
+    other prompts)."""
     assert len(got) == len(want)
     for g, w in zip(got, want):
         if "probs" in w and "probs" in g:
             for label, p in w["probs"].items():
-                assert g["probs"][label] == pytest.approx(p, abs=1e-4)
-            assert g["risk"]["strict"] == pytest.approx(w["risk"]["strict"], abs=1e-4)
+                assert g["probs"][label] == pytest.approx(p, abs=tol)
+            assert g["risk"]["strict"] == pytest.approx(w["risk"]["strict"], abs=tol)
             g = {k: v for k, v in g.items() if k not in ("probs", "risk", "other_mass")}
             w = {k: v for k, v in w.items() if k not in ("probs", "risk", "other_mass")}
         assert g == w
 
 
-@pytest.mark.parametrize("mode", ["verdict", "generate"])
-def test_classify_url_equals_in_process(mode, guard_server, guard_export, in_process, conversations):
+@pytest.mark.parametrize("mode,engine", [("verdict", "kv"), ("verdict", "graph"), ("generate", "kv")])
+def test_classify_url_equals_in_process(mode, engine, guard_server, guard_export, in_process, conversations):
     lines = [json.dumps({"messages": m}, ensure_ascii=False) for m in conversations]
     proc = subprocess.run([sys.executable, "-m", "guardrt", "classify", "--spec", "qwen3guard-gen", "--mode", mode,
-                           "--url", guard_server.grpc_url, "--tokenizer", str(guard_export)],
+                           "--verdict-engine", engine, "--url", guard_server.grpc_url,
+                           "--tokenizer", str(guard_export)],
                           input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
                           env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr
@@ -109,6 +112,51 @@ def test_thin_clients_sync_and_asyncio(guard_server, guard_export, in_process, c
     verdicts, generated = asyncio.run(concurrent())
     _same(verdicts, in_process.classify_batch(conversations[:6], mode="verdict"))
     _same(generated, in_process.classify_batch(conversations[:6], mode="generate"))
+
+
+@pytest.mark.parametrize("engine", ["kv", "graph"])
+def test_verdict_engines_equal_in_process(engine, guard_server, guard_export, in_process, conversations):
+    """kv (default): verdict requests to the generate model, its prefix cache; graph: the verdict-graph model."""
+    from guardrt.runtime.guard_client import AsyncTritonGuardClient, TritonGuardClient
+
+    want = in_process.classify_batch(conversations, mode="verdict")
+    assert any(w["consistent"] for w in want)  # (the tiny model also has rows that fall back to generation)
+    tol = 1e-5 if engine == "kv" else 1e-4
+    with TritonGuardClient(guard_server.grpc_url, guard_export, verdict_engine=engine) as client:
+        client.check_ready("verdict")
+        _same(client.classify_batch(conversations, mode="verdict"), want, tol)
+        _same([client.classify_messages(m) for m in conversations[:4]], want[:4], tol)  # one at a time
+
+    async def concurrent():
+        async with AsyncTritonGuardClient(guard_server.grpc_url, guard_export, verdict_engine=engine) as client:
+            return list(await asyncio.gather(*(client.classify_messages(m) for m in conversations)))
+
+    _same(asyncio.run(concurrent()), want, tol)
+
+
+def test_verdict_and_generate_requests_share_the_stream(guard_server, in_process, conversations):
+    """Verdict requests answered while generations decode, a bad one refused alone: rows equal in-process."""
+    from guardrt.runtime.triton_generate import TritonGenerateClient
+    from guardrt.runtime.verdict import kv_verdict_rows
+
+    prompts = [in_process.preprocessor.encode(m) for m in conversations[:4]]
+    expected_tokens = in_process.generator.generator.generate(prompts)
+    expected_rows = kv_verdict_rows(in_process.generator.generator, prompts)
+
+    async def mixed(client):
+        return await asyncio.gather(client.each_async(prompts), client.each_async(prompts, verdict=True),
+                                    client.each_async([[5, 10**7], prompts[0]], verdict=True))
+
+    with TritonGenerateClient(guard_server.grpc_url) as client:
+        generated, verdicts, with_bad = asyncio.run(mixed(client))
+        sync_rows = client.verdict_each(prompts)
+    assert [t for t, _ in generated] == expected_tokens
+    for rows in (verdicts, sync_rows, with_bad[1:]):
+        for (row, error), want in zip(rows, expected_rows):
+            assert error is None
+            assert row[4:] == want[4:].tolist()  # the greedy ids at the last three positions
+            assert row[:4] == pytest.approx(want[:4].tolist(), abs=1e-5)
+    assert with_bad[0][0] is None and "outside the vocabulary" in with_bad[0][1]
 
 
 def test_generate_backend_isolates_a_bad_request(guard_server, in_process, conversations):
