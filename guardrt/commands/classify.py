@@ -107,7 +107,8 @@ def _guard_triton(args, spec):
     if len(urls) > 1:
         raise InputError(f"{spec.name}: give --url once (replicated serving covers the classifier specs so far)")
     client = TritonGuardClient(urls[0], tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
-                               verdict_engine=args.verdict_engine, timeout_s=args.timeout, max_in_flight=args.max_in_flight)
+                               verdict_engine=args.verdict_engine, timeout_s=args.timeout,
+                               max_in_flight=args.max_in_flight)
     try:
         client.check_ready()  # server down / model not ready: one line before reading any input
     except GuardrtError:
