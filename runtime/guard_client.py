@@ -74,6 +74,7 @@ class _GuardClientBase:
 
         self.spec = guard_spec(spec)
         self.url = url
+        self._verdict = None  # verdict_client, made on first use
         self.mode = check_mode(mode)
         if verdict_engine not in ("kv", "graph"):
             raise InputError(f"verdict engine must be kv or graph, got {verdict_engine!r}")
@@ -95,6 +96,17 @@ class _GuardClientBase:
         self._prefix = verdict_prefix_ids(self.spec)
         self._generate = None
         self._generate_lock = threading.Lock()
+
+    @property
+    def verdict_client(self):
+        """The client of the verdict-graph model (verdict_engine "graph"), made on first use."""
+        if self._verdict is None:
+            from guardrt.runtime import triton_client
+
+            self._verdict = getattr(triton_client, self._CLASSIFIER)(
+                self.url, self.verdict_spec, preprocessor=_IdsAsPayload(), model_name=self.verdict_model,
+                timeout_s=self.timeout_s, **self.classifier_kwargs)
+        return self._verdict
 
     @property
     def generate_client(self):
@@ -187,19 +199,7 @@ class _GuardClientBase:
 class TritonGuardClient(_GuardClientBase):
     """Synchronous client (see module docstring); a context manager."""
 
-    def __init__(self, url: str, tokenizer_dir: str | Path | None = None, **kwargs):
-        super().__init__(url, tokenizer_dir, **kwargs)
-        self._verdict = None
-
-    @property
-    def verdict_client(self):
-        from guardrt.runtime.triton_client import TritonClassifier
-
-        if self._verdict is None:
-            self._verdict = TritonClassifier(self.url, self.verdict_spec, preprocessor=_IdsAsPayload(),
-                                             model_name=self.verdict_model, timeout_s=self.timeout_s,
-                                             **self.classifier_kwargs)
-        return self._verdict
+    _CLASSIFIER = "TritonClassifier"
 
     def check_ready(self, mode: str | None = None) -> None:
         """ServerError (one line) unless the server is up and the mode's model is ready."""
@@ -259,19 +259,7 @@ class TritonGuardClient(_GuardClientBase):
 class AsyncTritonGuardClient(_GuardClientBase):
     """asyncio client: the same methods as TritonGuardClient, as coroutines (see module docstring)."""
 
-    def __init__(self, url: str, tokenizer_dir: str | Path | None = None, **kwargs):
-        super().__init__(url, tokenizer_dir, **kwargs)
-        self._verdict = None
-
-    @property
-    def verdict_client(self):
-        from guardrt.runtime.triton_client import AsyncTritonClassifier
-
-        if self._verdict is None:
-            self._verdict = AsyncTritonClassifier(self.url, self.verdict_spec, preprocessor=_IdsAsPayload(),
-                                                  model_name=self.verdict_model, timeout_s=self.timeout_s,
-                                                  **self.classifier_kwargs)
-        return self._verdict
+    _CLASSIFIER = "AsyncTritonClassifier"
 
     async def check_ready(self, mode: str | None = None) -> None:
         mode = check_mode(mode or self.mode)
