@@ -82,10 +82,11 @@ class GreedyGenerator:
 
     def __init__(self, model_path: str | Path, settings: GenerationSettings | None = None,
                  providers: Sequence[Any] | str | None = None, intra_op_threads: int | None = None,
-                 prefix_cache: "PrefixCache | None | bool" = True):
+                 prefix_cache: "PrefixCache | None | bool" = True, session_options=None):
         self.settings = settings or GenerationSettings()
         self.prefix_cache = PrefixCache() if prefix_cache is True else (prefix_cache or None)
-        self.runner = OnnxRunner(model_path, providers=providers, intra_op_threads=intra_op_threads)
+        self.runner = OnnxRunner(model_path, providers=providers, intra_op_threads=intra_op_threads,
+                                 session_options=session_options)
         inputs = {i.name: i for i in self.runner.session.get_inputs()}
         self.past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
         if not self.past_names or "position_ids" not in inputs:

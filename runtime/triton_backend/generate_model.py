@@ -81,9 +81,8 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_threads", "0") or 0) or None
         entries = int(params.get("prefix_cache_entries", "8") or 0)
         self.generator = GreedyGenerator(path, self.settings, intra_op_threads=threads,
-                                         prefix_cache=PrefixCache(max_entries=entries) if entries else False)
-        if params.get("intra_op_spinning", "0") == "0":
-            self._stop_spinning(path, threads)
+                                         prefix_cache=PrefixCache(max_entries=entries) if entries else False,
+                                         session_options=self._session_options(params))
         self.batch = DecodeBatch(self.generator)
         # Token ids must index the embedding: an id outside it would fail the whole prefill it joins.
         logits = [o for o in self.generator.runner.session.get_outputs() if o.name == "logits"]
@@ -98,20 +97,18 @@ class TritonPythonModel:
         self.worker.start()
         pb_utils.Logger.log_info(f"guardrt {self.name}: {path}, continuous batching up to {self.max_active} rows")
 
-    def _stop_spinning(self, path, threads):
-        """Re-create the generator's session with ORT's idle threads sleeping (`session.intra_op.allow_spinning`
-        0), as the classifier backend does: between two decode steps this process runs Python (argmax, admitting
-        requests, sending responses) and Triton's gRPC threads and the client need the cores; spinning pool threads
-        take them (tiny model, one request at a time over gRPC, contended machine: p50 16-45 ms spinning, 12-23 ms not;
-        realistic model: 1,809 vs 1,600 ms, one run each). GreedyGenerator takes
-        no session options (its file is part of the export cache key), hence the second, one-time session load."""
+    @staticmethod
+    def _session_options(params):
+        """ORT's idle threads sleep unless `intra_op_spinning` is "1" (`session.intra_op.allow_spinning`), as in the
+        classifier backend: between two decode steps this process runs Python (argmax, admitting requests, sending
+        responses) and Triton's gRPC threads and the client need the cores; spinning pool threads take them (tiny
+        model, one request at a time over gRPC, contended machine: p50 16-45 ms spinning, 12-23 ms not; realistic
+        model: 1,809 vs 1,600 ms, one run each)."""
         import onnxruntime as ort
-        from guardrt.runtime.onnxrt import OnnxRunner
 
         options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.generator.runner.close()
-        self.generator.runner = OnnxRunner(path, intra_op_threads=threads, session_options=options)
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "0") or "0")
+        return options
 
     def _parse(self, request):
         """(prompt ids, token limit; None for a verdict request), or ValueError naming what is wrong."""
