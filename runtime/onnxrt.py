@@ -19,6 +19,7 @@ import numpy as np
 
 from guardrt.runtime.errors import InputError, ModelFilesError, require
 from guardrt.runtime.ort_providers import (
+    CUDA_PROVIDER,
     TENSORRT_PROVIDER,
     check_active_providers,
     cuda_provider_options,
@@ -29,6 +30,8 @@ from guardrt.runtime.ort_providers import (
 )
 from guardrt.runtime.runner import BaseRunner
 from guardrt.runtime.specs import ModelSpec, get_spec
+
+GPU_PROVIDERS = frozenset({CUDA_PROVIDER, TENSORRT_PROVIDER})
 
 __all__ = [
     "OnnxRunner",
@@ -117,6 +120,10 @@ class OnnxRunner(BaseRunner):
                 f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
                 f"(available: {', '.join(sorted(available))}); on a GPU host: pip uninstall -y onnxruntime && pip install 'guardrt[gpu-ort]'"
             )
+        if GPU_PROVIDERS & set(self._requested) and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu >= 1.21: load the CUDA / cuDNN libraries pip installed (nvidia-* wheels), which are
+            # not on the loader path; without it the CUDA provider fails to load unless torch was imported first.
+            ort.preload_dlls()
         if TENSORRT_PROVIDER in self._requested:
             load_tensorrt_libraries()  # pip's TensorRT is not on the loader path of onnxruntime-gpu's provider
         providers = [p for p in self.providers if (p[0] if isinstance(p, tuple) else p) in available]

@@ -62,18 +62,25 @@ def refuse_for_tensorrt(precision: str | None) -> None:
                          "TensorRT does not run as int8; for TensorRT use the explicit-QDQ export: --precision int8")
 
 
-def cuda_provider_options(device_id: int = 0, gpu_mem_limit: int | None = None) -> dict[str, Any]:
+def cuda_provider_options(device_id: int = 0, gpu_mem_limit: int | None = None, tf32: bool = False) -> dict[str, Any]:
     """CUDAExecutionProvider options (documented names). The exhaustive cuDNN search pays off for a long-lived
-    server; copying in the default stream keeps IO binding ordering simple."""
+    server; copying in the default stream keeps IO binding ordering simple. TF32 is off unless asked for: ONNX
+    Runtime enables it by default on Ampere and later, rounding fp32 matmul inputs to a 10-bit mantissa, and an fp32
+    export is gated at fp32 parity (its atol)."""
     opts: dict[str, Any] = {
         "device_id": device_id,
         "arena_extend_strategy": "kNextPowerOfTwo",
         "cudnn_conv_algo_search": "EXHAUSTIVE",
         "do_copy_in_default_stream": True,
+        "use_tf32": int(bool(tf32)),
     }
     if gpu_mem_limit is not None:
         opts["gpu_mem_limit"] = int(gpu_mem_limit)
     return opts
+
+
+# The CUDA provider options of Triton's python backend (each instance adds its device_id): fp32 stays fp32.
+BACKEND_CUDA_OPTIONS = {"use_tf32": 0}
 
 
 def tensorrt_profile_shapes(spec: ModelSpec, opt_batch: int | None = None) -> dict[str, str]:
@@ -164,12 +171,12 @@ def python_backend_providers(spec: ModelSpec, kind: str, precision: str, cache_d
     if kind == "cpu":
         providers: list[Any] = [CPU_PROVIDER]
     elif kind == "cuda":
-        providers = [(CUDA_PROVIDER, {}), CPU_PROVIDER]
+        providers = [(CUDA_PROVIDER, dict(BACKEND_CUDA_OPTIONS)), CPU_PROVIDER]
     elif kind == "tensorrt":
         refuse_for_tensorrt(precision)
         trt = tensorrt_provider_options(spec, fp16=precision == "fp16", int8=precision == "int8", cache_dir=cache_dir)
         trt.pop("device_id")
-        providers = [(TENSORRT_PROVIDER, trt), (CUDA_PROVIDER, {}), CPU_PROVIDER]
+        providers = [(TENSORRT_PROVIDER, trt), (CUDA_PROVIDER, dict(BACKEND_CUDA_OPTIONS)), CPU_PROVIDER]
     else:
         raise InputError(f"unknown execution providers {kind!r} (cpu, cuda, tensorrt)")
     return json.dumps([list(p) if isinstance(p, tuple) else p for p in providers], separators=(",", ":"))

@@ -351,6 +351,9 @@ class TritonPythonModel:
             for key, value in self._int8.exact_int8_session_config().items():
                 opts.add_session_config_entry(key, value)
         providers = _providers(params.get("execution_providers"), device_id, params)
+        if any(p[0] != "CPUExecutionProvider" for p in providers if isinstance(p, tuple)) and \
+                hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # onnxruntime-gpu >= 1.21: pip's CUDA / cuDNN libraries are not on the loader path
         session = ort.InferenceSession(path, opts, providers=providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if wanted not in session.get_providers():

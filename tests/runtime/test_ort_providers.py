@@ -189,7 +189,7 @@ def test_python_backend_config_carries_the_providers_json():
     custom = config_parameters(parse_config(config_text(spec, "python", providers="tensorrt", trt_cache_dir="/data/c")))
     assert json.loads(custom["ort_providers"])[0][1]["trt_engine_cache_path"] == "/data/c"
     cuda = json.loads(config_parameters(parse_config(config_text(spec, "python", providers="cuda")))["ort_providers"])
-    assert cuda == [["CUDAExecutionProvider", {}], "CPUExecutionProvider"]
+    assert cuda == [["CUDAExecutionProvider", {"use_tf32": 0}], "CPUExecutionProvider"]
     assert "ort_providers" not in config_parameters(parse_config(config_text(spec, "python")))  # CPU: unchanged
     with pytest.raises(InputError, match="int8-dynamic"):
         config_text(spec, "python", providers="tensorrt", precision="int8-dynamic")
@@ -253,11 +253,11 @@ def test_backend_providers_take_the_written_options_and_the_instance_device(back
     assert loaded == ["libnvinfer.so.10"]
     assert [p[0] if isinstance(p, tuple) else p for p in providers] == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert providers[0][1]["device_id"] == 3 and providers[1][1] == {"device_id": 3}
+    assert providers[0][1]["device_id"] == 3 and providers[1][1] == {"use_tf32": 0, "device_id": 3}
     assert providers[0][1] == {**tensorrt_provider_options(spec, device_id=3, fp16=True, cache_dir="/cache")}
     assert backend_model._providers("cpu", 0, {}) == ["CPUExecutionProvider"]
     cuda = backend_model._providers("cuda", 1, {"ort_providers": python_backend_providers(spec, "cuda", "fp32", "/c")})
-    assert cuda == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert cuda == [("CUDAExecutionProvider", {"use_tf32": 0, "device_id": 1}), "CPUExecutionProvider"]
     with pytest.raises(ValueError, match="unknown execution_providers"):
         backend_model._providers("tpu", 0, {})
 
