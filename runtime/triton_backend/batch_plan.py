@@ -97,11 +97,18 @@ def fit_cost_model(samples) -> CostModel:
     return CostModel(*(float(c) for c in best), samples=len(samples), max_relative_error=float(rel.max()))
 
 
+# The largest rows x length^2 profiled. A plain-attention graph materialises [rows, heads, L, L] scores: at
+# Qwen3Guard-Gen's 32,768 positions that passes 2^31 elements, and ONNX Runtime's CUDA kernels then hit an illegal
+# memory access (CUDA error 700, seen on an H200) which poisons the instance's CUDA context for every later call.
+# Longer shapes are extrapolated by the fitted cost model instead.
+MAX_PROFILED_ROWS_X_LENGTH2 = 1 << 25
+
+
 def profile_shapes(run, max_rows, max_length, *, max_group_tokens=None, budget_s=5.0, repeats=3,
                    clock=time.perf_counter, failures=None):
     """[(rows, length, seconds)]: `run(rows, length)` timed on a grid of shapes, the minimum of `repeats` calls each
     (the least disturbed by other work on the machine). Lengths 8, 32, 128, ... max_length, rows 1, 4, 16 (within
-    max_rows and max_group_tokens), cheapest shapes first; a shape whose calls would overrun `budget_s` in total is
+    max_rows and max_group_tokens, rows x length^2 within MAX_PROFILED_ROWS_X_LENGTH2), cheapest shapes first; a shape whose calls would overrun `budget_s` in total is
     skipped, so a big model profiles fewer, shorter shapes (never fewer than four). A shape whose call raises (out
     of memory, a graph that cannot take that length) is skipped with every shape at least as large, and the
     exception is appended to `failures` when given: profiling never fails a model load."""
@@ -111,7 +118,8 @@ def profile_shapes(run, max_rows, max_length, *, max_group_tokens=None, budget_s
         L *= 4
     lengths.append(int(max_length))
     cap = max_group_tokens or max(1, max_rows) * max_length
-    shapes = sorted(((n, L) for L in lengths for n in (1, 4, 16) if n <= max(1, max_rows) and (n == 1 or n * L <= cap)),
+    shapes = sorted(((n, L) for L in lengths for n in (1, 4, 16) if n <= max(1, max_rows) and (n == 1 or n * L <= cap)
+                     and n * L * L <= MAX_PROFILED_ROWS_X_LENGTH2),
                     key=lambda s: (s[0] * s[1] * s[1], s[0]))
     samples, failed, start = [], [], clock()
     for n, L in shapes:

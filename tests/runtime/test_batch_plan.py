@@ -139,6 +139,15 @@ def test_profiling_times_the_grid_within_its_budget(bp):
     assert max(L for _, L, _ in small) < 4096
 
 
+def test_profiling_never_times_attention_beyond_its_bound(bp):
+    """Qwen3Guard-Gen's 32,768 positions: no profiled shape reaches the rows x length^2 that broke CUDA kernels."""
+    calls = []
+    samples = bp.profile_shapes(lambda n, L: calls.append((n, L)), 16, 32768, budget_s=100.0,
+                                clock=iter(range(10**6)).__next__)
+    assert len(samples) >= 4 and (1, 2048) in [(n, L) for n, L, _ in samples]
+    assert all(n * L * L <= bp.MAX_PROFILED_ROWS_X_LENGTH2 for n, L in calls) and max(L for _, L in calls) < 32768
+
+
 def test_profiling_skips_shapes_that_fail_and_everything_larger(bp):
     def run(n, L):
         if L > 100:
