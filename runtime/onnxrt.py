@@ -32,6 +32,10 @@ from guardrt.runtime.runner import BaseRunner
 from guardrt.runtime.specs import ModelSpec, get_spec
 
 GPU_PROVIDERS = frozenset({CUDA_PROVIDER, TENSORRT_PROVIDER})
+# int8-dynamic quantizes activations with one scale per tensor (DynamicQuantizeLinear): a row's logits depend on the
+# other rows and the padding of its call (up to 0.026 logit on the tiny intent-safety model). Batched results must
+# equal single-request results, so these run one row per call, unpadded.
+BATCH_DEPENDENT_PRECISIONS = frozenset({"int8-dynamic"})
 
 __all__ = [
     "OnnxRunner",
@@ -199,6 +203,8 @@ class InProcessClassifier:
                             spec=model_spec, precision=precision)
         if precision.startswith("int8"):
             _recheck_int8(manifest, precision, runner, model_spec, int8_recheck)
+        if precision in BATCH_DEPENDENT_PRECISIONS:
+            max_batch_size = 1
         return cls(model_spec, runner, pre, max_batch_size=max_batch_size, threshold=threshold)
 
     def encode(self, payloads: Sequence[Any]) -> list[list[int]]:
