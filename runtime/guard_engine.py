@@ -99,14 +99,16 @@ class GuardClassifier:
     first use of their mode; a context manager."""
 
     def __init__(self, export_dir: str | Path, precision: str = "fp32", *, mode: str = "verdict",
-                 tokenizer_dir: str | Path | None = None, intra_op_threads: int | None = None,
-                 max_batch_size: int | None = None, verdict_engine: str = "auto"):
+                 tokenizer_dir: str | Path | None = None, providers: Sequence[Any] | str | None = None,
+                 intra_op_threads: int | None = None, max_batch_size: int | None = None,
+                 verdict_engine: str = "auto"):
         from guardrt.runtime.export_dir import load_export_dir
         from guardrt.runtime.preprocess import build_preprocessor
 
         self.manifest = load_export_dir(export_dir)
         self.spec = guard_spec(self.manifest.spec)
         self.precision = precision
+        self.providers = providers  # ONNX Runtime providers of both graphs (None / "cpu", "cuda", "tensorrt")
         self.intra_op_threads = intra_op_threads
         self.max_batch_size = int(max_batch_size or 16)
         self.verdict_engine = verdict_engine
@@ -131,7 +133,8 @@ class GuardClassifier:
             precision = self.precision if self.precision in graphs else next(iter(graphs), None)
             if precision is None:
                 raise ModelFilesError(f"export {self.manifest.path} has no generation graph (causal-lm-with-past)")
-            self._generator = GuardGenerator(self.manifest.path, precision, intra_op_threads=self.intra_op_threads)
+            self._generator = GuardGenerator(self.manifest.path, precision, providers=self.providers,
+                                             intra_op_threads=self.intra_op_threads)
         return self._generator
 
     @property
@@ -145,8 +148,8 @@ class GuardClassifier:
                 engine = "kv" if self.precision in gen_graphs else "graph"
             model_path = self.manifest.graph_path("verdict", self.precision) if engine == "graph" else None
             generator = self.generator if gen_graphs else None
-            self._verdict = VerdictRunner(model_path, generator=generator, intra_op_threads=self.intra_op_threads,
-                                          max_batch_size=self.max_batch_size)
+            self._verdict = VerdictRunner(model_path, generator=generator, providers=self.providers,
+                                          intra_op_threads=self.intra_op_threads, max_batch_size=self.max_batch_size)
         return self._verdict
 
     def classify_ids(self, prompts: Sequence[Sequence[int]], mode: str | None = None) -> list[dict[str, Any]]:

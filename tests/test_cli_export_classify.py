@@ -113,6 +113,19 @@ def test_cli_wrong_architecture_and_corrupt_dirs(tmp_path, demo_checkpoint, demo
     assert "not empty and not a guardrt export" in capsys.readouterr().err
 
 
+def test_classify_gpu_providers_on_a_cpu_only_onnxruntime_fail_in_one_line(demo_export, capsys):
+    """`--providers cuda` where onnxruntime has no CUDA provider: one line naming the provider and the extra, before
+    any input is read (on a GPU host with onnxruntime-gpu the same flag ran on an H200)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    assert main(["classify", "--spec", "rejection", "--model", str(demo_export("rejection")), "--providers",
+                 "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CUDAExecutionProvider" in err and "gpu-ort" in err, err
+
+
 def test_export_cli_writes_a_self_contained_dir(tmp_path, demo_checkpoint, capsys):
     from guardrt.runtime.export_dir import load_export_dir
 

@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--input", default="-", help="input JSONL file (default: stdin)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per inference batch (default: the spec's)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                   help="in-process ONNX Runtime execution providers (default: cpu; cuda / tensorrt need "
+                        "onnxruntime-gpu, the gpu-ort extra)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (threshold specs; default: "
                                                                   "the card's)")
     p.add_argument("--url", action="append", default=None,
@@ -64,7 +67,8 @@ def _classifier_in_process(args, spec, task_description):
         raise GuardrtError("--model EXPORT_DIR is required for in-process classification")
     return InProcessClassifier.from_export_dir(
         args.model, precision=args.precision, tokenizer_dir=args.tokenizer, task_description=task_description,
-        spec=spec.name, intra_op_threads=args.threads, max_batch_size=args.batch_size, threshold=args.threshold)
+        spec=spec.name, providers=args.providers, intra_op_threads=args.threads, max_batch_size=args.batch_size,
+        threshold=args.threshold)
 
 
 def _classifier_triton(args, spec, task_description):
@@ -93,7 +97,7 @@ def _guard_in_process(args, spec):
     if not args.model:
         raise GuardrtError("--model EXPORT_DIR is required for in-process classification")
     return GuardClassifier(args.model, args.precision, mode=args.mode, tokenizer_dir=args.tokenizer,
-                           intra_op_threads=args.threads, max_batch_size=args.batch_size)
+                           providers=args.providers, intra_op_threads=args.threads, max_batch_size=args.batch_size)
 
 
 def _guard_triton(args, spec):
