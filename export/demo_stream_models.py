@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["STREAM_MODEL_CODE", "stream_demo_config", "build_stream_demo_model", "cached_stream_demo_model",
+           "cached_stream_export",
            "encode_example", "stream_cache_settings"]
 
 STREAM_MODEL_CODE = ("export/demo_stream_models.py", "export/qwen3_guard_model.py", "export/stream_synthetic.py",
@@ -232,3 +233,20 @@ def cached_stream_demo_model(size: str = "tiny", seed: int = 0, log: Callable[[s
     key = f"qwen3guard-stream-{size}-s{seed}-" + _code_hash(STREAM_MODEL_CODE, "model", size, seed,
                                                             *stream_cache_settings(size))
     return _cached("models", key, lambda tmp: build_stream_demo_model(size, tmp, seed=seed, log=log))
+
+
+_STREAM_EXPORT_CODE = STREAM_MODEL_CODE + ("export/stream_export.py", "export/stream_reference.py", "export/fp16.py",
+                                           "export/quantize.py", "export/onnx_export.py", "runtime/stream.py")
+
+
+def cached_stream_export(size: str = "tiny", precisions=("fp32",), seed: int = 0,
+                         log: Callable[[str], None] | None = None, **export_kwargs: Any) -> Path:
+    """A validated Qwen3Guard-Stream export (`guardrt.export.stream_export`) of the demo model, built once."""
+    from guardrt.export.demo_models import _cached, _code_hash
+    from guardrt.export.stream_export import export_stream
+
+    model_dir = cached_stream_demo_model(size, seed=seed, log=log)
+    key = f"qwen3guard-stream-{size}-s{seed}-{'_'.join(precisions)}-" + _code_hash(
+        _STREAM_EXPORT_CODE, "export", model_dir.name, tuple(precisions), export_kwargs)
+    return _cached("exports", key, lambda tmp: export_stream(model_dir, tmp, tuple(precisions), log=log,
+                                                             **export_kwargs))

@@ -275,10 +275,10 @@ class StreamModerator:
                     r.tokens += ids
                     r.risk += risk
                     r.category += cat
-                    if r.flagged is None:
-                        level, at = consecutive_flag(r.risk)
-                        if at >= 0:
-                            r.flagged = {"risk": level, "category": r.category[at], "token_index": at}
+                    # The official debounce over the labels so far: an Unsafe pair anywhere outranks an earlier
+                    # Controversial pair, so a Controversial flag can become Unsafe later (never unflagged).
+                    level, at = consecutive_flag(r.risk)
+                    r.flagged = None if at < 0 else {"risk": level, "category": r.category[at], "token_index": at}
                     out[i] = {"risk": risk, "category": cat, "flagged": r.flagged}
         return out
 
@@ -325,10 +325,54 @@ class StreamModerator:
             self.close_stream(sid)
         return result.as_dict()
 
+    def moderate_many(self, conversations: Sequence[Sequence[int]], chunk: int = 1
+                      ) -> list[dict[str, Any] | InputError]:
+        """`moderate_ids` for several tokenized conversations at once: one batched prefill, then every live stream
+        advanced by `chunk` tokens per batched step (the same results as one at a time; tested)."""
+        if chunk < 1:
+            raise InputError(f"--chunk must be >= 1, got {chunk}")
+        out: list[Any] = [None] * len(conversations)
+        ends: dict[int, int] = {}
+        for i, ids in enumerate(conversations):
+            try:
+                ends[i] = prompt_end_index(ids)
+            except InputError as exc:
+                out[i] = exc
+        order = sorted(ends)
+        opened = self.open_many([list(conversations[i])[:ends[i] + 1] for i in order])
+        live: dict[int, tuple[int, int]] = {}  # conversation -> (stream id, next offset)
+        for i, res in zip(order, opened):
+            out[i] = res if isinstance(res, InputError) else res[1]
+            if not isinstance(res, InputError):
+                live[i] = (res[0], ends[i] + 1)
+        opened_ids = [sid for sid, _ in live.values()]
+        try:
+            while True:
+                items = [(i, sid, list(conversations[i])[at:at + chunk]) for i, (sid, at) in live.items()
+                         if at < len(conversations[i])]
+                if not items:
+                    break
+                for (i, sid, ids), res in zip(items, self.feed_many([(sid, ids) for _, sid, ids in items])):
+                    if isinstance(res, InputError):
+                        out[i] = res
+                        del live[i]
+                    else:
+                        live[i] = (sid, live[i][1] + len(ids))
+        finally:
+            with self._lock:
+                for sid in opened_ids:
+                    self._streams.pop(sid, None)
+        return [o.as_dict() if isinstance(o, StreamResult) else o for o in out]
+
     def moderate_conversation(self, messages: Sequence[Any], chunk: int = 1) -> dict[str, Any]:
-        if not messages or not isinstance(messages, list) or messages[-1].get("role") != "assistant":
+        return self.moderate_ids(self.response_conversation_ids(messages), chunk)
+
+    def response_conversation_ids(self, messages: Any) -> list[int]:
+        """The ids of a conversation whose last message is the assistant response to judge; InputError otherwise."""
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+                or messages[-1].get("role") != "assistant":
             raise InputError("the last message must be the assistant response to judge token by token")
-        return self.moderate_ids(self.conversation_ids(messages), chunk)
+        return self.conversation_ids(messages)
 
     def close(self) -> None:
         self.graph.close()
