@@ -11,7 +11,7 @@ ids fed, in order), `risk` and `category` (one label per fed token), `flagged` {
 its place and the same line on stderr; the other lines are unaffected; the exit status is then 2.
 
 `--model EXPORT_DIR` runs in process (ONNX Runtime, conversations batched `--batch-size` at a time); `--url` streams
-each conversation over gRPC to the Triton sequence-batcher model (`runtime/stream_client.py`), tokenized here with
+each conversation over gRPC to the Triton sequence-batcher model (`runtime/triton_stream.py`), tokenized here with
 `--tokenizer` (or the `--model` directory's tokenizer).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run(args) -> int:
     if args.chunk < 1:
         raise GuardrtError(f"--chunk must be >= 1, got {args.chunk}")
     if args.url:
-        from guardrt.runtime.stream_client import StreamClient
+        from guardrt.runtime.triton_stream import StreamClient
 
         if not (args.tokenizer or args.model):
             raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
