@@ -38,14 +38,18 @@ DEFAULT_IDLE_TIMEOUT_S = 60.0
 
 def stream_config_text(name: str = "qwen3guard-stream", *, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
                        max_batch_size: int = 32, max_streams: int = 256, max_queue_delay_us: int = 1000,
-                       intra_op_threads: int = 0, instance_count: int = 1, precision: str = "fp32") -> str:
+                       intra_op_threads: int = 0, instance_count: int = 1, precision: str = "fp32",
+                       max_positions: int = 0) -> str:
     """config.pbtxt of the stream model (checked with Triton's ModelConfig protobuf). `max_batch_size`: streams
     stepped together in one execute; `max_streams`: live streams the model holds (more START requests are refused);
-    the sequence batcher's `max_candidate_sequences` is `max_streams` so every live stream can be batched."""
+    the sequence batcher's `max_candidate_sequences` is `max_streams` so every live stream can be batched;
+    `max_positions` (0: the model's max_position_embeddings) caps a stream's length, so the KV memory held is at most
+    max_streams x max_positions x the KV bytes per token (logged when the model loads)."""
     from guardrt.runtime.triton_repo import _parameters_block, _q, parse_config
 
     params = {"guardrt_spec": "qwen3guard-stream", "guardrt_precision": precision,
-              "intra_op_threads": int(intra_op_threads), "max_streams": int(max_streams)}
+              "intra_op_threads": int(intra_op_threads), "max_streams": int(max_streams),
+              "max_positions": int(max_positions)}
     text = (
         f"name: {_q(name)}\nbackend: \"python\"\nmax_batch_size: {int(max_batch_size)}\n"
         "input [\n  { name: \"input_ids\" data_type: TYPE_INT64 dims: [ -1 ] allow_ragged_batch: true }\n]\n"

@@ -23,7 +23,8 @@ the model, so a sweeper thread drops the KV state of every stream idle that long
 config), and a request for it then gets "unknown or closed stream". `max_streams` bounds the live streams (a START
 beyond it is refused), so memory is bounded by max_streams x max_position_embeddings x bytes per token.
 
-config.pbtxt `parameters`: intra_op_threads, max_streams, guardrt_precision. Needs guardrt's runtime importable.
+config.pbtxt `parameters`: intra_op_threads, max_streams, max_positions (0: the model's
+max_position_embeddings), guardrt_precision. Needs guardrt's runtime importable.
 """
 import json
 import os
@@ -68,6 +69,9 @@ class TritonPythonModel:
         root = os.path.join(args["model_repository"], args["model_version"])
         self.moderator = StreamModerator(root, precision=params.get("guardrt_precision", "fp32"),
                                          intra_op_threads=threads or None)
+        limit = int(params.get("max_positions", "0") or 0)  # a lower bound on a stream's length (memory)
+        if limit:
+            self.moderator.max_positions = min(self.moderator.max_positions, limit)
         self.streams = {}  # correlation id -> (moderator stream id, last activity time)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
