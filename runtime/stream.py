@@ -66,6 +66,26 @@ class StreamGraph:
         self.past_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
 
+    @classmethod
+    def from_runner(cls, runner, num_layers: int, kv_heads: int, head_dim: int, past_dtype=np.float32
+                    ) -> "StreamGraph":
+        """The same stepping over any runner with `infer(feeds) -> outputs` (e.g. `TensorRTRunner` on an engine
+        built with `guardrt.export.tensorrt.stream_profiles`)."""
+        self = cls.__new__(cls)
+        self.runner = runner
+        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.kv_heads, self.head_dim, self.past_dtype = int(kv_heads), int(head_dim), np.dtype(past_dtype).type
+        return self
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        names = list(HEAD_OUTPUTS) + self.present_names
+        session = getattr(self.runner, "session", None)
+        if session is not None:  # ORT: ask for the outputs directly
+            return session.run(names, feeds)
+        out = self.runner.infer(feeds)
+        return [out[n] for n in names]
+
     def empty_state(self) -> StreamState:
         return StreamState({n: np.zeros((self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
                             for n in self.past_names})
@@ -104,8 +124,7 @@ class StreamGraph:
                 mask[r, width + k_max - k:] = 1
                 ids[r, k_max - k:] = chunk
                 positions[r, k_max - k:] = length + np.arange(k)
-        res = self.runner.session.run(list(HEAD_OUTPUTS) + self.present_names,
-                                      {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
+        res = self._run({"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past})
         heads, present = res[:4], dict(zip(self.past_names, res[4:]))
         outs, new_states = [], []
         for r in range(n):
