@@ -6,14 +6,14 @@ add_generation_prompt=False, enable_thinking=False)` then `tokenizer(text).input
 `reprefill_moderation(model, ids)` is the test oracle: the query heads on the whole prompt (through the last user
 `<|im_end|>`), then, for every later token j, the whole prefix ids[:j+1] run again from scratch (no cache) and the
 response heads read at its last position; what the card's shipped loop computes (it re-feeds the accumulated
-context each step). Labels through the config maps, the official debounce on the response labels.
+context each step). Labels through the config maps, the official debounce on the labels of the content tokens (the eval's split).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from guardrt.runtime.stream_protocol import StreamLabels, consecutive_flag, prompt_end_index
+from guardrt.runtime.stream_protocol import StreamLabels, consecutive_flag, prompt_end_index, response_content_start
 
 __all__ = ["render_stream_ids", "reprefill_moderation", "load_guard_model"]
 
@@ -56,6 +56,9 @@ def reprefill_moderation(model, ids: Sequence[int], labels: StreamLabels | None 
         out["risk"].append(labels.risk[int(risk.argmax())])
         out["category"].append(labels.category[int(cat.argmax())])
         out["logits"]["response"].append((risk, cat))
-    level, at = consecutive_flag(out["risk"])
-    out["flagged"] = None if at < 0 else {"risk": level, "category": out["category"][at], "token_index": at}
+    # the eval's split: debounce from the first content token after `</think>\n\n` (index among all fed tokens)
+    start = response_content_start(out["tokens"])
+    level, at = consecutive_flag(out["risk"][start:])
+    out["flagged"] = None if at < 0 else {"risk": level, "category": out["category"][start + at],
+                                          "token_index": start + at}
     return out

@@ -9,7 +9,8 @@ why a stream's verdicts do not depend on its neighbours (tested against one-at-a
 
 `StreamModerator` is the protocol over it (`guardrt.runtime.stream_protocol`): `open(prompt_ids)` judges the prompt
 with the query heads at its last token; `feed(stream, ids)` judges every new token with the response heads and
-applies the official debounce; labels come from the export's config.json maps. Errors of one stream (unknown or
+applies the official debounce (from the first content token on, as the eval); labels come from the export's
+config.json maps. Errors of one stream (unknown or
 closed stream, ids out of vocabulary, past `max_position_embeddings`) are InputErrors for that stream only.
 
 `moderate_conversation(messages, chunk)` is the CLI's contract: the whole card flow for one conversation.
@@ -27,7 +28,7 @@ import numpy as np
 
 from guardrt.runtime.errors import InputError, ModelFilesError, read_json_file
 from guardrt.runtime.onnxrt import OnnxRunner
-from guardrt.runtime.stream_protocol import StreamLabels, consecutive_flag, prompt_end_index
+from guardrt.runtime.stream_protocol import StreamLabels, debounced_flag, prompt_end_index
 
 __all__ = ["HEAD_OUTPUTS", "StreamGraph", "StreamState", "StreamModerator", "StreamResult"]
 
@@ -294,10 +295,9 @@ class StreamModerator:
                     r.tokens += ids
                     r.risk += risk
                     r.category += cat
-                    # The official debounce over the labels so far: an Unsafe pair anywhere outranks an earlier
-                    # Controversial pair, so a Controversial flag can become Unsafe later (never unflagged).
-                    level, at = consecutive_flag(r.risk)
-                    r.flagged = None if at < 0 else {"risk": level, "category": r.category[at], "token_index": at}
+                    # The official debounce over the content labels so far: an Unsafe pair anywhere outranks an
+                    # earlier Controversial pair, so a Controversial flag can become Unsafe later (never unflagged).
+                    r.flagged = debounced_flag(r.tokens, r.risk, r.category)
                     out[i] = {"risk": risk, "category": cat, "flagged": r.flagged}
         return out
 

@@ -10,7 +10,10 @@ The official flow (QwenLM/Qwen3Guard README and eval/eval_stream.py, ../shared/r
    `\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n` included, as the card's loop feeds them);
 4. the debounce (`consecutive_flag`, the eval's `consecutive_unsafe`): the first index i with labels i-1 and i both
    Unsafe flags the response as Unsafe at i; only if there is none, the same for two consecutive Controversial.
-   A mixed Unsafe/Controversial pair does not flag. The category is the one predicted at token i.
+   A mixed Unsafe/Controversial pair does not flag. The category is the one predicted at token i. The eval runs it
+   on the labels from its `split_idx` on, the first content token after `</think>` `\n\n`
+   (`response_content_start`), so the template's assistant header never flags a response; `debounced_flag` does
+   the same and reports the flagging token's index among all the fed response-side tokens.
 5. strict / loose: Controversial counts as Unsafe (strict) or as Safe (loose) when a caller wants a binary answer
    (`binary_label`); the per-token labels themselves are the model's three levels.
 """
@@ -23,9 +26,10 @@ from typing import Any
 from guardrt.runtime.errors import InputError, ModelFilesError
 
 __all__ = ["IM_START_ID", "USER_ID", "IM_END_ID", "StreamLabels", "prompt_end_index", "consecutive_flag",
-           "binary_label", "MODES"]
+           "response_content_start", "debounced_flag", "binary_label", "MODES"]
 
 IM_START_ID, USER_ID, IM_END_ID = 151644, 872, 151645  # <|im_start|>, "user", <|im_end|> (Qwen3 tokenizer)
+THINK_END_ID, DOUBLE_NEWLINE_ID = 151668, 271  # </think>, "\n\n"
 MODES = ("strict", "loose")
 
 
@@ -51,6 +55,25 @@ def consecutive_flag(labels: Sequence[str]) -> tuple[str, int]:
             if labels[i] == level and labels[i + 1] == level:
                 return level, i + 1
     return "Safe", -1
+
+
+def response_content_start(tokens: Sequence[int]) -> int:
+    """Index, among the response-side tokens, of the first content token: where the official eval starts scoring
+    (`split_idx`: after `</think>` followed by `\n\n`). Without that pair yet: len(tokens) when the tokens open
+    with the template's assistant header (the header is still arriving), else 0 (a caller feeding content only)."""
+    tokens = list(tokens)
+    for j in range(len(tokens) - 1):
+        if tokens[j] == THINK_END_ID and tokens[j + 1] == DOUBLE_NEWLINE_ID:
+            return j + 2
+    return len(tokens) if IM_START_ID in tokens[:2] else 0
+
+
+def debounced_flag(tokens: Sequence[int], risk: Sequence[str], category: Sequence[str]) -> dict[str, Any] | None:
+    """{"risk", "category", "token_index"} of the official debounce over the content tokens' labels (index among
+    all `tokens`), or None."""
+    start = response_content_start(tokens)
+    level, at = consecutive_flag(list(risk[start:]))
+    return None if at < 0 else {"risk": level, "category": category[start + at], "token_index": start + at}
 
 
 def binary_label(label: str, mode: str = "strict") -> str:

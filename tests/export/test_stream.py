@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from guardrt.runtime.errors import InputError
-from guardrt.runtime.stream_protocol import binary_label, consecutive_flag, prompt_end_index
+from guardrt.runtime.stream_protocol import binary_label, consecutive_flag, prompt_end_index, response_content_start
 
 HELDOUT = 12  # held-out conversations compared position by position
 
@@ -127,6 +127,21 @@ def test_debounce_is_the_official_eval():
         binary_label("Safe", "medium")
 
 
+def test_debounce_starts_at_the_first_content_token():
+    from guardrt.runtime.stream_protocol import debounced_flag, response_content_start
+
+    header = [198, 151644, 77091, 198, 151667, 271, 151668, 271]  # \n<|im_start|>assistant\n<think>\n\n</think>\n\n
+    tokens = header + [40, 41, 42, 43]
+    assert response_content_start(tokens) == 8
+    assert response_content_start(header[:5]) == 5  # the header is still arriving: nothing to judge yet
+    assert response_content_start([40, 41]) == 0  # content fed without a header
+    risk = ["Unsafe"] * 8 + ["Safe", "Controversial", "Controversial", "Safe"]
+    cats = [f"c{i}" for i in range(12)]
+    # Unsafe header tokens do not flag; the Controversial pair of the content does, at its second token (index 10)
+    assert debounced_flag(tokens, risk, cats) == {"risk": "Controversial", "category": "c10", "token_index": 10}
+    assert debounced_flag(tokens, ["Safe"] * 12, cats) is None
+
+
 def test_runtime_template_and_tokens_are_transformers(model_dir, moderator):
     from transformers import AutoTokenizer
 
@@ -140,6 +155,8 @@ def test_runtime_template_and_tokens_are_transformers(model_dir, moderator):
         # the response side starts with the template's assistant header (fed as "assistant", like the card)
         end = prompt_end_index(ids)
         assert tok.decode(ids[end + 1:end + 9]) == "\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        start = end + 1 + response_content_start(ids[end + 1:])  # the eval's split_idx
+        assert tok.decode(ids[start:]).startswith(e.messages[-1]["content"][:3])
 
 
 # -- the export and the runtime vs the re-prefill reference ---------------------------------------------------------
