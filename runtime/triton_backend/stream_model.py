@@ -7,7 +7,7 @@ keeps each sequence's KV cache itself (`guardrt.runtime.stream.StreamModerator`,
 whatever their lengths and chunk sizes.
 
 Why state in the backend and not Triton's implicit state: the state is a KV cache that grows by k tokens per request
-(all layers, keys and values: 28 KiB per token on the realistic 0.6B layer shape, 4 layers), and the batched step
+(all layers, keys and values: 32 KiB per token on the realistic 0.6B layer shape, 4 layers, fp32), and the batched step
 needs it laid out with the other rows'; implicit state would copy every sequence's whole cache into and out of the
 backend on each request, and needs a fixed-shape state buffer per sequence slot.
 
