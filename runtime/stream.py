@@ -185,6 +185,7 @@ class StreamModerator:
         self.max_positions = int(config["max_position_embeddings"])
         self.graph = StreamGraph(manifest.precisions[precision], providers, intra_op_threads, session_options)
         self._streams: dict[int, _Stream] = {}
+        self._busy: set[int] = set()  # streams inside a running step (a stream is advanced by one call at a time)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._tokenizer = None
@@ -275,13 +276,20 @@ class StreamModerator:
                         raise InputError(f"stream {sid}: unknown or closed stream")
                     if sid in seen:
                         raise InputError(f"stream {sid}: fed twice in one batch")
+                    if sid in self._busy:  # its state is being advanced by another caller's step
+                        raise InputError(f"stream {sid}: already being fed by another call")
                     ok.append((i, sid, self._check_ids(ids, stream.state.length, f"stream {sid}")))
                     seen.add(sid)
                 except InputError as exc:
                     out[i] = exc
             states = [self._streams[sid].state for _, sid, _ in ok]
+            self._busy.update(sid for _, sid, _ in ok)
         if ok:
-            heads, new_states = self.graph.step(states, [ids for _, _, ids in ok])
+            try:
+                heads, new_states = self.graph.step(states, [ids for _, _, ids in ok])
+            finally:
+                with self._lock:
+                    self._busy.difference_update(sid for _, sid, _ in ok)
             with self._lock:
                 for (i, sid, ids), h, s in zip(ok, heads, new_states):
                     stream = self._streams.get(sid)
