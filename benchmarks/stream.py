@@ -21,6 +21,11 @@ the KV-cache memory per live stream (bytes per token x the streams' lengths; and
 max_position_embeddings).
 
     python benchmarks/stream.py [--size realistic] [--conversations 32] [--concurrency 1,8,32] [--threads 2]
+                                [--precisions fp32,int8-dynamic]
+
+`--precisions` adds in-process rows for other exported precisions (`guardrt-inprocess-<precision>-c{N}`; the export
+is forced so a precision that misses its gate is still timed: `validation_summary` and each row's label agreement
+say how far it is from the reference).
 
 Writes benchmarks/results/stream.json and stream_qwen3guard-stream.png. Run it under the machine's heavy lock for
 numbers worth reporting (and say so).
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -145,6 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reprefill-conversations", type=int, default=12,
                     help="conversations the PyTorch loops run (the re-prefill costs a whole forward per token); "
                          "guardrt's labels are compared with the re-prefill reference on their positions")
+    ap.add_argument("--precisions", default="fp32",
+                    help="comma-separated export precisions timed in process (fp32 first; e.g. fp32,int8-dynamic); "
+                         "every row reports its labels' agreement with the re-prefill reference")
     ap.add_argument("--grpc", default="1", help="1: also over gRPC (the real tritonserver), 0: in process only")
     ap.add_argument("--out", default=str(RESULTS / "stream"))
     args = ap.parse_args(argv)
@@ -162,7 +171,9 @@ def main(argv=None) -> int:
 
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     model_dir = cached_stream_demo_model(args.size, log=stderr_log)
-    export = cached_stream_export(args.size, ("fp32",), log=stderr_log)
+    precisions = tuple(dict.fromkeys(["fp32"] + [p for p in args.precisions.split(",") if p]))
+    # force: a precision that misses its gate is still timed; its validation (and the labels below) say how far off
+    export = cached_stream_export(args.size, precisions, log=stderr_log, force=len(precisions) > 1)
     torch.set_num_threads(args.threads)
     moderator = StreamModerator(export, intra_op_threads=args.threads)
     # unseen by training and validation
@@ -198,6 +209,13 @@ def main(argv=None) -> int:
                                                latency_is="per 16-token chunk (its 16 verdicts arrive together)")
     per_token = moderator.graph.bytes_per_token()
     moderator.close()
+    for precision in precisions[1:]:
+        with StreamModerator(export, precision=precision, intra_op_threads=args.threads) as other:
+            _inprocess(other, conversations[:2], ends[:2], 2, 1)  # warm-up
+            for c in levels:
+                times, tokens, risk, wall, _ = _inprocess(other, conversations, ends, c, 1)
+                results[f"guardrt-inprocess-{precision}-c{c}"] = _row(times, tokens, wall,
+                                                                      labels_equal_reprefill=parity(risk))
     if args.grpc == "1" and levels:
         for c, (times, risk, wall, peak) in _grpc(export, conversations, ends, levels, args.threads).items():
             results[f"guardrt-grpc-c{c}"] = _row(times, len(times), wall, labels_equal_reprefill=parity(risk),
@@ -216,7 +234,9 @@ def main(argv=None) -> int:
                    "note": "KV cache held per live stream = bytes per token x its length (fp32); the model caps a "
                            "stream at max_position_embeddings (8,192)"},
         "machine": machine_description(args.threads), "versions": versions(),
-        "validation": str(export / "validation.json"), "results": results}
+        "validation": str(export / "validation.json"),
+        "validation_summary": {p: v.get("summary") for p, v in json.loads((export / "validation.json").read_text()).items()},
+        "results": results}
     write_json(Path(args.out + ".json"), payload)
     _print(payload)
     _plot(payload, Path(args.out))
