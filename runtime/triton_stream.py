@@ -16,6 +16,7 @@ chat template, `tokenizers`) happens here, exactly as in process.
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import queue
 import shutil
@@ -260,8 +261,9 @@ class _Tokens:
         """Messages so far (ending with the user turn) or token ids -> the ids through the last user <|im_end|>."""
         from guardrt.runtime.stream_protocol import prompt_end_index
 
-        ids = (list(messages_or_ids) if messages_or_ids and isinstance(messages_or_ids[0], int)
-               else self.conversation_ids(messages_or_ids))
+        items = list(messages_or_ids) if messages_or_ids is not None else []
+        ids = ([int(t) for t in items] if items and isinstance(items[0], numbers.Integral)
+               else self.conversation_ids(items))
         return ids[:prompt_end_index(ids) + 1]
 
     def response_conversation_ids(self, messages: Any) -> list[int]:
