@@ -12,7 +12,9 @@ needs it laid out with the other rows'; implicit state would copy every sequence
 backend on each request, and needs a fixed-shape state buffer per sequence slot.
 
 Request (batch dim 1): `input_ids` INT64 [1, k] (START: the prompt through the last user <|im_end|>; otherwise the
-next k >= 1 response-side tokens; k = 0 with END closes the stream). Response: `risk`, `category` BYTES [1, k] (the
+next k >= 1 response-side tokens; with END: the stream is closed and its ids are ignored — clients send one
+placeholder token, because a zero-length input / output in a sequence-batcher batch crashed tritonserver 2.51).
+Response: `risk`, `category` BYTES [1, k] (the
 labels of the new tokens; START: the query heads' labels, [1, 1] each), `flag` BYTES [1, 3] (risk, category,
 token index of the debounced flag, or empty strings), `stream_bytes` INT64 [1, 1] (this stream's KV bytes),
 `live_streams` INT64 [1, 1] and `error` BYTES [1, 1] ("" or the request's own one-line error; its stream is unaffected
@@ -120,9 +122,11 @@ class TritonPythonModel:
                 if old is not None:  # a new sequence reusing a correlation id replaces the old one
                     self._close(old[0])
                 starts.append((i, corr, ids))
+            elif end:
+                pass  # END closes the stream; its input_ids (one placeholder token) are not fed
             elif ids:
                 feeds.append((i, corr, ids))
-            elif not end:
+            else:
                 responses[i] = _response(error=f"stream {corr}: no token ids", live=self._live())
         self._open(starts, responses)
         self._feed(feeds, responses)
@@ -131,8 +135,8 @@ class TritonPythonModel:
                 entry = self.streams.pop(corr, None)
             if entry is not None:
                 self._close(entry[0])
-            if responses[i] is None:  # a bare END (no tokens)
-                responses[i] = _response(live=self._live(), error="" if entry else
+            if responses[i] is None:  # the END of a stream (closing it)
+                responses[i] = _response([""], [""], live=self._live(), error="" if entry else
                                          f"stream {corr}: unknown or closed stream")
         return responses
 
