@@ -25,7 +25,7 @@ saying what is missing; `get_spec(name, input_only=True)` returns it. `spec_name
 | rejection | single_text (right truncation, 512) | classifier_logits | none | classifier (argmax) |
 | qwen3guard-gen | chat_template (the model's, 32,768, over = error) | causal_lm_with_past (+ a classifier-shaped verdict graph) | greedy, 128 new tokens, generation_config stop ids | qwen3guard_gen_text: the card's regexes; verdict rows (qwen3guard_verdict) |
 | flexguard | chat_template, the model's Qwen3 template with add_generation_prompt + enable_thinking, after the `flexguard` message builder (card system prompt + `[User]:`/`[Assistant]:` block; payload `{"user", "assistant"?}`) | causal_lm_with_past (declared) | greedy, 2,048 new tokens, special tokens kept (declared) | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds (parser served in runtime/flexguard_output.py) |
-| qwen3guard-stream (planned) | chat_template, Qwen3 template, enable_thinking=False | token_heads (risk/category logits per position, query + response heads, KV cache) | streaming (prompt once, then token by token) | stream_heads: per-token risk/category, two-consecutive debounce |
+| qwen3guard-stream | chat_template, the model's Qwen3 template, add_generation_prompt=False, enable_thinking=False (8,192 positions) | token_heads (risk/category logits per position, query + response heads, KV cache in/out) | streaming (prompt once, then chunks of k >= 1 tokens) | stream_heads: per-token risk/category through the config maps, the official two-consecutive debounce (runtime/stream_protocol.py) |
 
 **Read-only shorthands.** Code written for the flat classifier spec reads `spec.max_length`, `spec.labels`,
 `spec.atol`, ...; each such name (the `SHORTHANDS` table) is a read-only property onto its part, and the
@@ -170,7 +170,9 @@ class OutputParser:
           "qwen3guard_verdict" (rows of the Qwen3Guard-Gen verdict graph -> safety, probs, risk: the classifier-shaped
           spec `guardrt.runtime.guard_output.verdict_spec` derives from a qwen3guard_gen_text spec, never registered),
           or "flexguard_text" (the card's `parse_output`: CATEGORY line + RISK_SCORE 0-100, runtime/flexguard_output.py;
-          `threshold` is the default strictness threshold, unsafe = risk_score >= threshold; `labels` the categories).
+          `threshold` is the default strictness threshold, unsafe = risk_score >= threshold; `labels` the categories),
+          or "stream_heads" (Qwen3Guard-Stream: argmax of each head through the config.json label maps, the official
+          debounce; `options["controversial"]` the default strict/loose mapping, runtime/stream_protocol.py).
     options: kind-specific settings; for "qwen3guard_gen_text": `verdict_prefix_ids` (the tokens greedy output starts
           with before the label, `Safety` `:`), `label_token_ids` ({label: the first token of " <label>"}),
           `controversial_tail_ids` (the rest of " Controversial"); checked against the tokenizer when a model loads.
@@ -184,7 +186,7 @@ class OutputParser:
     patterns: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    KINDS = ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "flexguard_text")
+    KINDS = ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "flexguard_text", "stream_heads")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
@@ -219,9 +221,9 @@ class Gates:
 # The kinds the code serves today (every command). Other kinds are declared in specs but not served yet.
 SERVED_KINDS: dict[str, tuple[str, ...]] = {
     "input": ("dialogue_ctx", "single_text", "chat_template"),
-    "graph": ("classifier_logits", "causal_lm_with_past"),
-    "decoding": ("none", "greedy"),
-    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict"),
+    "graph": ("classifier_logits", "causal_lm_with_past", "token_heads"),
+    "decoding": ("none", "greedy", "streaming"),
+    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "stream_heads"),
 }
 
 # Read-only shorthands of the flat classifier spec: name -> (part, field). Also accepted as constructor overrides.
@@ -537,5 +539,40 @@ register(
         ),
         serving=ServingPolicy(),
         gates=Gates(),
+    )
+)
+
+# Qwen3Guard-Stream: query heads judge the prompt at the last user <|im_end|>, response heads every later token.
+register(
+    ModelSpec(
+        name="qwen3guard-stream",
+        seed_card="Qwen3Guard.review-post.txt",
+        input=InputFormat(
+            kind="chat_template",
+            request_field="messages",
+            max_length=8192,  # max_position_embeddings of the published Stream-0.6B config; a stream past it is refused
+            padding_side="left",
+            truncation_side="none",
+            pad_token_id=151643,
+            options={"add_generation_prompt": False, "template_kwargs": {"enable_thinking": False}},
+        ),
+        graph=GraphContract(
+            kind="token_heads",
+            architecture="Qwen3ForGuardModel",
+            model_type="qwen3",
+            task="token-heads-with-past",
+            input_names=("input_ids", "attention_mask", "position_ids"),
+            output_names=("risk_level_logits", "category_logits", "query_risk_level_logits", "query_category_logits"),
+            onnx_opset=18,
+            kv_cache=KVCacheNames(),
+        ),
+        decoding=Decoding(kind="streaming"),
+        output=OutputParser(kind="stream_heads", labels=("Safe", "Unsafe", "Controversial"),
+                            options={"controversial": "strict"}),
+        # The sequence batcher's settings (triton_repo/qwen3guard-stream): streams batched per step.
+        serving=ServingPolicy(max_batch_size=32, preferred_batch_sizes=(8, 16, 32), max_queue_delay_us=1000),
+        # export/stream_export.py GATES (fp32 must give the reference's labels at every position).
+        gates=Gates(atol={"fp32": 1e-4, "fp16": 5e-2, "int8-dynamic": 2.5e-1},
+                    min_agreement={"fp32": 1.0, "fp16": 0.98, "int8-dynamic": 0.95}),
     )
 )

@@ -9,6 +9,7 @@ COMMAND_MODULES = [
     "classify",
     "calibrate",
     "score",
+    "stream",
     "repo",
     "serve",
     "k8s",

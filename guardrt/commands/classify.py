@@ -131,6 +131,8 @@ def run(args) -> int:
         spec = get_spec(args.spec)
     except ValueError as exc:
         raise GuardrtError(str(exc)) from None
+    if spec.decoding.kind == "streaming":
+        raise InputError(f"{spec.name} judges a response token by token: use `guardrt stream --spec {spec.name}`")
     task_description = read_task_description(args.task_description)
     guard = spec.output.kind == "qwen3guard_gen_text"  # Qwen3Guard-Gen: verdict / generate modes
     if guard and (task_description is not None or args.threshold is not None):

@@ -3,8 +3,8 @@ synthetic task, into DIR/<spec>/ — the inputs `guardrt export --model-dir` exp
 from __future__ import annotations
 
 NAME = "demo-models"
-HELP = ("build local demo checkpoints (Qwen3 intent-safety, RoBERTa rejection, Qwen3Guard-Gen causal LM) for "
-        "export and tests")
+HELP = ("build local demo checkpoints (Qwen3 intent-safety, RoBERTa rejection, Qwen3Guard-Gen causal LM, "
+        "Qwen3Guard-Stream token heads) for export and tests")
 
 
 def add_arguments(p) -> None:
@@ -47,7 +47,12 @@ def run(args) -> int:
         raise GuardrtError(str(exc)) from None
     out = Path(args.out)
     for name in names:
-        src = cached_demo_model(name, args.size, seed=args.seed, log=None if args.quiet else stderr_log)
+        if name == "qwen3guard-stream":  # token-heads guard: guardrt.export.demo_stream_models
+            from guardrt.export.demo_stream_models import cached_stream_demo_model
+
+            src = cached_stream_demo_model(args.size, seed=args.seed, log=None if args.quiet else stderr_log)
+        else:
+            src = cached_demo_model(name, args.size, seed=args.seed, log=None if args.quiet else stderr_log)
         dest = out / name
         if dest.exists():
             shutil.rmtree(dest)
@@ -55,6 +60,8 @@ def run(args) -> int:
         metrics = json.loads((dest / "demo.json").read_text())
         line = {"spec": name, "size": args.size, "model_dir": str(dest),
                 "heldout_accuracy": metrics.get("heldout_accuracy", metrics.get("heldout_safety_accuracy"))}
+        if "heldout_metrics" in metrics:  # qwen3guard-stream: token-level head accuracies
+            line["heldout_accuracy"] = metrics["heldout_metrics"]
         if "heldout_format_accuracy" in metrics:
             line["heldout_format_accuracy"] = metrics["heldout_format_accuracy"]
         print(json.dumps(line))

@@ -85,6 +85,22 @@ def _export_causal_lm(args, spec) -> int:
     return 0
 
 
+def _export_stream(args, spec) -> int:
+    """qwen3guard-stream: the KV-cache token-heads graph per precision (export/stream_export.py)."""
+    from guardrt.export.progress import stderr_log
+    from guardrt.export.stream_export import export_stream
+    from guardrt.runtime.errors import GuardrtError
+
+    if args.target != "onnx":
+        raise GuardrtError(f"--target {args.target}: {spec.name}'s engines are built from the ONNX graph with "
+                           "guardrt.export.tensorrt.stream_profiles (GPU host); export --target onnx first")
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    out = export_stream(args.model_dir, args.out, precisions, force=args.force, intra_op_threads=args.threads,
+                        log=None if args.quiet else stderr_log)
+    print(out)
+    return 0
+
+
 def run(args) -> int:
     from guardrt.runtime.errors import GuardrtError, require
     from guardrt.runtime.specs import get_spec
@@ -97,6 +113,8 @@ def run(args) -> int:
         require(module, "export")
     if spec.graph.kind == "causal_lm_with_past":
         return _export_causal_lm(args, spec)
+    if spec.graph.kind == "token_heads":
+        return _export_stream(args, spec)
     from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, export_onnx, parse_precisions
     from guardrt.export.progress import stderr_log
 

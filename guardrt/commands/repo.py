@@ -47,6 +47,10 @@ def add_arguments(p) -> None:
                         "default: the card's)")
     p.add_argument("--max-payload-bytes", type=int,
                    help="text-in model: largest payload row accepted (default: 4 MiB)")
+    p.add_argument("--stream-idle-timeout-s", type=float, default=None,
+                   help="qwen3guard-stream: seconds a stream may idle before the server frees it (default: 60)")
+    p.add_argument("--max-streams", type=int, default=None,
+                   help="qwen3guard-stream: live streams the model holds at most (default: 256)")
     p.add_argument("--profile-budget-s", type=float,
                    help="python flavor: seconds each instance spends at load timing shapes for its batch planner "
                         "(default: 3; 0: no profile, equal lengths batched together, never padded)")
@@ -70,6 +74,8 @@ def run(args) -> int:
         options.update(python_options)
     elif args.max_queue_size is not None or args.queue_timeout_us is not None:
         raise InputError("--max-queue-size / --queue-timeout-us apply to the python flavor")
+    if args.model and _export_spec(args.model) == "qwen3guard-stream":
+        return _write_stream(args)
     if args.model and _is_guard_export(args.model):
         return _write_guard(args, options)
     path = write_model(
@@ -94,6 +100,27 @@ def run(args) -> int:
                                 providers=args.providers, task_description=read_task_description(args.task_description),
                                 **text_options)
         print(f"wrote {text} (text in: BYTES payload -> BYTES result, python backend, {args.precision})")
+    return 0
+
+
+def _export_spec(export_dir) -> str:
+    from guardrt.runtime.export_dir import load_export_dir
+
+    return load_export_dir(export_dir).spec
+
+
+def _write_stream(args) -> int:
+    """The Qwen3Guard-Stream sequence-batcher model (runtime/triton_stream.py: write_stream_model)."""
+    from guardrt.runtime.errors import InputError
+    from guardrt.runtime.triton_stream import DEFAULT_IDLE_TIMEOUT_S, write_stream_model
+
+    if args.flavor != "python" or (args.spec and args.spec != "qwen3guard-stream"):
+        raise InputError(f"export {args.model} is a qwen3guard-stream export: python flavor, spec qwen3guard-stream")
+    path = write_stream_model(args.out, args.model, precision=args.precision, name=args.name or "qwen3guard-stream",
+                              intra_op_threads=args.intra_op_threads, instance_count=args.instances or 1,
+                              idle_timeout_s=args.stream_idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S,
+                              max_streams=args.max_streams or 256)
+    print(f"wrote {path} (sequence batcher, python backend, KV cache per stream, {args.precision})")
     return 0
 
 

@@ -68,7 +68,7 @@ def test_qwen3guard_gen_is_served():
     assert spec.input.kind == "chat_template" and spec.input.request_field == "messages"
     assert spec.max_length == 32768 and spec.input.truncation_side == "none"
     assert spec.is_served and spec.unserved_parts == ()
-    assert spec_names() == ["intent-safety", "qwen3guard-gen", "rejection"]
+    assert spec_names() == ["intent-safety", "qwen3guard-gen", "qwen3guard-stream", "rejection"]
     assert spec_names(graph="classifier_logits") == ["intent-safety", "rejection"]
     assert spec.decoding.max_new_tokens == 128 and spec.output.labels == ("Safe", "Unsafe", "Controversial")
     assert spec.decoding.default_stop_token_ids == (151645, 151643)
@@ -77,13 +77,13 @@ def test_qwen3guard_gen_is_served():
 
 def test_declared_spec_is_refused_except_for_its_input():
     base = get_spec("qwen3guard-gen")
-    declared = ModelSpec(name="declared-stream", seed_card=base.seed_card, input=base.input,
-                         graph=dataclasses.replace(base.graph, kind="token_heads"),
-                         decoding=dataclasses.replace(base.decoding, kind="streaming"), output=base.output)
+    # (token_heads / streaming are served since qwen3guard-stream; flexguard_text is still declared only)
+    declared = ModelSpec(name="declared-stream", seed_card=base.seed_card, input=base.input, graph=base.graph,
+                         decoding=base.decoding, output=dataclasses.replace(base.output, kind="flexguard_text"))
     register(declared)
     try:
-        assert declared.unserved_parts == ("graph token_heads", "decoding streaming")
-        with pytest.raises(InputError, match="registered for its input only.*graph token_heads.*preprocess"):
+        assert declared.unserved_parts == ("output flexguard_text",)
+        with pytest.raises(InputError, match="registered for its input only.*output flexguard_text.*preprocess"):
             get_spec("declared-stream")
         assert get_spec("declared-stream", input_only=True) is declared
         assert "declared-stream" not in spec_names() and "declared-stream" in spec_names(input_only=True)
@@ -103,7 +103,7 @@ def test_qwen3guard_gen_patterns_are_the_cards():
 
 
 def test_unknown_spec_names_the_known_ones():
-    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: intent-safety, qwen3guard-gen, rejection"):
+    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: intent-safety, qwen3guard-gen, qwen3guard-stream, rejection"):
         get_spec("nope")
 
 
