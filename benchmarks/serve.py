@@ -135,10 +135,10 @@ def resolve_export(spec_name: str, args) -> Path:
     return cached_demo_export(spec_name, "tiny" if args.quick else args.size, precisions, log=_log)
 
 
-def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None):
+def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None, env=None):
     """A Triton server on free 127.0.0.1 ports serving `models` {name: write options (text=True for a text-in
     model, the rest for python_config)} written from `export`; `extra_parameters` {key: value} are added to every
-    model's config parameters (e.g. intra_op_spinning)."""
+    model's config parameters (e.g. intra_op_spinning); `env` is added to the server's environment."""
     from guardrt.runtime.server import TritonServer, free_port
     from guardrt.runtime.triton_repo import write_model, write_text_model
 
@@ -153,7 +153,7 @@ def start_server(repo: Path, models: dict[str, dict], export: Path, precision: s
         for key, value in (extra_parameters or {}).items():
             config.write_text(config.read_text().replace(
                 "parameters [\n", f'parameters [\n  {{ key: "{key}" value: {{ string_value: "{value}" }} }},\n', 1))
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=None)
+    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=None, env=dict(env or {}))
     t0 = time.perf_counter()
     server.start()
     server.start_seconds = time.perf_counter() - t0

@@ -16,8 +16,14 @@ from config.pbtxt `parameters`, written by `guardrt repo`:
   ort_providers        the providers with their options, as JSON (GPU providers; see `_providers`)
   intra_op_threads     ONNX Runtime intra-op threads per instance (0: every core this process may use, in each
                        instance - see `_session`)
-  intra_op_spinning    "0" (default): ORT's idle threads sleep instead of spinning, so a spinning instance never
-                       steals the cores the gRPC threads, the client or another instance need
+  intra_op_spinning    "run" (default on CPU): ORT's threads spin during a Run (no futex wake-up per parallel
+                       section) and stop when it returns (session.force_spinning_stop), so an idle instance never
+                       steals the cores the gRPC threads, the client or another instance need; "0": never spin
+                       (the default with GPU providers); "1": ORT's default (keep spinning after a Run)
+  ort_run_lock         "server" (default on CPU): one ONNX Runtime Run at a time among the guardrt models of this
+                       server (a file lock keyed by the tritonserver pid): every Run has all the cores and spinning
+                       never fights another instance's threads, while the other instance parses, pads and answers;
+                       "off": Runs of different instances overlap (the default with GPU providers)
   profile_budget_s     seconds spent at load timing shapes for the batch planner (0: no profile, equal lengths only)
   cost_model           the planner's cost model as JSON coefficients ({"per_call": ..., "per_token": ...}): used
                        as given instead of timing shapes (a model measured once, pinned)
@@ -68,6 +74,74 @@ embedding_rows = _sibling("onnx_graph").embedding_rows
 
 # Seconds spent timing shapes at load (per instance) unless the config says otherwise.
 DEFAULT_PROFILE_BUDGET_S = 5.0
+# ORT intra-op threads: "0" idle threads sleep, "1" they spin (ORT's default), "run" they spin during a Run and stop
+# when it returns (session.force_spinning_stop). With the server-wide run lock (ort_run_lock) only one Run spins at
+# a time. Measured in benchmarks/serve_profile.py (README, "Serving with Triton").
+DEFAULT_SPINNING = {"cpu": "run", "gpu": "0"}
+DEFAULT_RUN_LOCK = {"cpu": "server", "gpu": "off"}
+
+
+class RunLock:
+    """One ONNX Runtime Run at a time among the processes that open the same lock file (fcntl.flock: released by
+    the kernel if a holder dies); `RunLock(None)` never blocks."""
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = None
+        if path is not None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self):
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return False
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def server_run_lock_path():
+    """The run-lock file shared by the guardrt models of one tritonserver (the stubs' parent process)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"guardrt-ort-run-{os.getuid()}-{os.getppid()}.lock")
+
+# GUARDRT_BACKEND_TIMING=1 in the server's environment: one log line per execute with the milliseconds of each stage
+# (benchmarks/serve_profile.py reads them). Off by default: the clock reads cost a few microseconds.
+TIMING_LOG_PREFIX = "guardrt-timing "
+
+
+class StageClock:
+    """Milliseconds per named stage of one execute (accumulated), when enabled; a no-op otherwise."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.ms = {}
+        self._t = time.perf_counter() if enabled else 0.0
+
+    def lap(self, stage):
+        """Charge the time since the previous lap to `stage`."""
+        if self.enabled:
+            now = time.perf_counter()
+            self.ms[stage] = self.ms.get(stage, 0.0) + 1e3 * (now - self._t)
+            self._t = now
+
+    def line(self, **facts):
+        """`guardrt-timing key=value ... ms.<stage>=<ms> ...`: no quotes (Triton's log escapes them), no spaces
+        inside a value."""
+        fields = [f"{k}={v}" for k, v in facts.items()] + [f"ms.{k}={v:.4f}" for k, v in self.ms.items()]
+        return TIMING_LOG_PREFIX + " ".join(fields)
 
 
 class RequestError(ValueError):
@@ -272,10 +346,15 @@ def usable_cores():
 
 
 class TritonPythonModel:
+    timing = False  # GUARDRT_BACKEND_TIMING: log each execute's stage times
+    _clock = StageClock(False)  # the current execute's clock (a disabled one outside execute, e.g. while profiling)
+    run_lock = RunLock(None)
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config.get("name", "model")
+        self.timing = os.environ.get("GUARDRT_BACKEND_TIMING", "") not in ("", "0")
         self.pad_id = int(params["pad_token_id"])
         self.side = params.get("padding_side", "right")
         if self.side not in ("left", "right"):
@@ -300,6 +379,7 @@ class TritonPythonModel:
         self._int8 = int8
         device_id = int(args.get("model_instance_device_id", 0) or 0)
         self.session = self._session(path, params, config, device_id)
+        self.run_lock = self._run_lock(params)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = "logits" if self.text_input else config["output"][0]["name"]
         self.vocab_size = embedding_rows(path)
@@ -314,7 +394,8 @@ class TritonPythonModel:
         vocab = (f"token ids checked against a vocabulary of {self.vocab_size} (embedding rows in the graph)"
                  if self.vocab_size else "token ids NOT range-checked (no embedding Gather on input_ids found)")
         pb_utils.Logger.log_info(
-            f"guardrt {self.name}: {path} on {self.session.get_providers()} ({self.threads} intra-op threads), pad "
+            f"guardrt {self.name}: {path} on {self.session.get_providers()} ({self.threads} intra-op threads, spinning "
+            f"{self.spinning}, run lock {'on' if self.run_lock.path else 'off'}), pad "
             f"{self.side}/{self.pad_id}, max_length {self.max_length}, {vocab}; batch planner: {profiled}"
         )
         # An int8 export validated on another CPU int8 path: re-run its held-out check set here, log one line, and
@@ -344,9 +425,14 @@ class TritonPythonModel:
         self.threads = threads
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # ORT's pool threads spin after each call by default; on a machine whose cores are shared with Triton's
-        # gRPC threads and other instances, the spinning takes the CPU the next request needs.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "0") or "0")
+        device = "cpu" if (params.get("execution_providers") or "cpu").lower() == "cpu" else "gpu"
+        spinning = str(params.get("intra_op_spinning", "") or DEFAULT_SPINNING[device])
+        if spinning not in ("0", "1", "run"):
+            raise ValueError(f"intra_op_spinning must be 0, 1 or run, got {spinning!r}")
+        self.spinning = spinning
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "0" else "1")
+        if spinning == "run":
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         if self._int8 is not None:
             for key, value in self._int8.exact_int8_session_config().items():
                 opts.add_session_config_entry(key, value)
@@ -358,6 +444,13 @@ class TritonPythonModel:
                                f"(onnxruntime runs {', '.join(session.get_providers())}); refusing to serve on a "
                                "fallback")
         return session
+
+    def _run_lock(self, params):
+        device = "cpu" if (params.get("execution_providers") or "cpu").lower() == "cpu" else "gpu"
+        mode = params.get("ort_run_lock") or DEFAULT_RUN_LOCK[device]
+        if mode not in ("server", "off"):
+            raise ValueError(f"ort_run_lock must be server or off, got {mode!r}")
+        return RunLock(server_run_lock_path() if mode == "server" else None)
 
     def _text_frontend(self, args, params):
         try:
@@ -392,9 +485,17 @@ class TritonPythonModel:
 
     # -- execution --------------------------------------------------------------------------------------------------
     def _run_group(self, rows):
+        clock = self._clock
+        clock.lap("respond")  # since the previous group: the responses its rows completed
         ids, mask = pad_rows(rows, self.pad_id, self.side)
         feeds = {"input_ids": ids, "attention_mask": mask}
-        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        clock.lap("pad")
+        with self.run_lock:
+            clock.lap("lock")
+            logits = self.session.run(None, feeds)[0]
+        clock.lap("ort")
+        return logits
 
     def _read_ids(self, request, index, units):
         rows = validate_rows(*read_request(request), self.max_length, self.vocab_size)
@@ -421,6 +522,7 @@ class TritonPythonModel:
         # Responses are returned together at the end, not sent one by one through each request's response sender
         # as their rows finish: with dynamic batching, Triton 2.51 then left requests queued for its batcher's
         # 500 ms idle wait far more often (measured, tiny rejection model: max latency 503 ms even at concurrency 1).
+        clock = self._clock = StageClock(self.timing)
         responses = [None] * len(requests)
 
         def respond(i, response):
@@ -465,19 +567,28 @@ class TritonPythonModel:
         for u, (_, _, unit_rows) in enumerate(units):
             rows.extend(unit_rows)
             owner.extend([u] * len(unit_rows))
+        clock.lap("read")  # request parsing, validation (text: preprocessing)
+        groups = []
         if rows:
             log = lambda msg: pb_utils.Logger.log_warn(f"guardrt {self.name}: {msg}")  # noqa: E731
             try:
                 groups = batch_plan.plan_groups([len(r) for r in rows], self.cost, self.max_rows,
                                                 self.max_group_tokens)
+                clock.lap("plan")
                 run_planned(self._run_group, rows, owner, groups, done, log)
             except Exception as exc:  # noqa: BLE001 - defensive: run_planned handles ORT failures itself
                 for u in dict.fromkeys(owner):
                     done(u, f"batch failed: {one_line(exc)}")
+        clock.lap("respond")
+        if clock.enabled:
+            pb_utils.Logger.log_info(clock.line(model=self.name, requests=len(requests), rows=len(rows),
+                                                groups=",".join(f"{len(g)}x{max(len(rows[i]) for i in g)}"
+                                                                for g in groups) or "-"))
         return responses
 
     def finalize(self):
         self.session = None
+        self.run_lock.close()
 
 
 def _text_error(message):
