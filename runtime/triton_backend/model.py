@@ -581,9 +581,12 @@ class TritonPythonModel:
                     done(u, f"batch failed: {one_line(exc)}")
         clock.lap("respond")
         if clock.enabled:
+            lengths = [len(r) for r in rows]
+            predicted = 1e3 * batch_plan.predicted_seconds(groups, lengths, self.cost) if groups else 0.0
             pb_utils.Logger.log_info(clock.line(model=self.name, requests=len(requests), rows=len(rows),
-                                                groups=",".join(f"{len(g)}x{max(len(rows[i]) for i in g)}"
-                                                                for g in groups) or "-"))
+                                                groups=",".join(f"{len(g)}x{max(lengths[i] for i in g)}"
+                                                                for g in groups) or "-",
+                                                predicted_ort_ms=f"{predicted:.4f}"))
         return responses
 
     def finalize(self):
