@@ -20,10 +20,11 @@ from config.pbtxt `parameters`, written by `guardrt repo`:
                        section) and stop when it returns (session.force_spinning_stop), so an idle instance never
                        steals the cores the gRPC threads, the client or another instance need; "0": never spin
                        (the default with GPU providers); "1": ORT's default (keep spinning after a Run)
-  ort_run_lock         "server" (default on CPU): one ONNX Runtime Run at a time among the guardrt models of this
-                       server (a file lock keyed by the tritonserver pid): every Run has all the cores and spinning
-                       never fights another instance's threads, while the other instance parses, pads and answers;
-                       "off": Runs of different instances overlap (the default with GPU providers)
+  ort_run_lock         "server" (default on CPU when an instance's threads cover every core): one ONNX Runtime Run
+                       at a time among the guardrt models of this server (a file lock keyed by the tritonserver
+                       pid): every Run has all the cores and spinning never fights another instance's threads,
+                       while the other instance parses, pads and answers; "off": Runs of different instances
+                       overlap (the default with GPU providers, or fewer threads than cores per instance)
   profile_budget_s     seconds spent at load timing shapes for the batch planner (0: no profile, equal lengths only)
   cost_model           the planner's cost model as JSON coefficients ({"per_call": ..., "per_token": ...}): used
                        as given instead of timing shapes (a model measured once, pinned)
@@ -447,7 +448,10 @@ class TritonPythonModel:
 
     def _run_lock(self, params):
         device = "cpu" if (params.get("execution_providers") or "cpu").lower() == "cpu" else "gpu"
-        mode = params.get("ort_run_lock") or DEFAULT_RUN_LOCK[device]
+        # Only a Run that uses every core gains from running alone: with fewer threads per instance (2x1 on two
+        # cores), instances running side by side is what fills the cores.
+        default = DEFAULT_RUN_LOCK[device] if self.threads >= usable_cores() else "off"
+        mode = params.get("ort_run_lock") or default
         if mode not in ("server", "off"):
             raise ValueError(f"ort_run_lock must be server or off, got {mode!r}")
         return RunLock(server_run_lock_path() if mode == "server" else None)
