@@ -72,6 +72,7 @@ def _sibling(name):
 
 batch_plan = _sibling("batch_plan")
 embedding_rows = _sibling("onnx_graph").embedding_rows
+batch_coupling_op = _sibling("onnx_graph").batch_coupling_op
 
 # Seconds spent timing shapes at load (per instance) unless the config says otherwise.
 DEFAULT_PROFILE_BUDGET_S = 5.0
@@ -240,13 +241,13 @@ def pad_rows(rows, pad_id, side):
 def one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
-def run_planned(run_group, rows, owner, groups, on_done, log=None):
+def run_planned(run_group, rows, owner, groups, on_done, log=None, max_rows=None):
     """Run `groups` (lists of row indices, in order) and report each unit's logits as soon as its last row is done.
 
     `run_group(list of rows) -> logits [n, C]` runs one padded group; `owner[i]` is the unit (a request, or a text
     row) row i belongs to; `on_done(unit, logits [k, C] in row order | error message)` is called once per unit.
-    When a group fails, each unit with rows in it is re-run alone, one call per length (and `log` is told), so only
-    a unit that also fails on its own gets an error."""
+    When a group fails, each unit with rows in it is re-run alone, one call per length (at most `max_rows` rows a
+    call; and `log` is told), so only a unit that also fails on its own gets an error."""
     rows_of = {}
     for i, unit in enumerate(owner):
         rows_of.setdefault(unit, []).append(i)
@@ -264,7 +265,7 @@ def run_planned(run_group, rows, owner, groups, on_done, log=None):
             for unit in units:
                 settled.add(unit)
                 try:
-                    alone = run_alone(run_group, [rows[i] for i in rows_of[unit]])
+                    alone = run_alone(run_group, [rows[i] for i in rows_of[unit]], max_rows)
                 except Exception as exc_alone:  # noqa: BLE001
                     on_done(unit, f"onnxruntime failed on this request: {one_line(exc_alone)}")
                     continue
@@ -281,10 +282,10 @@ def run_planned(run_group, rows, owner, groups, on_done, log=None):
                 on_done(unit, np.stack([out[j] for j in rows_of[unit]]))
 
 
-def run_alone(run_group, rows):
-    """One unit's rows on their own, one call per length."""
+def run_alone(run_group, rows, max_rows=None):
+    """One unit's rows on their own, one call per length (at most `max_rows` rows a call)."""
     out = [None] * len(rows)
-    for group in batch_plan.plan_groups([len(r) for r in rows]):
+    for group in batch_plan.plan_groups([len(r) for r in rows], max_rows=max_rows):
         logits = run_group([rows[i] for i in group])
         for k, i in enumerate(group):
             out[i] = logits[k]
@@ -350,6 +351,11 @@ class TritonPythonModel:
     timing = False  # GUARDRT_BACKEND_TIMING: log each execute's stage times
     _clock = StageClock(False)  # the current execute's clock (a disabled one outside execute, e.g. while profiling)
     run_lock = RunLock(None)
+    coupling = None  # the graph's op that couples the rows of a batch (onnx_graph.batch_coupling_op), if any
+
+    @property
+    def rows_per_call(self):
+        return 1 if self.coupling else self.max_rows
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -384,6 +390,10 @@ class TritonPythonModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = "logits" if self.text_input else config["output"][0]["name"]
         self.vocab_size = embedding_rows(path)
+        # A graph whose rows interact (int8-dynamic: one activation scale per batch) runs every row alone, so a
+        # request's answer never depends on what it was batched with; batching then still saves the per-request
+        # round trips to the stub, never a call.
+        self.coupling = batch_coupling_op(path)
         if self.text_input:
             self.text = self._text_frontend(args, params)
         if params.get("cost_model"):
@@ -398,6 +408,7 @@ class TritonPythonModel:
             f"guardrt {self.name}: {path} on {self.session.get_providers()} ({self.threads} intra-op threads, spinning "
             f"{self.spinning}, run lock {'on' if self.run_lock.path else 'off'}), pad "
             f"{self.side}/{self.pad_id}, max_length {self.max_length}, {vocab}; batch planner: {profiled}"
+            + (f"; every row runs alone ({self.coupling} couples the rows of a batch)" if self.coupling else "")
         )
         # An int8 export validated on another CPU int8 path: re-run its held-out check set here, log one line, and
         # refuse to load over the gate unless parameter int8_recheck / $GUARDRT_INT8_RECHECK says warn or off.
@@ -477,8 +488,8 @@ class TritonPythonModel:
             self._run_group([np.full(length, token, dtype=np.int64)] * n)
 
         t0, failures = time.perf_counter(), []
-        samples = batch_plan.profile_shapes(run, self.max_rows, self.max_length, max_group_tokens=self.max_group_tokens,
-                                            budget_s=budget_s, failures=failures)
+        samples = batch_plan.profile_shapes(run, self.rows_per_call, self.max_length,
+                                            max_group_tokens=self.max_group_tokens, budget_s=budget_s, failures=failures)
         for n, length, exc in failures:
             pb_utils.Logger.log_warn(f"guardrt {self.name}: profiling {n} x {length} tokens failed, not planned for: "
                                      f"{one_line(exc)[:300]}")
@@ -576,10 +587,10 @@ class TritonPythonModel:
         if rows:
             log = lambda msg: pb_utils.Logger.log_warn(f"guardrt {self.name}: {msg}")  # noqa: E731
             try:
-                groups = batch_plan.plan_groups([len(r) for r in rows], self.cost, self.max_rows,
+                groups = batch_plan.plan_groups([len(r) for r in rows], self.cost, self.rows_per_call,
                                                 self.max_group_tokens)
                 clock.lap("plan")
-                run_planned(self._run_group, rows, owner, groups, done, log)
+                run_planned(self._run_group, rows, owner, groups, done, log, max_rows=self.rows_per_call)
             except Exception as exc:  # noqa: BLE001 - defensive: run_planned handles ORT failures itself
                 for u in dict.fromkeys(owner):
                     done(u, f"batch failed: {one_line(exc)}")
