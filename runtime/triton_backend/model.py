@@ -179,7 +179,7 @@ def validate_rows(ids, mask, max_length, vocab_size=None):
         raise RequestError("empty sequence: the request has no tokens")
     if length > max_length:
         raise RequestError(f"sequence length {length} exceeds the model maximum {max_length}")
-    if not np.isin(mask, (0, 1)).all():
+    if mask.min() < 0 or mask.max() > 1:  # integers: only 0 and 1 left (np.isin costs 10x more per request)
         raise RequestError("attention_mask must hold only 0 and 1")
     rows = []
     for r in range(batch):
