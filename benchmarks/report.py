@@ -90,7 +90,9 @@ def serve_md(data: dict) -> str:
         ip = spec["inprocess"]["sequential"]
         out.append(f"In-process (preprocessing + ONNX Runtime, one request at a time): {ip['throughput_rps']:.1f} req/s, "
                    f"p50 {ip['p50_ms']:.1f} ms, p99 {ip['p99_ms']:.1f} ms; batches of 16: "
-                   f"{spec['inprocess']['batch16_throughput_rps']:.1f} req/s.")
+                   f"{spec['inprocess']['batch16_throughput_rps']:.1f} req/s padded to the longest"
+                   + (f", {spec['inprocess']['batch16_equal_lengths_throughput_rps']:.1f} req/s one call per length"
+                      if "batch16_equal_lengths_throughput_rps" in spec["inprocess"] else "") + ".")
         out.append("")
         out.append("| path | batching | conc. | req/s | p50 ms | p90 ms | p95 ms | p99 ms | server queue ms | server compute "
                    "infer ms | mean executed batch | stable | req/s on/off | p99 on/off |")
@@ -120,9 +122,13 @@ def serve_md(data: dict) -> str:
                 added = o["added_p50_ms"].get(name)
                 out.append(f"| {name} | {st['p50_ms']:.2f} | {st['p99_ms']:.2f} | "
                            f"{'' if added is None else format(added, '+.2f') + ' ms'} |")
-            if "overhead_server_spinning" in spec:
+            if "overhead_server_spinning" in spec:  # results written before the spin-during-a-Run default
                 sp = spec["overhead_server_spinning"]["added_p50_ms"]["gRPC thin client, ids"]
                 out.append(f"| gRPC thin client, ids — server's ORT threads spinning (ORT's default) | | | {sp:+.2f} ms |")
+            if "overhead_server_not_spinning" in spec:
+                sp = spec["overhead_server_not_spinning"]["added_p50_ms"]["gRPC thin client, ids"]
+                out.append(f"| gRPC thin client, ids — server's ORT threads never spinning (intra_op_spinning 0) | | | "
+                           f"{sp:+.2f} ms |")
             out.append("")
             where = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in o["where_the_grpc_hop_goes"].items()
                               if v is not None)

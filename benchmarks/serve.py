@@ -12,14 +12,17 @@ lengths follow a seeded realistic mix, and four paths:
 
 Measured:
 1. closed-loop sweeps (concurrency 1, 4, 16, 64; text paths 1, 16 by default) with dynamic batching on (the shipped
-   config) and off (no dynamic_batching block: one request = one execution), the on/off ratio per cell;
+   config) and off (no dynamic_batching block: one request = one execution), the on/off ratio per cell; the two
+   servers run side by side and take turns level by level, so load from other jobs falls on both alike;
 2. the interleaved single-request overhead of every path: one short request (rejection: a 110-token text), the
-   paths alternating call by call in one loop, each against in-process; where the time goes (client + gRPC +
-   Triton core vs queue vs the python backend's execute, from the statistics API), and the same hop with the
-   server's ONNX Runtime threads spinning (ORT's default) to show what not spinning buys;
+   paths alternating call by call in one loop, each against in-process (the faster of ORT's defaults and
+   non-spinning threads); where the time goes (client + gRPC + Triton core vs queue vs the python backend's
+   execute, from the statistics API), and the same hop with the server's ONNX Runtime threads never spinning
+   (intra_op_spinning 0) to show what spinning during a Run buys (benchmarks/serve_profile.py splits it further);
 3. equality with the thin client on hidden-case corpora (export/corpus.py): curl over HTTP (KServe v2 JSON, up to
    max_batch_size rows per request) and tritonclient.http (one row per request), counted;
-4. instance x thread layouts of the python backend (thin client, batching on) - what the default was chosen from.
+4. instance x thread layouts of the python backend (thin client, batching on; side by side, taking turns) - what
+   the default was chosen from.
 
 Writes benchmarks/results/serve[_quick].json and serve[_quick]_<spec>.png.
 
@@ -135,10 +138,10 @@ def resolve_export(spec_name: str, args) -> Path:
     return cached_demo_export(spec_name, "tiny" if args.quick else args.size, precisions, log=_log)
 
 
-def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None):
+def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None, env=None):
     """A Triton server on free 127.0.0.1 ports serving `models` {name: write options (text=True for a text-in
     model, the rest for python_config)} written from `export`; `extra_parameters` {key: value} are added to every
-    model's config parameters (e.g. intra_op_spinning)."""
+    model's config parameters (e.g. intra_op_spinning); `env` is added to the server's environment."""
     from guardrt.runtime.server import TritonServer, free_port
     from guardrt.runtime.triton_repo import write_model, write_text_model
 
@@ -153,7 +156,7 @@ def start_server(repo: Path, models: dict[str, dict], export: Path, precision: s
         for key, value in (extra_parameters or {}).items():
             config.write_text(config.read_text().replace(
                 "parameters [\n", f'parameters [\n  {{ key: "{key}" value: {{ string_value: "{value}" }} }},\n', 1))
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=None)
+    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=None, env=dict(env or {}))
     t0 = time.perf_counter()
     server.start()
     server.start_seconds = time.perf_counter() - t0
@@ -185,54 +188,75 @@ def inprocess_baseline(spec, export: Path, precision: str, stream: list[dict], t
             i += 1
         sequential = {"concurrency": 1, "requests": len(lat), "throughput_rps": len(lat) / sum(lat),
                       **serve_load.latency_summary(lat)}
-        n, t0, b = 0, time.perf_counter(), 0
-        while (time.perf_counter() - t0 < budget_s or b < 3) and b < len(stream) // 16 * 4:
-            batch = [stream[(16 * b + k) % len(stream)]["payload"] for k in range(16)]
-            clf.classify(batch)
-            n += 16
-            b += 1
-        return {"sequential": sequential, "batch16_throughput_rps": n / (time.perf_counter() - t0)}
+        batch16 = {}
+        for how in ("padded", "equal_lengths"):
+            n, t0, b = 0, time.perf_counter(), 0
+            while (time.perf_counter() - t0 < budget_s or b < 3) and b < len(stream) // 16 * 4:
+                batch = [stream[(16 * b + k) % len(stream)]["payload"] for k in range(16)]
+                if how == "padded":  # one call, every row padded to the longest of the 16
+                    clf.classify(batch)
+                else:  # one call per distinct length (what the server's planner does on this CPU): no padding
+                    ids = clf.encode(batch)
+                    for length in sorted({len(x) for x in ids}):
+                        clf.classify_ids([x for x in ids if len(x) == length])
+                n += 16
+                b += 1
+            batch16[how] = n / (time.perf_counter() - t0)
+        return {"sequential": sequential, "batch16_throughput_rps": batch16["padded"],
+                "batch16_equal_lengths_throughput_rps": batch16["equal_lengths"]}
 
 
-async def run_sweeps(server, spec, export: Path, stream: list[dict], paths, levels: dict, args, progress,
-                     label: str) -> dict:
-    """{path: [level rows]} for one server: each path's closed-loop levels, with the server-side split."""
+async def run_sweeps(servers: dict, spec, export: Path, stream: list[dict], paths, levels: dict, args, progress,
+                     label: str = "batching") -> dict:
+    """{path: {mode: [level rows]}}: each path's closed-loop levels on every server of `servers` {mode: server}, the
+    servers taking turns level by level (and which goes first alternating too), so a change in the load other jobs
+    put on the machine falls on every mode alike; each row with the server-side split (statistics API)."""
     import tritonclient.grpc.aio as grpcaio
     import tritonclient.http.aio as httpaio
 
     from guardrt.runtime.triton_client import AsyncTritonClassifier
 
-    grpc = grpcaio.InferenceServerClient(server.grpc_url)
-    http = httpaio.InferenceServerClient(f"127.0.0.1:{server.http_port}", conn_limit=256)
-    thin = AsyncTritonClassifier(server.grpc_url, spec, export, timeout_s=600.0, retries=2,
-                                 max_in_flight=max(levels.get("grpc", [1])))
-    out: dict[str, list] = {}
+    clients = {}
+    out: dict[str, dict] = {path: {mode: [] for mode in servers} for path in paths}
     try:
-        await thin.check_ready()
-        senders = {"grpc": (serve_load.thin_sender(thin), spec.name, "payload"),
-                   "text-grpc": (serve_load.text_grpc_sender(grpc, f"{spec.name}-text"), f"{spec.name}-text", "line"),
-                   "text-http": (serve_load.text_http_sender(http, f"{spec.name}-text"), f"{spec.name}-text", "line")}
+        for mode, server in servers.items():
+            grpc = grpcaio.InferenceServerClient(server.grpc_url)
+            http = httpaio.InferenceServerClient(f"127.0.0.1:{server.http_port}", conn_limit=256)
+            thin = AsyncTritonClassifier(server.grpc_url, spec, export, timeout_s=600.0, retries=2,
+                                         max_in_flight=max(levels.get("grpc", [1])))
+            clients[mode] = (grpc, http, thin)
+            await thin.check_ready()
+        offsets = {}
         for path in paths:
-            send, model, key = senders[path]
-            items = [s[key] for s in stream]
-            stats = serve_load.ModelStats(grpc, model)
-            rows, offset = [], 0
-            for c in levels[path]:
-                before = await stats.read()
-                row = await serve_load.sweep_level(send, items, c, window_s=args.window_s, min_windows=args.min_windows,
-                                                   max_windows=args.max_windows, stability=args.stability,
-                                                   min_requests=args.min_requests, offset=offset)
-                offset = row.pop("next_offset")
-                row["server"] = serve_load.stats_diff(before, await stats.settled(before, 1, timeout_s=0.5))
-                rows.append(row)
-                progress.update(f"{spec.name} {path} {label} c={c}: {row['throughput_rps']:.1f} req/s, p99 "
-                                f"{row['p99_ms'] or 0:.0f} ms, mean batch {row['server']['mean_executed_batch'] or 0:.1f}"
-                                f"{'' if row['stable'] else ' (not stable)'}")
-            out[path] = rows
+            for k, c in enumerate(levels[path]):
+                order = list(servers) if k % 2 == 0 else list(servers)[::-1]
+                for mode in order:
+                    grpc, http, thin = clients[mode]
+                    send, model, key = {
+                        "grpc": (serve_load.thin_sender(thin), spec.name, "payload"),
+                        "text-grpc": (serve_load.text_grpc_sender(grpc, f"{spec.name}-text"), f"{spec.name}-text",
+                                      "line"),
+                        "text-http": (serve_load.text_http_sender(http, f"{spec.name}-text"), f"{spec.name}-text",
+                                      "line")}[path]
+                    items = [s[key] for s in stream]
+                    stats = serve_load.ModelStats(grpc, model)
+                    before = await stats.read()
+                    row = await serve_load.sweep_level(send, items, c, window_s=args.window_s,
+                                                       min_windows=args.min_windows, max_windows=args.max_windows,
+                                                       stability=args.stability, min_requests=args.min_requests,
+                                                       offset=offsets.get((path, mode), 0))
+                    offsets[(path, mode)] = row.pop("next_offset")
+                    row["server"] = serve_load.stats_diff(before, await stats.settled(before, 1, timeout_s=0.5))
+                    out[path][mode].append(row)
+                    progress.update(f"{spec.name} {path} {label} {mode} c={c}: {row['throughput_rps']:.1f} req/s, "
+                                    f"p99 {row['p99_ms'] or 0:.0f} ms, mean batch "
+                                    f"{row['server']['mean_executed_batch'] or 0:.1f}"
+                                    f"{'' if row['stable'] else ' (not stable)'}")
     finally:
-        await thin.close()
-        await grpc.close()
-        await http.close()
+        for grpc, http, thin in clients.values():
+            await thin.close()
+            await grpc.close()
+            await http.close()
     return out
 
 
@@ -404,45 +428,49 @@ def run_spec(spec_name: str, args, progress) -> dict:
     repo = Path(tempfile.mkdtemp(prefix=f"guardrt-bench-{spec.name}-"))
     levels = {"grpc": args.concurrency, "text-grpc": args.text_concurrency, "text-http": args.text_concurrency}
     result["sweep"], result["server"] = {p: {} for p in args.paths}, {}
+    servers = {}
     try:
+        # Both modes' servers run side by side and take turns level by level (run_sweeps): an idle server's ONNX
+        # Runtime threads sleep, so the one measured has the machine.
         for mode in args.modes:
             opts = dict(layout_options(args.layout), dynamic_batching=mode == "on")
-            server = start_server(repo, {spec.name: opts, f"{spec.name}-text": dict(opts, text=True)}, export,
-                                  args.precision)
-            try:
-                result["server"][f"start_s_{mode}"] = server.start_seconds
-                sweeps = asyncio.run(run_sweeps(server, spec, export, stream, args.paths, levels, args, progress,
-                                                f"batching {mode}"))
-                for path, rows in sweeps.items():
-                    result["sweep"][path][mode] = rows
-                if mode == "on":
-                    progress.update(f"{spec.name}: interleaved single requests", advance=0)
-                    result["overhead"] = overhead(server, spec, export, args.precision, short, args.threads,
-                                                  args.overhead_reps)
-                    progress.update(f"{spec.name}: equality with the thin client", advance=0)
-                    result["equality"] = equality(server, spec, export, corpus_lines(spec, pre, args.quick))
-                    result["server"]["peak_rss_mib"] = common.tree_peak_rss_mib(server.process.pid)
-            finally:
-                server.stop()
+            servers[mode] = start_server(repo / mode, {spec.name: opts, f"{spec.name}-text": dict(opts, text=True)},
+                                         export, args.precision)
+            result["server"][f"start_s_{mode}"] = servers[mode].start_seconds
+        sweeps = asyncio.run(run_sweeps(servers, spec, export, stream, args.paths, levels, args, progress))
+        for path, modes in sweeps.items():
+            result["sweep"][path] = modes
+        if "on" in servers:
+            server = servers["on"]
+            progress.update(f"{spec.name}: interleaved single requests", advance=0)
+            result["overhead"] = overhead(server, spec, export, args.precision, short, args.threads,
+                                          args.overhead_reps)
+            progress.update(f"{spec.name}: equality with the thin client", advance=0)
+            result["equality"] = equality(server, spec, export, corpus_lines(spec, pre, args.quick))
+            result["server"]["peak_rss_mib"] = common.tree_peak_rss_mib(server.process.pid)
+        for server in servers.values():
+            server.stop()
+        servers = {}
         if args.spin_check:
-            progress.update(f"{spec.name}: the hop with the server's ORT threads spinning", advance=0)
+            progress.update(f"{spec.name}: the hop with the server's ORT threads never spinning", advance=0)
             server = start_server(repo, {spec.name: layout_options(args.layout)}, export, args.precision,
-                                  extra_parameters={"intra_op_spinning": "1"})
+                                  extra_parameters={"intra_op_spinning": "0"})
             try:
-                result["overhead_server_spinning"] = overhead(server, spec, export, args.precision, short,
-                                                              args.threads, args.overhead_reps, text=False)
+                result["overhead_server_not_spinning"] = overhead(server, spec, export, args.precision, short,
+                                                                  args.threads, args.overhead_reps, text=False)
             finally:
                 server.stop()
         result["layouts"] = []
-        for layout in args.layouts:
-            server = start_server(repo, {spec.name: layout_options(layout)}, export, args.precision)
-            try:
-                rows = asyncio.run(run_sweeps(server, spec, export, stream, ["grpc"], {"grpc": args.layout_concurrency},
-                                              args, progress, f"layout {layout}"))["grpc"]
-                result["layouts"].append({"layout": layout, "levels": rows})
-            finally:
-                server.stop()
+        if args.layouts:
+            for layout in args.layouts:
+                servers[layout] = start_server(repo / f"layout-{layout}", {spec.name: layout_options(layout)}, export,
+                                               args.precision)
+            rows = asyncio.run(run_sweeps(servers, spec, export, stream, ["grpc"], {"grpc": args.layout_concurrency},
+                                          args, progress, "layout"))["grpc"]
+            result["layouts"] = [{"layout": layout, "levels": rows[layout]} for layout in args.layouts]
     finally:
+        for server in servers.values():
+            server.stop()
         shutil.rmtree(repo, ignore_errors=True)
     result["ratios"] = ratios(result["sweep"])
     return result
@@ -457,7 +485,8 @@ def print_tables(result: dict) -> None:
         ip = spec["inprocess"]
         print(f"in-process: sequential {ip['sequential']['throughput_rps']:.1f} req/s (p50 "
               f"{ip['sequential']['p50_ms']:.1f} ms, p99 {ip['sequential']['p99_ms']:.1f} ms); batches of 16 "
-              f"{ip['batch16_throughput_rps']:.1f} req/s")
+              f"{ip['batch16_throughput_rps']:.1f} req/s padded to the longest, "
+              f"{ip.get('batch16_equal_lengths_throughput_rps', float('nan')):.1f} req/s one call per length")
         rows = []
         for path, modes in spec["sweep"].items():
             ratio = {r["concurrency"]: r for r in spec["ratios"].get(path, [])}
@@ -488,9 +517,9 @@ def print_tables(result: dict) -> None:
                       + (f"   +{added:.2f} ms over in-process" if added is not None else ""))
             print("  where the gRPC hop goes: " + ", ".join(f"{k} {v:.3f}" for k, v in o["where_the_grpc_hop_goes"].items()
                                                            if v is not None))
-        if "overhead_server_spinning" in spec:
-            print(f"  with the server's ORT threads spinning: gRPC thin client adds "
-                  f"{spec['overhead_server_spinning']['added_p50_ms']['gRPC thin client, ids']:.2f} ms")
+        if "overhead_server_not_spinning" in spec:
+            print(f"  with the server's ORT threads never spinning (intra_op_spinning 0): gRPC thin client adds "
+                  f"{spec['overhead_server_not_spinning']['added_p50_ms']['gRPC thin client, ids']:.2f} ms")
         if "equality" in spec:
             e = spec["equality"]
             print(f"equality with the thin client on {e['rows']} corpus rows: curl {e['curl']}, tritonclient.http "
@@ -572,7 +601,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layouts", default="1x2,2x1,2x2", help="layouts compared (thin client, batching on); '' skips")
     ap.add_argument("--layout-concurrency", default="1,16,64")
     ap.add_argument("--no-spin-check", dest="spin_check", action="store_false",
-                    help="skip the hop measured with the server's ORT threads spinning")
+                    help="skip the hop measured with the server's ORT threads never spinning")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("GUARDRT_BENCH_THREADS", "0")) or None,
                     help="in-process ONNX Runtime threads (default: all cores)")
     ap.add_argument("--requests", type=int, default=512, help="size of the seeded request stream (cycled)")

@@ -16,9 +16,12 @@ alone pays the per-call cost once per row. Which is cheaper depends on the hardw
   rows sorted by length, equal lengths always in one group (up to the caps), a dynamic programme over the cut points
   between lengths. A group pads its rows to its longest; padding appears only where the model predicts it pays.
 
-On a 2-core CPU whose GEMMs are already efficient at one short row, `per_call` is small and padding rarely pays, so
-the plan degenerates to "equal lengths together"; where calls are expensive relative to tokens (GPUs, wide GEMMs)
-the same code pads more. `EXACT_LENGTHS` (no profile) never pads at all.
+A group that pads (rows of different lengths) must win by more than the model's own error: its predicted time is
+charged `1 + padding_margin` (the fit's largest relative error on the timed shapes, at least 10%), so a model that
+fits the timings loosely pads only where it predicts a large saving. On a 2-core CPU whose GEMMs are already
+efficient at one short row, `per_call` is small and padding does not pay, so the plan degenerates to "equal lengths
+together" (the same ONNX Runtime work as one call per request, minus the calls); where calls are expensive relative
+to tokens (GPUs, wide GEMMs) the same code pads more. `EXACT_LENGTHS` (no profile) never pads at all.
 
 Self-contained (numpy + the standard library): it is copied next to model.py into every model version directory.
 """
@@ -48,9 +51,23 @@ class CostModel:
     per_token_pair: float = 0.0
     samples: int = 0
     max_relative_error: float | None = None
+    padding_margin: float | None = None  # None: the fit's max_relative_error, clamped to [MIN_MARGIN, MAX_MARGIN]
 
     def predict(self, rows, length) -> float:
         return float(_features(rows, length) @ np.array(self.coefficients))
+
+    @property
+    def margin(self) -> float:
+        """The fraction a padded group's prediction is inflated by before it may beat its parts."""
+        if self.padding_margin is not None:
+            return max(0.0, float(self.padding_margin))
+        err = MIN_MARGIN if self.max_relative_error is None else self.max_relative_error
+        return min(MAX_MARGIN, max(MIN_MARGIN, float(err)))
+
+    def group_cost(self, rows, longest, padded) -> float:
+        """What the planner charges a group: the prediction, inflated by `margin` when the group pads."""
+        t = self.predict(rows, longest)
+        return t * (1.0 + self.margin) if padded else t
 
     @property
     def coefficients(self) -> tuple:
@@ -60,7 +77,13 @@ class CostModel:
         err = "" if self.max_relative_error is None else f", max error {100 * self.max_relative_error:.0f}%"
         return (f"t(n, L) = {1e3 * self.per_call:.3g} ms + {1e6 * self.per_position:.3g} us x L "
                 f"+ {1e6 * self.per_token:.3g} us x nL + {1e9 * self.per_token_pair:.3g} ns x nL^2 "
-                f"(fit on {self.samples} shapes{err})")
+                f"(fit on {self.samples} shapes{err}); padding must beat the parts by {100 * self.margin:.0f}%")
+
+
+# Bounds of the default padding margin: at least 10% (timings on a shared machine scatter that much even when the
+# fit is exact), at most 100% (a fit that bad still lets a GPU, where one call on 16 rows costs about one call on
+# one, batch).
+MIN_MARGIN, MAX_MARGIN = 0.10, 1.0
 
 
 # Without a profile: a call costs its tokens and nothing else, so padding never pays and equal lengths still run
@@ -180,7 +203,7 @@ def plan_groups(lengths, cost=EXACT_LENGTHS, max_rows=None, max_group_tokens=Non
             rows += len(blocks[i][1])
             if i < j - 1 and ((max_rows and rows > max_rows) or (max_group_tokens and rows * longest > max_group_tokens)):
                 break
-            total = best[i] + cost.predict(rows, longest)
+            total = best[i] + cost.group_cost(rows, longest, padded=blocks[i][0] != longest)
             if total < best[j]:
                 best[j], cut[j] = total, i
     groups, j = [], B
@@ -192,5 +215,11 @@ def plan_groups(lengths, cost=EXACT_LENGTHS, max_rows=None, max_group_tokens=Non
 
 
 def plan_cost(groups, lengths, cost):
-    """Predicted seconds of running `groups` (each padded to its longest row)."""
+    """What the planner charges `groups` (each padded to its longest row; see CostModel.group_cost)."""
+    return sum(cost.group_cost(len(g), max(lengths[i] for i in g), padded=len({lengths[i] for i in g}) > 1)
+               for g in groups)
+
+
+def predicted_seconds(groups, lengths, cost):
+    """The cost model's prediction of running `groups` (no margin): what the benchmark compares with the clock."""
     return sum(cost.predict(len(g), max(lengths[i] for i in g)) for g in groups)

@@ -16,8 +16,15 @@ from config.pbtxt `parameters`, written by `guardrt repo`:
   ort_providers        the providers with their options, as JSON (GPU providers; see `_providers`)
   intra_op_threads     ONNX Runtime intra-op threads per instance (0: every core this process may use, in each
                        instance - see `_session`)
-  intra_op_spinning    "0" (default): ORT's idle threads sleep instead of spinning, so a spinning instance never
-                       steals the cores the gRPC threads, the client or another instance need
+  intra_op_spinning    "run" (default on CPU): ORT's threads spin during a Run (no futex wake-up per parallel
+                       section) and stop when it returns (session.force_spinning_stop), so an idle instance never
+                       steals the cores the gRPC threads, the client or another instance need; "0": never spin
+                       (the default with GPU providers); "1": ORT's default (keep spinning after a Run)
+  ort_run_lock         "server" (default on CPU when an instance's threads cover every core): one ONNX Runtime Run
+                       at a time among the guardrt models of this server (a file lock keyed by the tritonserver
+                       pid): every Run has all the cores and spinning never fights another instance's threads,
+                       while the other instance parses, pads and answers; "off": Runs of different instances
+                       overlap (the default with GPU providers, or fewer threads than cores per instance)
   profile_budget_s     seconds spent at load timing shapes for the batch planner (0: no profile, equal lengths only)
   cost_model           the planner's cost model as JSON coefficients ({"per_call": ..., "per_token": ...}): used
                        as given instead of timing shapes (a model measured once, pinned)
@@ -65,9 +72,78 @@ def _sibling(name):
 
 batch_plan = _sibling("batch_plan")
 embedding_rows = _sibling("onnx_graph").embedding_rows
+batch_coupling_op = _sibling("onnx_graph").batch_coupling_op
 
 # Seconds spent timing shapes at load (per instance) unless the config says otherwise.
 DEFAULT_PROFILE_BUDGET_S = 5.0
+# ORT intra-op threads: "0" idle threads sleep, "1" they spin (ORT's default), "run" they spin during a Run and stop
+# when it returns (session.force_spinning_stop). With the server-wide run lock (ort_run_lock) only one Run spins at
+# a time. Measured in benchmarks/serve_profile.py (README, "Serving with Triton").
+DEFAULT_SPINNING = {"cpu": "run", "gpu": "0"}
+DEFAULT_RUN_LOCK = {"cpu": "server", "gpu": "off"}
+
+
+class RunLock:
+    """One ONNX Runtime Run at a time among the processes that open the same lock file (fcntl.flock: released by
+    the kernel if a holder dies); `RunLock(None)` never blocks."""
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = None
+        if path is not None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self):
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return False
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def server_run_lock_path():
+    """The run-lock file shared by the guardrt models of one tritonserver (the stubs' parent process)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"guardrt-ort-run-{os.getuid()}-{os.getppid()}.lock")
+
+# GUARDRT_BACKEND_TIMING=1 in the server's environment: one log line per execute with the milliseconds of each stage
+# (benchmarks/serve_profile.py reads them). Off by default: the clock reads cost a few microseconds.
+TIMING_LOG_PREFIX = "guardrt-timing "
+
+
+class StageClock:
+    """Milliseconds per named stage of one execute (accumulated), when enabled; a no-op otherwise."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.ms = {}
+        self._t = time.perf_counter() if enabled else 0.0
+
+    def lap(self, stage):
+        """Charge the time since the previous lap to `stage`."""
+        if self.enabled:
+            now = time.perf_counter()
+            self.ms[stage] = self.ms.get(stage, 0.0) + 1e3 * (now - self._t)
+            self._t = now
+
+    def line(self, **facts):
+        """`guardrt-timing key=value ... ms.<stage>=<ms> ...`: no quotes (Triton's log escapes them), no spaces
+        inside a value."""
+        fields = [f"{k}={v}" for k, v in facts.items()] + [f"ms.{k}={v:.4f}" for k, v in self.ms.items()]
+        return TIMING_LOG_PREFIX + " ".join(fields)
 
 
 class RequestError(ValueError):
@@ -103,7 +179,7 @@ def validate_rows(ids, mask, max_length, vocab_size=None):
         raise RequestError("empty sequence: the request has no tokens")
     if length > max_length:
         raise RequestError(f"sequence length {length} exceeds the model maximum {max_length}")
-    if not np.isin(mask, (0, 1)).all():
+    if mask.min() < 0 or mask.max() > 1:  # integers: only 0 and 1 left (np.isin costs 10x more per request)
         raise RequestError("attention_mask must hold only 0 and 1")
     rows = []
     for r in range(batch):
@@ -165,13 +241,13 @@ def pad_rows(rows, pad_id, side):
 def one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
-def run_planned(run_group, rows, owner, groups, on_done, log=None):
+def run_planned(run_group, rows, owner, groups, on_done, log=None, max_rows=None):
     """Run `groups` (lists of row indices, in order) and report each unit's logits as soon as its last row is done.
 
     `run_group(list of rows) -> logits [n, C]` runs one padded group; `owner[i]` is the unit (a request, or a text
     row) row i belongs to; `on_done(unit, logits [k, C] in row order | error message)` is called once per unit.
-    When a group fails, each unit with rows in it is re-run alone, one call per length (and `log` is told), so only
-    a unit that also fails on its own gets an error."""
+    When a group fails, each unit with rows in it is re-run alone, one call per length (at most `max_rows` rows a
+    call; and `log` is told), so only a unit that also fails on its own gets an error."""
     rows_of = {}
     for i, unit in enumerate(owner):
         rows_of.setdefault(unit, []).append(i)
@@ -189,7 +265,7 @@ def run_planned(run_group, rows, owner, groups, on_done, log=None):
             for unit in units:
                 settled.add(unit)
                 try:
-                    alone = run_alone(run_group, [rows[i] for i in rows_of[unit]])
+                    alone = run_alone(run_group, [rows[i] for i in rows_of[unit]], max_rows)
                 except Exception as exc_alone:  # noqa: BLE001
                     on_done(unit, f"onnxruntime failed on this request: {one_line(exc_alone)}")
                     continue
@@ -206,10 +282,10 @@ def run_planned(run_group, rows, owner, groups, on_done, log=None):
                 on_done(unit, np.stack([out[j] for j in rows_of[unit]]))
 
 
-def run_alone(run_group, rows):
-    """One unit's rows on their own, one call per length."""
+def run_alone(run_group, rows, max_rows=None):
+    """One unit's rows on their own, one call per length (at most `max_rows` rows a call)."""
     out = [None] * len(rows)
-    for group in batch_plan.plan_groups([len(r) for r in rows]):
+    for group in batch_plan.plan_groups([len(r) for r in rows], max_rows=max_rows):
         logits = run_group([rows[i] for i in group])
         for k, i in enumerate(group):
             out[i] = logits[k]
@@ -272,10 +348,20 @@ def usable_cores():
 
 
 class TritonPythonModel:
+    timing = False  # GUARDRT_BACKEND_TIMING: log each execute's stage times
+    _clock = StageClock(False)  # the current execute's clock (a disabled one outside execute, e.g. while profiling)
+    run_lock = RunLock(None)
+    coupling = None  # the graph's op that couples the rows of a batch (onnx_graph.batch_coupling_op), if any
+
+    @property
+    def rows_per_call(self):
+        return 1 if self.coupling else self.max_rows
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.name = config.get("name", "model")
+        self.timing = os.environ.get("GUARDRT_BACKEND_TIMING", "") not in ("", "0")
         self.pad_id = int(params["pad_token_id"])
         self.side = params.get("padding_side", "right")
         if self.side not in ("left", "right"):
@@ -300,9 +386,14 @@ class TritonPythonModel:
         self._int8 = int8
         device_id = int(args.get("model_instance_device_id", 0) or 0)
         self.session = self._session(path, params, config, device_id)
+        self.run_lock = self._run_lock(params)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = "logits" if self.text_input else config["output"][0]["name"]
         self.vocab_size = embedding_rows(path)
+        # A graph whose rows interact (int8-dynamic: one activation scale per batch) runs every row alone, so a
+        # request's answer never depends on what it was batched with; batching then still saves the per-request
+        # round trips to the stub, never a call.
+        self.coupling = batch_coupling_op(path)
         if self.text_input:
             self.text = self._text_frontend(args, params)
         if params.get("cost_model"):
@@ -314,8 +405,10 @@ class TritonPythonModel:
         vocab = (f"token ids checked against a vocabulary of {self.vocab_size} (embedding rows in the graph)"
                  if self.vocab_size else "token ids NOT range-checked (no embedding Gather on input_ids found)")
         pb_utils.Logger.log_info(
-            f"guardrt {self.name}: {path} on {self.session.get_providers()} ({self.threads} intra-op threads), pad "
+            f"guardrt {self.name}: {path} on {self.session.get_providers()} ({self.threads} intra-op threads, spinning "
+            f"{self.spinning}, run lock {'on' if self.run_lock.path else 'off'}), pad "
             f"{self.side}/{self.pad_id}, max_length {self.max_length}, {vocab}; batch planner: {profiled}"
+            + (f"; every row runs alone ({self.coupling} couples the rows of a batch)" if self.coupling else "")
         )
         # An int8 export validated on another CPU int8 path: re-run its held-out check set here, log one line, and
         # refuse to load over the gate unless parameter int8_recheck / $GUARDRT_INT8_RECHECK says warn or off.
@@ -344,9 +437,14 @@ class TritonPythonModel:
         self.threads = threads
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # ORT's pool threads spin after each call by default; on a machine whose cores are shared with Triton's
-        # gRPC threads and other instances, the spinning takes the CPU the next request needs.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "0") or "0")
+        device = "cpu" if (params.get("execution_providers") or "cpu").lower() == "cpu" else "gpu"
+        spinning = str(params.get("intra_op_spinning", "") or DEFAULT_SPINNING[device])
+        if spinning not in ("0", "1", "run"):
+            raise ValueError(f"intra_op_spinning must be 0, 1 or run, got {spinning!r}")
+        self.spinning = spinning
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "0" else "1")
+        if spinning == "run":
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         if self._int8 is not None:
             for key, value in self._int8.exact_int8_session_config().items():
                 opts.add_session_config_entry(key, value)
@@ -361,6 +459,16 @@ class TritonPythonModel:
                                f"(onnxruntime runs {', '.join(session.get_providers())}); refusing to serve on a "
                                "fallback")
         return session
+
+    def _run_lock(self, params):
+        device = "cpu" if (params.get("execution_providers") or "cpu").lower() == "cpu" else "gpu"
+        # Only a Run that uses every core gains from running alone: with fewer threads per instance (2x1 on two
+        # cores), instances running side by side is what fills the cores.
+        default = DEFAULT_RUN_LOCK[device] if self.threads >= usable_cores() else "off"
+        mode = params.get("ort_run_lock") or default
+        if mode not in ("server", "off"):
+            raise ValueError(f"ort_run_lock must be server or off, got {mode!r}")
+        return RunLock(server_run_lock_path() if mode == "server" else None)
 
     def _text_frontend(self, args, params):
         try:
@@ -383,8 +491,8 @@ class TritonPythonModel:
             self._run_group([np.full(length, token, dtype=np.int64)] * n)
 
         t0, failures = time.perf_counter(), []
-        samples = batch_plan.profile_shapes(run, self.max_rows, self.max_length, max_group_tokens=self.max_group_tokens,
-                                            budget_s=budget_s, failures=failures)
+        samples = batch_plan.profile_shapes(run, self.rows_per_call, self.max_length,
+                                            max_group_tokens=self.max_group_tokens, budget_s=budget_s, failures=failures)
         for n, length, exc in failures:
             pb_utils.Logger.log_warn(f"guardrt {self.name}: profiling {n} x {length} tokens failed, not planned for: "
                                      f"{one_line(exc)[:300]}")
@@ -395,9 +503,17 @@ class TritonPythonModel:
 
     # -- execution --------------------------------------------------------------------------------------------------
     def _run_group(self, rows):
+        clock = self._clock
+        clock.lap("respond")  # since the previous group: the responses its rows completed
         ids, mask = pad_rows(rows, self.pad_id, self.side)
         feeds = {"input_ids": ids, "attention_mask": mask}
-        return self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        clock.lap("pad")
+        with self.run_lock:
+            clock.lap("lock")
+            logits = self.session.run(None, feeds)[0]
+        clock.lap("ort")
+        return logits
 
     def _read_ids(self, request, index, units):
         rows = validate_rows(*read_request(request), self.max_length, self.vocab_size)
@@ -424,6 +540,7 @@ class TritonPythonModel:
         # Responses are returned together at the end, not sent one by one through each request's response sender
         # as their rows finish: with dynamic batching, Triton 2.51 then left requests queued for its batcher's
         # 500 ms idle wait far more often (measured, tiny rejection model: max latency 503 ms even at concurrency 1).
+        clock = self._clock = StageClock(self.timing)
         responses = [None] * len(requests)
 
         def respond(i, response):
@@ -468,19 +585,31 @@ class TritonPythonModel:
         for u, (_, _, unit_rows) in enumerate(units):
             rows.extend(unit_rows)
             owner.extend([u] * len(unit_rows))
+        clock.lap("read")  # request parsing, validation (text: preprocessing)
+        groups = []
         if rows:
             log = lambda msg: pb_utils.Logger.log_warn(f"guardrt {self.name}: {msg}")  # noqa: E731
             try:
-                groups = batch_plan.plan_groups([len(r) for r in rows], self.cost, self.max_rows,
+                groups = batch_plan.plan_groups([len(r) for r in rows], self.cost, self.rows_per_call,
                                                 self.max_group_tokens)
-                run_planned(self._run_group, rows, owner, groups, done, log)
+                clock.lap("plan")
+                run_planned(self._run_group, rows, owner, groups, done, log, max_rows=self.rows_per_call)
             except Exception as exc:  # noqa: BLE001 - defensive: run_planned handles ORT failures itself
                 for u in dict.fromkeys(owner):
                     done(u, f"batch failed: {one_line(exc)}")
+        clock.lap("respond")
+        if clock.enabled:
+            lengths = [len(r) for r in rows]
+            predicted = 1e3 * batch_plan.predicted_seconds(groups, lengths, self.cost) if groups else 0.0
+            pb_utils.Logger.log_info(clock.line(model=self.name, requests=len(requests), rows=len(rows),
+                                                groups=",".join(f"{len(g)}x{max(lengths[i] for i in g)}"
+                                                                for g in groups) or "-",
+                                                predicted_ort_ms=f"{predicted:.4f}"))
         return responses
 
     def finalize(self):
         self.session = None
+        self.run_lock.close()
 
 
 def _text_error(message):

@@ -1,5 +1,6 @@
 """Facts about an ONNX graph that the python backend needs at load, read from the protobuf directly (no `onnx`
-package in the server): `embedding_rows`, the vocabulary size behind `input_ids`.
+package in the server): `embedding_rows`, the vocabulary size behind `input_ids`; `batch_coupling_op`, an op that
+makes one row's result depend on the other rows of its batch.
 
 ONNX Runtime's Gather accepts negative indices (-1 is silently the last row) and fails the whole batch on an index
 >= vocab, so the backend checks every request's ids against the rows of the table the `input_ids` Gather indexes
@@ -19,6 +20,10 @@ _ATTR_NAME, _ATTR_INT = 1, 3
 # rotation of the rows (the default ONNX Runtime graph of Qwen3 specs).
 _IDS_PASS_THROUGH = ("Cast", "Identity", "GatherElements")
 _TABLE_PASS_THROUGH = ("Cast", "Identity", "DequantizeLinear")
+# Ops whose result for one row depends on the other rows of the batch: DynamicQuantizeLinear (int8-dynamic exports)
+# computes ONE scale and zero point over its whole input tensor, every row and padding position included (and ONNX
+# Runtime's com.microsoft DynamicQuantizeMatMul fuses it), so a row's logits change with its batchmates.
+_BATCH_COUPLING_OPS = ("DynamicQuantizeLinear", "DynamicQuantizeMatMul")
 
 
 def _varint(buf, pos):
@@ -128,3 +133,11 @@ def embedding_rows(onnx_path, ids_input="input_ids"):
                 found.append(table_rows(ins[2]))
     found = [n for n in found if n]
     return min(found) if found else None
+
+
+def batch_coupling_op(onnx_path):
+    """The first op type in the graph that couples the rows of a batch (see _BATCH_COUPLING_OPS), or None: a graph
+    with one must run each row alone to give the answer it gives alone."""
+    with open(onnx_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        nodes, _ = _graph_summary(memoryview(buf))
+    return next((op for op, _, _, _ in nodes if op in _BATCH_COUPLING_OPS), None)

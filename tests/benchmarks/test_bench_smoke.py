@@ -93,14 +93,41 @@ def test_serve_quick_writes_json_and_plots(tmp_path):
     overhead = spec["overhead"]
     assert set(overhead["added_p50_ms"]) == {"gRPC thin client, ids", "gRPC thin client, text", "text-in over gRPC",
                                              "text-in over HTTP"}
-    assert "overhead_server_spinning" in spec
+    assert "overhead_server_not_spinning" in spec
     eq = spec["equality"]
     for client in ("curl", "tritonclient_http"):
         assert eq[client]["same_decision"] == eq["rows"] and eq[client]["errors"] == 0
     assert eq["tritonclient_http"]["identical"] == eq["rows"]  # one row per request: the thin client's bytes
+    # int8-dynamic couples the rows of a batch (one activation scale): the backend runs each row alone, so curl's
+    # many-row requests get the thin client's bytes too
+    assert spec["precision"] == "int8-dynamic" and eq["curl"]["identical"] == eq["rows"]
     assert spec["inprocess"]["batch16_throughput_rps"] > 0 and spec["server"]["peak_rss_mib"]["total"] > 0
+    assert spec["inprocess"]["batch16_equal_lengths_throughput_rps"] > 0
     assert [lay["layout"] for lay in spec["layouts"]] == ["2x1"]
     assert (tmp_path / "serve_rejection.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+@pytest.mark.timeout(600)
+def test_serve_profile_quick_splits_the_hop_and_checks_the_planner(tmp_path):
+    from tests.triton.binary import triton_install_or_skip
+
+    triton_install_or_skip()
+    out = tmp_path / "profile"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "serve_profile.py"), "--quick", "--spinning", "run",
+         "--mix-seconds", "1", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    row = data["settings"][0]
+    assert row["spinning"] == "run" and row["executes_logged"] == data["reps"]  # one execute per timed request
+    assert {"read", "plan", "pad", "lock", "ort", "respond"} <= set(row["execute_stage_p50_ms"])
+    assert row["split_mean_ms"]["execute (logged)"] > row["execute_stage_p50_ms"]["ort"] * 0.5
+    mix = row["mix"]
+    assert mix["executes"] > 0 and mix["throughput_rps"] > 0
+    assert mix["multi_row_groups"] == 0  # int8-dynamic: every row alone
+    assert all(r > 0 for r in mix["predicted_over_measured_p10_p50_p90"])
 
 
 def test_preprocess_quick_writes_json_and_plot(tmp_path):

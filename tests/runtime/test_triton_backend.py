@@ -187,3 +187,58 @@ def test_execute_keeps_every_failure_to_its_own_request(backend):
     assert responses[4].error.message == "m: onnxruntime failed on this request: kernel failed"
     assert "missing: attention_mask" in responses[5].error.message
     assert all("\n" not in r.error.message for r in responses if r.error is not None)
+
+
+# -- rows that interact: int8-dynamic ---------------------------------------------------------------------------------
+def test_batch_coupling_op_is_found_in_int8_dynamic_graphs(backend, demo_export, tmp_path):
+    from onnx import TensorProto, helper
+
+    from guardrt.runtime.export_dir import load_export_dir
+
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zp"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, None)])
+    dq = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "dq.onnx")
+    assert backend.batch_coupling_op(dq) == "DynamicQuantizeLinear"
+    manifest = load_export_dir(demo_export("rejection", ("fp32", "int8-dynamic")))
+    assert backend.batch_coupling_op(manifest.model_path("fp32")) is None
+    assert backend.batch_coupling_op(manifest.model_path("int8-dynamic")) == "DynamicQuantizeLinear"
+
+
+def test_rows_of_a_coupled_graph_run_alone_and_get_their_alone_answer(backend, demo_export):
+    """int8-dynamic quantizes each batch's activations with one scale over every row, so a row batched with others
+    may get other logits than alone; the backend then runs each row alone, equal lengths included, and every
+    request's logits are exactly its logits alone."""
+    import onnxruntime as ort
+
+    from guardrt.runtime.export_dir import load_export_dir
+
+    path = load_export_dir(demo_export("rejection", ("fp32", "int8-dynamic"))).model_path("int8-dynamic")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    calls = []
+
+    class Recording:
+        def run(self, names, feeds):
+            calls.append(feeds["input_ids"].shape)
+            return session.run(names, feeds)
+
+    model = backend.TritonPythonModel()
+    model.name, model.pad_id, model.side, model.max_length, model.vocab_size = "m", 1, "right", 64, None
+    model.input_names, model.output_name = [i.name for i in session.get_inputs()], "logits"
+    model.text_input, model.max_rows, model.max_group_tokens = False, 8, 512
+    model.cost = backend.batch_plan.CostModel(per_call=1.0, per_token=1e-9)  # would batch everything
+    model.session, model.coupling = Recording(), backend.batch_coupling_op(path)
+    rng = np.random.default_rng(3)
+    rows = [rng.integers(3, 500, n) for n in (12, 12, 12, 30, 7)]
+
+    def request(row):
+        ids = np.asarray([row])
+        return {"input_ids": Tensor("input_ids", ids), "attention_mask": Tensor("attention_mask", np.ones_like(ids))}
+
+    responses = model.execute([request(r) for r in rows])
+    assert sorted(calls) == sorted((1, len(r)) for r in rows)  # one row per call
+    for row, response in zip(rows, responses):
+        ids = np.asarray([row])
+        alone = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+        assert np.array_equal(response.output_tensors[0].array, alone)
