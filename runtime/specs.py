@@ -221,7 +221,7 @@ SERVED_KINDS: dict[str, tuple[str, ...]] = {
     "input": ("dialogue_ctx", "single_text", "chat_template"),
     "graph": ("classifier_logits", "causal_lm_with_past"),
     "decoding": ("none", "greedy"),
-    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict"),
+    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "flexguard_text"),
 }
 
 # Read-only shorthands of the flat classifier spec: name -> (part, field). Also accepted as constructor overrides.
@@ -529,7 +529,8 @@ register(
             kv_cache=KVCacheNames(),
         ),
         # The card's SamplingParams: temperature 0 (greedy), max_tokens 2048, skip_special_tokens=False.
-        decoding=Decoding(kind="greedy", max_new_tokens=2048, stop_token_ids=None, skip_special_tokens=False),
+        decoding=Decoding(kind="greedy", max_new_tokens=2048, stop_token_ids=None, skip_special_tokens=False,
+                          default_stop_token_ids=(151645, 151643)),
         output=OutputParser(
             kind="flexguard_text",
             labels=("SAFE", "VIO", "ILG", "SEX", "INF", "DIS", "MIS", "JAIL"),

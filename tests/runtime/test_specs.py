@@ -68,7 +68,7 @@ def test_qwen3guard_gen_is_served():
     assert spec.input.kind == "chat_template" and spec.input.request_field == "messages"
     assert spec.max_length == 32768 and spec.input.truncation_side == "none"
     assert spec.is_served and spec.unserved_parts == ()
-    assert spec_names() == ["intent-safety", "qwen3guard-gen", "rejection"]
+    assert spec_names() == ["flexguard", "intent-safety", "qwen3guard-gen", "rejection"]
     assert spec_names(graph="classifier_logits") == ["intent-safety", "rejection"]
     assert spec.decoding.max_new_tokens == 128 and spec.output.labels == ("Safe", "Unsafe", "Controversial")
     assert spec.decoding.default_stop_token_ids == (151645, 151643)
@@ -103,7 +103,7 @@ def test_qwen3guard_gen_patterns_are_the_cards():
 
 
 def test_unknown_spec_names_the_known_ones():
-    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: intent-safety, qwen3guard-gen, rejection"):
+    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: flexguard, intent-safety, qwen3guard-gen, rejection"):
         get_spec("nope")
 
 
