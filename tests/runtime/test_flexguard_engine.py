@@ -112,15 +112,21 @@ def _brute_force_probs(model, prefix: list[int]) -> np.ndarray:
 
     digits = list(DIGIT_TOKEN_IDS)
     probs = np.zeros(101)
+    strings = number_strings()
     with torch.inference_mode():
-        for s, value in number_strings():
-            ids = prefix + [digits[int(c)] for c in s]
-            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
-            start = len(prefix) - 1  # position whose logits predict the first digit
-            p = float(sum(logp[start + k, digits[int(c)]] for k, c in enumerate(s)).exp())
-            if len(s) == 1 or s == "10":  # the number ends here: no digit next
-                p *= 1.0 - float(logp[start + len(s), digits].exp().sum())
-            probs[value] += p
+        for length in (1, 2, 3):  # strings of one length make rows of one length: batches without padding
+            group = [(s, v) for s, v in strings if len(s) == length]
+            for at in range(0, len(group), 25):
+                chunk = group[at:at + 25]
+                ids = torch.tensor([prefix + [digits[int(c)] for c in s] for s, _ in chunk])
+                # The LM head at the positions that predict the digits and what follows them.
+                logits = model(input_ids=ids, logits_to_keep=length + 1).logits.double()
+                logp = torch.log_softmax(logits, dim=-1)
+                for row, (s, value) in enumerate(chunk):
+                    p = float(sum(logp[row, k, digits[int(c)]] for k, c in enumerate(s)).exp())
+                    if len(s) == 1 or s == "10":  # the number ends here: no digit next
+                        p *= 1.0 - float(logp[row, len(s), digits].exp().sum())
+                    probs[value] += p
     return probs
 
 
