@@ -60,6 +60,8 @@ def run(args) -> int:
     from guardrt.runtime.errors import InputError
     from guardrt.runtime.triton_repo import text_model_name, write_model, write_text_model
 
+    if args.spec == "flexguard" and not args.model:
+        raise InputError("flexguard is served from its export (--model EXPORT_DIR): the python generate model")
     if args.flavor != "tensorrt" and not args.model:
         raise InputError(f"the {args.flavor} flavor needs --model EXPORT_DIR")
     if args.flavor == "tensorrt" and not (args.model or args.spec):
