@@ -1,6 +1,6 @@
 """FlexGuard: HF `generate` (the card's decoding, PyTorch eager) vs guardrt in process vs guardrt over gRPC, one run.
 
-    python benchmarks/flexguard.py [--size realistic] [--requests 16] [--threads 2] [--grpc-concurrency 1,8,32]
+    python benchmarks/flexguard.py [--size realistic] [--requests 32] [--threads 2] [--grpc-concurrency 1,8,32]
                                    [--long 2] [--short 16]
 
 * HF `generate` one request at a time (greedy, max_new_tokens 2,048, the checkpoint's stop tokens): per-request
@@ -12,7 +12,8 @@
   the three rubric thresholds (`risk_score >= t` vs `expected_risk >= t`).
 * gRPC (`guardrt repo`'s `flexguard-generate` on the real tritonserver, 127.0.0.1, started and stopped here): the
   thin client (`TritonFlexGuardClient`, one stream, expected score on) with 1 / 8 / 32 requests in flight from
-  threads: per-request p50 / p99, requests/s, results identical to in process (category, score, text).
+  threads: per-request p50 / p99, requests/s, new tokens/s (all requests' tokens over the wall time), results
+  identical to in process (category, score, text).
 * Short requests under long ones: `--long` requests that think until the 2,048-token budget (the demo's
   long-thinking trigger, `flexguard_synthetic.LONG_THINKING_TRIGGER`) are sent first; while they decode, `--short`
   ordinary requests go one at a time; their p50 / p99 against the same short requests on an idle server, and the
@@ -40,7 +41,7 @@ THRESHOLDS = {"strict": 20, "moderate": 40, "loose": 60}
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="realistic", choices=["tiny", "realistic"])
-    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grpc-concurrency", default="1,8,32", help="requests in flight over gRPC ('' skips it)")
     ap.add_argument("--long", type=int, default=2, help="long-thinking requests during the short-request phase")
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
 
     levels = [int(c) for c in args.grpc_concurrency.split(",") if c.strip()]
     if levels or args.long:
-        _grpc(export, requests, local, levels, args, payload)
+        _grpc(export, requests, local, sum(len(t) for t in tokens), levels, args, payload)
     _save(payload, args)
     _print(payload)
     _plot(payload, Path(args.out))
@@ -139,7 +140,7 @@ def _disagreement(results) -> dict:
     return out
 
 
-def _grpc(export, requests, local, levels, args, payload) -> None:
+def _grpc(export, requests, local, total_new_tokens, levels, args, payload) -> None:
     import tempfile
 
     from guardrt.export.flexguard_synthetic import long_thinking_request
@@ -169,6 +170,7 @@ def _grpc(export, requests, local, levels, args, payload) -> None:
                 wall = time.perf_counter() - t0
                 row = {"latency": summarize([s for _, s in got]), "requests": len(requests), "concurrency": c,
                        "requests_per_s": len(requests) / wall,
+                       "new_tokens_per_s": total_new_tokens / wall,  # the in-process tokens (results identical)
                        "identical_to_in_process": sum((g["category"], g["risk_score"], g["text"]) == k
                                                       for (g, _), k in zip(got, key))}
                 results[f"grpc-flexguard-fp32-c{c}"] = row
