@@ -47,7 +47,13 @@ def main(argv=None) -> int:
     ap.add_argument("--long", type=int, default=2, help="long-thinking requests during the short-request phase")
     ap.add_argument("--short", type=int, default=16, help="short requests timed while the long ones decode")
     ap.add_argument("--out", default=str(RESULTS / "flexguard"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from OUT.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        import json
+
+        _plot(json.loads(Path(args.out + ".json").read_text()), Path(args.out))
+        return 0
 
     import numpy as np
     import torch
@@ -256,8 +262,11 @@ def _plot(payload, out: Path) -> None:
         labels = ["short, idle server", "short, while long decode", "long (2,048-token thinking)"]
         vals = [s["short_idle"]["p99_ms"], s["short_while_long"]["p99_ms"], s["long_latency"]["p50_ms"]]
         axes[1].barh(labels, vals, color=["#4a7", "#e94", "#999"])
-        axes[1].set_xlabel("p99 ms (short) / p50 ms (long)")
-        axes[1].set_title("short requests are not queued behind long thinking")
+        axes[1].set_xscale("log")
+        for i, v in enumerate(vals):
+            axes[1].text(v, i, f" {v:,.0f} ms", va="center")
+        axes[1].set_xlabel("p99 ms (short) / p50 ms (long), log scale")
+        axes[1].set_title("short requests while long thinking decodes")
     fig.tight_layout()
     save_spec_figure(fig, out, "flexguard")
 
