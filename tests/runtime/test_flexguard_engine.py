@@ -202,3 +202,29 @@ def test_classify_cli_in_process(flex_export, requests_, classifier, tmp_path):
                           str(flex_export), "--mode", "generate"], input=lines[0] + "\n", capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--mode applies to qwen3guard-gen" in bad.stderr
+
+
+def test_calibrated_threshold_is_read_from_the_export(flex_export, requests_, tmp_path):
+    """`guardrt calibrate --out EXPORT_DIR` stores the threshold where the in-process classifier and the Triton
+    client (from the same directory as their tokenizer) read it; --strictness / threshold still win."""
+    import shutil
+
+    from guardrt.runtime.flexguard_engine import FlexGuardClassifier, resolve_flexguard_threshold
+
+    export = tmp_path / "export"
+    shutil.copytree(flex_export, export)
+    dev = tmp_path / "dev.jsonl"
+    rows = [{"risk_score": s, "label": int(s >= 33)} for s in range(0, 100, 3)]
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, "-m", "guardrt", "calibrate", "--spec", "flexguard", "--dev", str(dev),
+                           "--out", str(export), "--no-plot"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads((export / "calibration.json").read_text())["threshold"]
+    assert stored == 31  # F1 is 1 for every t in 31..33 (scores 30 and 33 bound it); ties go to the stricter one
+    with FlexGuardClassifier(export, expected_score=False) as clf:
+        assert (clf.threshold, clf.threshold_source) == (stored, "calibrated (f1)")
+        r = clf.classify(requests_[0])
+        assert r["threshold"] == stored
+    assert resolve_flexguard_threshold(None, None, export)[0] == stored  # what TritonFlexGuardClient calls
+    assert resolve_flexguard_threshold(None, "loose", export)[0] == 60
+    assert resolve_flexguard_threshold(25, "loose", export)[0] == 25
