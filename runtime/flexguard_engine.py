@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guardrt.runtime.errors import InputError, ModelFilesError
+from guardrt.runtime.errors import ModelFilesError
 
 __all__ = ["FLEXGUARD_SPEC", "FlexGuardClassifier", "flexguard_input", "result_from_tokens", "score_prefix",
            "resolve_flexguard_threshold"]
@@ -143,12 +143,7 @@ class FlexGuardClassifier:
 
     def classify_ids(self, prompts: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
         """One result per prompt (flexguard prompt ids within the length limit: `input.encode`)."""
-        if not prompts:
-            raise InputError("empty batch: at least one prompt is needed")
-        for i, p in enumerate(prompts):
-            problem = self.input.problem(p) if len(p) else "empty prompt (no token ids)"
-            if problem:
-                raise InputError(f"item {i}: {problem}")
+        prompts = self.input.check_prompts(prompts)
         generated = self.generate_ids(prompts)
         dists = self.distributions(prompts, generated) if self.expected_score else [None] * len(prompts)
         return [result_from_tokens(self.tokenizer, g, self.settings.eos_token_ids, self.threshold, d)

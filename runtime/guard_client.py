@@ -379,13 +379,7 @@ class TritonFlexGuardClient:
 
     def classify_ids(self, prompts: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
         """One result per prompt (flexguard prompt ids); ServerError on the first failed item."""
-        if not prompts:
-            raise InputError("empty batch: at least one prompt is needed")
-        for i, p in enumerate(prompts):
-            problem = self.input.problem(p) if len(p) else "empty prompt (no token ids)"
-            if problem:
-                raise InputError(f"item {i}: {problem}")
-        return _GuardClientBase._first_error(self._run([list(p) for p in prompts]))
+        return _GuardClientBase._first_error(self._run(self.input.check_prompts(prompts)))
 
     def classify(self, payload: Any) -> dict[str, Any]:
         return self.classify_ids([self.input.encode(payload)])[0]

@@ -62,6 +62,16 @@ class GuardInput:
             return f"{len(prompt)} prompt tokens + {what} exceed the maximum length {self.spec.input.max_length}"
         return None
 
+    def check_prompts(self, prompts: Sequence[Sequence[int]], mode: str | None = None) -> list[list[int]]:
+        """`prompts` as lists, or InputError naming the first item that cannot run in `mode` (or an empty batch)."""
+        if not prompts:
+            raise InputError("empty batch: at least one prompt is needed")
+        for i, p in enumerate(prompts):
+            problem = self.problem(p, mode) if len(p) else "empty prompt (no token ids)"
+            if problem:
+                raise InputError(f"item {i}: {problem}")
+        return [list(p) for p in prompts]
+
     def encode(self, messages: Any, mode: str | None = None) -> list[int]:
         ids = self.chat.encode(messages)
         problem = self.problem(ids, mode)

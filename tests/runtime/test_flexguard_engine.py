@@ -101,6 +101,12 @@ def test_bad_requests_are_isolated(classifier, requests_):
     assert out[0] == classifier.classify(requests_[0]) and out[3] == classifier.classify(requests_[1])
     with pytest.raises(InputError, match="no \"user\" field"):
         classifier.classify({})
+    with pytest.raises(InputError, match="empty batch"):
+        classifier.classify_ids([])
+    with pytest.raises(InputError, match="item 1: empty prompt"):
+        classifier.classify_ids([[1, 2], []])
+    with pytest.raises(InputError, match="item 0: 32760 prompt tokens \\+ 2048 new tokens exceed"):
+        classifier.classify_ids([[1] * 32760])
 
 
 def _brute_force_probs(model, prefix: list[int]) -> np.ndarray:
