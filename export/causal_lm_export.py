@@ -82,7 +82,7 @@ def check_causal_lm_checkpoint(model_dir: str | Path) -> dict:
     cfg = read_json_file(root / "config.json")
     if "Qwen3ForCausalLM" not in (cfg.get("architectures") or []) or cfg.get("model_type") != "qwen3":
         raise ModelFilesError(f"{root} holds a {', '.join(cfg.get('architectures') or ['?'])} checkpoint; "
-                              "qwen3guard-gen needs Qwen3ForCausalLM (qwen3)")
+                              "the generative guards need Qwen3ForCausalLM (qwen3)")
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise ModelFilesError(f"{root} has no weights (*.safetensors or *.bin)")
     if not (root / "tokenizer.json").is_file():
@@ -256,9 +256,13 @@ def export_causal_lm(
     log: Callable[[str], None] | None = None,
     validation_heldout: int = 32,
     intra_op_threads: int | None = None,
+    spec: str = "qwen3guard-gen",
 ) -> Path:
     """Export `model_dir` (Qwen3ForCausalLM) into `out_dir`: `<graph>/<precision>/model.onnx` per graph kind and
     precision, tokenizer + generation config, guardrt.json and validation.json. Returns `out_dir`.
+
+    `spec`: qwen3guard-gen (both graph kinds) or flexguard (the generation graph only; validated on FlexGuard's
+    held-out synthetic requests with its decoding: up to 2,048 new tokens, special tokens kept in the text).
 
     Raises ExportGateError when a precision misses its gate (the others are written), ModelFilesError for a bad
     checkpoint or output directory."""
@@ -271,9 +275,12 @@ def export_causal_lm(
     from guardrt.export.progress import Progress
     from guardrt.runtime.export_dir import MANIFEST_NAME, VALIDATION_NAME
     from guardrt.runtime.guard_output import guard_spec, label_token_ids
+    from guardrt.runtime.specs import get_spec
 
     model_dir, out = Path(model_dir), Path(out_dir)
     cfg = check_causal_lm_checkpoint(model_dir)
+    if spec != "qwen3guard-gen" and "verdict" in graphs:
+        raise GuardrtError(f"the verdict graph is Qwen3Guard-Gen's; {spec} exports its generation graph only")
     unknown = [p for p in precisions if p not in LM_PRECISIONS] + [g for g in graphs if g not in GRAPH_KINDS]
     if unknown:
         raise GuardrtError(f"unknown precision/graph {', '.join(unknown)}; precisions: {', '.join(LM_PRECISIONS)}, "
@@ -287,12 +294,12 @@ def export_causal_lm(
     failures: list[str] = []
     work = Path(tempfile.mkdtemp(prefix=".guardrt-export-", dir=out))
     try:
-        with Progress.step("qwen3guard-gen: PyTorch reference (greedy generation with per-step logits)", log):
-            reference = reference_generations(model_dir, n_heldout=validation_heldout, log=log)
+        with Progress.step(f"{spec}: PyTorch reference (greedy generation with per-step logits)", log):
+            reference = reference_generations(model_dir, n_heldout=validation_heldout, log=log, spec=spec)
         for kind in graphs:
             sub = "generate" if kind == "causal-lm-with-past" else "verdict"
             task = "text-generation-with-past" if kind == "causal-lm-with-past" else "text-generation"
-            with Progress.step(f"qwen3guard-gen: {kind} fp32 ONNX (optimum {task}, opset {ONNX_OPSET})", log):
+            with Progress.step(f"{spec}: {kind} fp32 ONNX (optimum {task}, opset {ONNX_OPSET})", log):
                 model = _optimum_export(model_dir, work / f"optimum-{sub}", task)
                 if kind == "causal-lm-with-past":
                     keep_last_positions(model, 3)  # generation reads the last; an in-process verdict all three
@@ -307,7 +314,7 @@ def export_causal_lm(
             for precision in precisions:
                 path = work / sub / precision / "model.onnx"
                 t0 = time.perf_counter()
-                with Progress.step(f"qwen3guard-gen: {kind} {precision} graph", log):
+                with Progress.step(f"{spec}: {kind} {precision} graph", log):
                     if precision == "fp32":
                         derived = _load(fp32_path)
                     else:
@@ -318,7 +325,7 @@ def export_causal_lm(
                     save_onnx(derived, path, threshold)
                     del derived
                 seconds = time.perf_counter() - t0
-                with Progress.step(f"qwen3guard-gen: validating {kind} {precision} against PyTorch", log):
+                with Progress.step(f"{spec}: validating {kind} {precision} against PyTorch", log):
                     gate = GATES[kind][precision]
                     if kind == "causal-lm-with-past":
                         res = validate_generate(path, model_dir, reference, gate, intra_op_threads=intra_op_threads)
@@ -327,7 +334,7 @@ def export_causal_lm(
                 res.update(precision=precision, size_bytes=_dir_bytes(path.parent), export_seconds=round(seconds, 1))
                 results[kind][precision] = res
                 if log:
-                    log(f"qwen3guard-gen {kind} {precision}: {res['summary']}: "
+                    log(f"{spec} {kind} {precision}: {res['summary']}: "
                         f"{'ok' if res['passed'] else 'FAILED ' + ','.join(res['failed_checks'])}")
                 if res["passed"] or force:
                     dest = out / sub / precision
@@ -345,16 +352,17 @@ def export_causal_lm(
             shutil.copyfile(model_dir / name, out / name)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
     first = next(iter(written.values()), {})
+    spec_labels = get_spec(spec, input_only=True).output.labels
     manifest = {
-        "spec": "qwen3guard-gen",
+        "spec": spec,
         "architecture": "Qwen3ForCausalLM",
         "model_type": "qwen3",
         # Graph kind of `precisions` (the default graph); `graphs` lists every graph kind and its precisions.
         "graph": "causal-lm-with-past" if "causal-lm-with-past" in written else next(iter(written), None),
         "graphs": written,
         "precisions": written.get("causal-lm-with-past", first),
-        "num_labels": 3,
-        "labels": ["Safe", "Unsafe", "Controversial"],
+        "num_labels": len(spec_labels),
+        "labels": list(spec_labels),
         "onnx_opset": ONNX_OPSET,
         "pad_token_id": guard_spec().input.pad_token_id,
         "padding_side": "left",

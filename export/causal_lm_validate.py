@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Reference", "reference_generations", "validate_generate", "validate_verdict", "calibration_feeds"]
+__all__ = ["Reference", "output_label", "reference_generations", "validate_generate", "validate_verdict", "calibration_feeds"]
 
 MAX_REFERENCE_STEPS = 48  # steps whose logits are kept per prompt (the demo models stop after ~10-16 tokens)
 
@@ -56,36 +56,63 @@ def torch_verdict(model, prompts: list[list[int]]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
+def _heldout_prompts(spec: str, tokenizer, n: int, seed: int) -> tuple[list[list[int]], list[str]]:
+    """(prompt ids as the card builds them, output kind per prompt) of `n` held-out synthetic requests of `spec`."""
+    if spec == "flexguard":
+        from guardrt.export.demo_flexguard_models import render_flexguard_ids
+        from guardrt.export.flexguard_synthetic import flexguard_requests
+
+        return render_flexguard_ids(tokenizer, flexguard_requests(n, seed)), ["flexguard"] * n
+    from guardrt.export.demo_guard_models import render_prompt_ids
+    from guardrt.export.guard_synthetic import guard_messages
+    from guardrt.runtime.guard_output import moderation_kind
+
+    messages = guard_messages(n, seed=seed)
+    return render_prompt_ids(tokenizer, messages), [moderation_kind(m) for m in messages]
+
+
+def output_label(text: str, kind: str):
+    """What a generated text decides: Qwen3Guard-Gen's `safety` (kind "prompt" / "response"), FlexGuard's
+    (category, risk_score) (kind "flexguard")."""
+    if kind == "flexguard":
+        from guardrt.runtime.flexguard_output import parse_flexguard_output
+
+        return tuple(parse_flexguard_output(text))
+    from guardrt.runtime.guard_output import parse_guard_output
+
+    return parse_guard_output(text, kind)["safety"]
+
+
 def reference_generations(model_dir: str | Path, n_heldout: int = 32, seed: int | None = None,
-                          log: Callable[[str], None] | None = None) -> Reference:
+                          log: Callable[[str], None] | None = None, spec: str = "qwen3guard-gen") -> Reference:
+    """HF greedy generation (the spec's max_new_tokens and text decoding) on `n_heldout` held-out prompts of `spec`
+    (qwen3guard-gen or flexguard), with the logits of the first steps, and (qwen3guard-gen) the verdict rows."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from guardrt.export.demo_guard_models import render_prompt_ids
-    from guardrt.export.guard_synthetic import guard_messages
     from guardrt.export.progress import Progress
     from guardrt.export.synthetic import SPLIT_SEEDS
-    from guardrt.runtime.guard_output import moderation_kind
+    from guardrt.runtime.specs import get_spec
 
+    decoding = get_spec(spec, input_only=True).decoding
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    messages = guard_messages(n_heldout, seed=SPLIT_SEEDS["heldout"] if seed is None else seed)
-    prompts = render_prompt_ids(tokenizer, messages)
+    prompts, kinds = _heldout_prompts(spec, tokenizer, n_heldout, SPLIT_SEEDS["heldout"] if seed is None else seed)
     tokens, logits, texts = [], [], []
     report = Progress.count(log, "HF generate", len(prompts))
     with torch.inference_mode():
         for i, p in enumerate(prompts, 1):
             out = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                 max_new_tokens=128, do_sample=False, output_logits=True,
+                                 max_new_tokens=decoding.max_new_tokens, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
             new = out.sequences[0, len(p):].tolist()
             tokens.append(new)
             logits.append(torch.cat(out.logits[:MAX_REFERENCE_STEPS]).float().numpy())
-            texts.append(tokenizer.decode(new, skip_special_tokens=True))
+            texts.append(tokenizer.decode(new, skip_special_tokens=decoding.skip_special_tokens))
             report(i)
-    verdict = torch_verdict(model, prompts)
-    return Reference(prompts, [moderation_kind(m) for m in messages], tokens, logits, texts, verdict, model_dir)
+    verdict = torch_verdict(model, prompts) if spec == "qwen3guard-gen" else np.zeros((len(prompts), 7), np.float32)
+    return Reference(prompts, kinds, tokens, logits, texts, verdict, model_dir)
 
 
 def _teacher_forced_max_diff(runner, generator, prompt: list[int], tokens: list[int], ref: np.ndarray) -> float:
@@ -115,11 +142,12 @@ def validate_generate(onnx_path: str | Path, model_dir: str | Path, reference: R
     from tokenizers import Tokenizer
 
     from guardrt.runtime.generate import GreedyGenerator, generation_settings
-    from guardrt.runtime.guard_output import parse_guard_output
+    from guardrt.runtime.specs import get_spec
 
     t0 = time.perf_counter()
+    spec = get_spec("flexguard" if reference.kinds[0] == "flexguard" else "qwen3guard-gen", input_only=True)
     tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-    gen = GreedyGenerator(onnx_path, generation_settings(model_dir), intra_op_threads=intra_op_threads)
+    gen = GreedyGenerator(onnx_path, generation_settings(model_dir, spec=spec), intra_op_threads=intra_op_threads)
     worst = max(_teacher_forced_max_diff(gen.runner, gen, p, t, ref)
                 for p, t, ref in zip(reference.prompts, reference.tokens, reference.step_logits))
     single = [gen.generate([p])[0] for p in reference.prompts]
@@ -130,9 +158,9 @@ def validate_generate(onnx_path: str | Path, model_dir: str | Path, reference: R
     n = len(reference.prompts)
     identical = sum(a == b for a, b in zip(single, reference.tokens)) / n
     batched_identical = sum(a == b for a, b in zip(batched, single)) / n
-    safety = [parse_guard_output(tok.decode(ids, skip_special_tokens=True), k)["safety"]
-              for ids, k in zip(single, reference.kinds)]
-    ref_safety = [parse_guard_output(t, k)["safety"] for t, k in zip(reference.texts, reference.kinds)]
+    skip = spec.decoding.skip_special_tokens
+    safety = [output_label(tok.decode(ids, skip_special_tokens=skip), k) for ids, k in zip(single, reference.kinds)]
+    ref_safety = [output_label(t, k) for t, k in zip(reference.texts, reference.kinds)]
     agreement = sum(a == b for a, b in zip(safety, ref_safety)) / n
     checks = {"max_abs_diff": worst <= gate["atol"], "identical": identical >= gate["min_identical"],
               "safety_agreement": agreement >= gate["min_safety_agreement"],

@@ -43,7 +43,7 @@ __all__ = [
     "GUARD_MODEL_CODE",
 ]
 
-GUARD_DEMO_SPECS = ("qwen3guard-gen",)
+GUARD_DEMO_SPECS = ("qwen3guard-gen", "flexguard")  # flexguard: demo_flexguard_models
 CHAT_TEMPLATE_PATH = Path(__file__).resolve().parent / "data" / "qwen3guard-gen" / "chat_template.jinja"
 # Files whose content is part of the demo model's cache key.
 GUARD_MODEL_CODE = ("export/demo_guard_models.py", "export/guard_synthetic.py", "export/tokenizers.py",
@@ -256,16 +256,23 @@ def _check_shortcut(model, pairs, cached) -> None:
 
 
 def _train(model, size: str, tokenizer, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
     from guardrt.export.guard_synthetic import describe, guard_examples
     from guardrt.export.synthetic import SPLIT_SEEDS
 
     cfg = _TRAIN[size]
     train = guard_examples(cfg["examples"], seed=SPLIT_SEEDS["train"] + 100 * seed)
-    pairs = _encode_examples(tokenizer, train)
+    return train_last_layer(model, _encode_examples(tokenizer, train), cfg, seed, log, f"qwen3guard-gen/{size}",
+                            describe(train))
+
+
+def train_last_layer(model, pairs: list[tuple[list[int], list[int]]], cfg: dict[str, Any], seed: int,
+                     log: Callable[[str], None], title: str, labels: Any) -> dict[str, Any]:
+    """Train the parts named above on (prompt ids, target ids) pairs (loss on the target tokens only); returns the
+    training metrics for demo.json. `cfg`: steps, batch, lr, negatives (see `_TRAIN`)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.eval()
@@ -283,7 +290,7 @@ def _train(model, size: str, tokenizer, seed: int, log: Callable[[str], None]) -
     others = np.setdiff1d(np.arange(vocab), used.numpy())
     rows = torch.nn.Parameter(head[used].detach().clone())
     params = [p for p in model.parameters() if p.requires_grad] + [rows]
-    log(f"qwen3guard-gen/{size}: {len(pairs)} examples ({describe(train)}), {len(used)} emitted token types; "
+    log(f"{title}: {len(pairs)} examples ({labels}), {len(used)} emitted token types; "
         f"training {sum(p.numel() for p in params) / 1e6:.2f}M of {model.num_parameters() / 1e6:.1f}M parameters")
     t0 = time.perf_counter()
     cached = _cache_examples(model, pairs, log)
@@ -318,7 +325,7 @@ def _train(model, size: str, tokenizer, seed: int, log: Callable[[str], None]) -
         p.requires_grad_(True)
     return {"trained": "last layer query path, attention output and MLP; final norm; emitted tokens' LM-head rows",
             "steps": cfg["steps"], "batch": cfg["batch"], "train_examples": len(pairs),
-            "train_labels": describe(train), "final_loss": float(loss.detach()),
+            "train_labels": labels, "final_loss": float(loss.detach()),
             "cache_seconds": round(cache_seconds, 1), "train_seconds": round(time.perf_counter() - t0, 1)}
 
 

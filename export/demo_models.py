@@ -465,8 +465,8 @@ def cached_demo_model(spec_name: str, size: str = "tiny", seed: int = 0,
     """A demo checkpoint directory, built once per (code, settings) and reused."""
     from guardrt.export.demo_guard_models import GUARD_DEMO_SPECS
 
-    if spec_name in GUARD_DEMO_SPECS:  # generative guards: guardrt.export.demo_guard_models
-        return cached_guard_demo_model(size, seed=seed, log=log)
+    if spec_name in GUARD_DEMO_SPECS:  # generative guards: demo_guard_models, demo_flexguard_models
+        return cached_guard_demo_model(size, seed=seed, log=log, spec=spec_name)
     key = f"{spec_name}-{size}-s{seed}-{_code_hash(_MODEL_CODE, 'model', spec_name, size, seed, _CONFIGS.get((spec_name, size)), _TRAIN.get((spec_name, size)))}"
     return _cached("models", key, lambda tmp: build_demo_model(spec_name, size, tmp, seed=seed, log=log))
 
@@ -486,8 +486,17 @@ def cached_demo_export(spec_name: str, size: str = "tiny", precisions: Sequence[
                                                             **export_kwargs))
 
 
-def cached_guard_demo_model(size: str = "tiny", seed: int = 0, log: Callable[[str], None] | None = None) -> Path:
-    """The Qwen3Guard-Gen demo checkpoint (`guardrt.export.demo_guard_models`), built once and reused."""
+def cached_guard_demo_model(size: str = "tiny", seed: int = 0, log: Callable[[str], None] | None = None,
+                            spec: str = "qwen3guard-gen") -> Path:
+    """A generative guard's demo checkpoint, built once and reused: Qwen3Guard-Gen
+    (`guardrt.export.demo_guard_models`) or FlexGuard (`guardrt.export.demo_flexguard_models`)."""
+    if spec == "flexguard":
+        from guardrt.export.demo_flexguard_models import (FLEXGUARD_MODEL_CODE, build_flexguard_demo_model,
+                                                          flexguard_cache_settings)
+
+        key = f"flexguard-{size}-s{seed}-" + _code_hash(FLEXGUARD_MODEL_CODE, "model", size, seed,
+                                                        *flexguard_cache_settings(size))
+        return _cached("models", key, lambda tmp: build_flexguard_demo_model(size, tmp, seed=seed, log=log))
     from guardrt.export.demo_guard_models import GUARD_MODEL_CODE, build_guard_demo_model, guard_cache_settings
 
     key = f"qwen3guard-gen-{size}-s{seed}-" + _code_hash(GUARD_MODEL_CODE, "model", size, seed,
@@ -500,13 +509,17 @@ _GUARD_EXPORT_CODE = ("export/causal_lm_export.py", "export/causal_lm_validate.p
 
 
 def cached_guard_export(size: str = "tiny", precisions: Sequence[str] = ("fp32",),
-                        graphs: Sequence[str] = ("causal-lm-with-past", "verdict"), seed: int = 0,
-                        log: Callable[[str], None] | None = None, **export_kwargs: Any) -> Path:
-    """A validated Qwen3Guard-Gen export (`guardrt.export.causal_lm_export`) of the demo model, built once."""
+                        graphs: Sequence[str] | None = None, seed: int = 0,
+                        log: Callable[[str], None] | None = None, spec: str = "qwen3guard-gen",
+                        **export_kwargs: Any) -> Path:
+    """A validated export (`guardrt.export.causal_lm_export`) of a generative guard's demo model, built once.
+    graphs: default both kinds for qwen3guard-gen, the generation graph for flexguard."""
     from guardrt.export.causal_lm_export import export_causal_lm
 
-    model_dir = cached_guard_demo_model(size, seed=seed, log=log)
-    key = f"qwen3guard-gen-{size}-s{seed}-{'_'.join(precisions)}-{'_'.join(graphs)}-" + _code_hash(
+    if graphs is None:
+        graphs = ("causal-lm-with-past", "verdict") if spec == "qwen3guard-gen" else ("causal-lm-with-past",)
+    model_dir = cached_guard_demo_model(size, seed=seed, log=log, spec=spec)
+    key = f"{spec}-{size}-s{seed}-{'_'.join(precisions)}-{'_'.join(graphs)}-" + _code_hash(
         _GUARD_EXPORT_CODE, "export", model_dir.name, tuple(precisions), tuple(graphs), export_kwargs)
     return _cached("exports", key, lambda tmp: export_causal_lm(model_dir, tmp, tuple(precisions), tuple(graphs),
-                                                                log=log, **export_kwargs))
+                                                                log=log, spec=spec, **export_kwargs))

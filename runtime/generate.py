@@ -47,9 +47,12 @@ class GenerationSettings:
 
 def generation_settings(model_dir: str | Path, max_new_tokens: int | None = None, spec=None) -> GenerationSettings:
     """Settings from `model_dir/generation_config.json` (eos_token_id: int or list; pad_token_id), as HF reads
-    them; the spec's (default qwen3guard-gen) where the file or a field is absent, or where the spec pins
-    `stop_token_ids`."""
-    spec = guard_spec(spec)
+    them; the spec's (default qwen3guard-gen; any greedy spec or its name, e.g. flexguard) where the file or a field
+    is absent, or where the spec pins `stop_token_ids`."""
+    if spec is None or isinstance(spec, str):
+        from guardrt.runtime.specs import get_spec
+
+        spec = guard_spec() if spec is None else get_spec(spec, input_only=True)
     file = Path(model_dir) / "generation_config.json"
     cfg = read_json_file(file) if file.is_file() else {}
     eos = (list(spec.decoding.stop_token_ids) if spec.decoding.stop_token_ids

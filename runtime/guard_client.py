@@ -37,7 +37,7 @@ from guardrt.runtime.guard_output import (guard_spec, parse_guard_output, verdic
                                           verdict_spec)
 from guardrt.runtime.triton_repo import DEFAULT_REQUEST_TIMEOUT_S
 
-__all__ = ["AsyncTritonGuardClient", "TritonGuardClient", "generate_model_name"]
+__all__ = ["AsyncTritonGuardClient", "TritonFlexGuardClient", "TritonGuardClient", "generate_model_name"]
 
 GENERATE_SUFFIX = "-generate"
 DEFAULT_GENERATE_TIMEOUT_S = 300.0
@@ -310,6 +310,95 @@ class AsyncTritonGuardClient(_GuardClientBase):
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+class TritonFlexGuardClient:
+    """FlexGuard over Triton: the generate model `flexguard-generate` (decoupled, continuous batching; `guardrt repo`
+    with a flexguard export). The prompt is built here (`flexguard_engine.flexguard_input`: the in-process input
+    side), token ids go over one gRPC stream, the new tokens come back and are decoded and parsed here
+    (`flexguard_engine.result_from_tokens`); for a well-formed output a score request (prompt + the generated tokens
+    before the score) brings back the score distribution, computed on the server's KV cache as in process. Same
+    methods and results as `FlexGuardClassifier`: `classify`, `classify_batch` (per-item errors), `classify_ids`
+    (ServerError on the first failed item), `check_ready`. The threshold: `threshold` > `strictness` > the
+    calibration.json next to the tokenizer (the export directory) > 40."""
+
+    def __init__(self, url: str, tokenizer_dir: str | Path, *, strictness: str | None = None,
+                 threshold: float | None = None, model: str | None = None,
+                 timeout_s: float = DEFAULT_GENERATE_TIMEOUT_S, expected_score: bool = True):
+        from tokenizers import Tokenizer
+
+        from guardrt.runtime.flexguard_engine import FLEXGUARD_SPEC, flexguard_input, resolve_flexguard_threshold
+        from guardrt.runtime.generate import generation_settings
+
+        root = Path(tokenizer_dir)
+        root = root.parent if root.is_file() else root
+        self.url = url
+        self.input = self.preprocessor = flexguard_input(root)
+        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        self.stop_ids = generation_settings(root, spec=FLEXGUARD_SPEC).eos_token_ids
+        self.threshold, self.threshold_source = resolve_flexguard_threshold(threshold, strictness, root)
+        self.model = model or generate_model_name(FLEXGUARD_SPEC)
+        self.timeout_s = float(timeout_s)
+        self.expected_score = bool(expected_score)
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def generate_client(self):
+        from guardrt.runtime.triton_generate import TritonGenerateClient
+
+        with self._lock:
+            if self._client is None:
+                self._client = TritonGenerateClient(self.url, self.model, timeout_s=self.timeout_s)
+            return self._client
+
+    def check_ready(self) -> None:
+        ModelProbe(self.url, self.model, self.timeout_s).check()
+
+    def _run(self, prompts: list[list[int]]) -> list[dict[str, Any]]:
+        from guardrt.runtime.flexguard_engine import result_from_tokens, score_prefix
+        from guardrt.runtime.flexguard_score import distribution_from_row
+
+        outcomes = self.generate_client.generate_each(prompts)
+        prefixes = [score_prefix(self.tokenizer, p, t, self.stop_ids) if self.expected_score and e is None else None
+                    for p, (t, e) in zip(prompts, outcomes)]
+        todo = [i for i, pre in enumerate(prefixes) if pre is not None]
+        rows: dict[int, tuple] = {}
+        if todo:
+            rows = dict(zip(todo, self.generate_client.score_each([prefixes[i] for i in todo])))
+        out: list[dict[str, Any]] = []
+        for i, (tokens, error) in enumerate(outcomes):
+            if error is None and i in rows and rows[i][1] is not None:
+                error = f"score request failed: {rows[i][1]}"
+            if error is not None:
+                out.append({"error": f"item {i}: {error}"})
+                continue
+            dist = distribution_from_row(rows[i][0]) if i in rows else None
+            out.append(result_from_tokens(self.tokenizer, tokens, self.stop_ids, self.threshold, dist))
+        return out
+
+    def classify_ids(self, prompts: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+        """One result per prompt (flexguard prompt ids); ServerError on the first failed item."""
+        return _GuardClientBase._first_error(self._run(self.input.check_prompts(prompts)))
+
+    def classify(self, payload: Any) -> dict[str, Any]:
+        return self.classify_ids([self.input.encode(payload)])[0]
+
+    def classify_batch(self, payloads: Sequence[Any]) -> list[dict[str, Any]]:
+        """One result per request, in order; {"error": "item i: ..."} for a bad or failed one."""
+        ids, errors = encode_items(self.input, payloads, "generate")
+        good = [i for i, e in enumerate(errors) if e is None]
+        return _GuardClientBase._merge(errors, good, self._run([ids[i] for i in good]) if good else [])
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> "TritonFlexGuardClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class ModelProbe:

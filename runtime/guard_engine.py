@@ -43,7 +43,12 @@ class GuardInput:
 
     def __init__(self, preprocessor, mode: str = "verdict", max_new_tokens: int | None = None, spec=None):
         self.chat = preprocessor
-        self.spec = guard_spec(spec or getattr(preprocessor, "spec", None))
+        spec = spec or getattr(preprocessor, "spec", None)
+        # Qwen3Guard-Gen-style specs (verdict or generate); another generative spec (flexguard) generates only.
+        generative = spec is not None and not isinstance(spec, str) and spec.output.kind == "flexguard_text"
+        self.spec = spec if generative else guard_spec(spec)
+        if generative and mode != "generate":
+            raise InputError(f"{self.spec.name} runs in generate mode only, not {mode!r}")
         self.mode = check_mode(mode)
         self.max_new_tokens = int(self.spec.decoding.max_new_tokens if max_new_tokens is None else max_new_tokens)
         self.tokenizer = preprocessor.tokenizer
@@ -56,6 +61,16 @@ class GuardInput:
         if len(prompt) + extra > self.spec.input.max_length:
             return f"{len(prompt)} prompt tokens + {what} exceed the maximum length {self.spec.input.max_length}"
         return None
+
+    def check_prompts(self, prompts: Sequence[Sequence[int]], mode: str | None = None) -> list[list[int]]:
+        """`prompts` as lists, or InputError naming the first item that cannot run in `mode` (or an empty batch)."""
+        if not prompts:
+            raise InputError("empty batch: at least one prompt is needed")
+        for i, p in enumerate(prompts):
+            problem = self.problem(p, mode) if len(p) else "empty prompt (no token ids)"
+            if problem:
+                raise InputError(f"item {i}: {problem}")
+        return [list(p) for p in prompts]
 
     def encode(self, messages: Any, mode: str | None = None) -> list[int]:
         ids = self.chat.encode(messages)

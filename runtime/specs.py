@@ -24,7 +24,7 @@ saying what is missing; `get_spec(name, input_only=True)` returns it. `spec_name
 | intent-safety | dialogue_ctx (task + last 8 turns, left trim, 4,096) | classifier_logits | none | classifier (threshold 0.5) |
 | rejection | single_text (right truncation, 512) | classifier_logits | none | classifier (argmax) |
 | qwen3guard-gen | chat_template (the model's, 32,768, over = error) | causal_lm_with_past (+ a classifier-shaped verdict graph) | greedy, 128 new tokens, generation_config stop ids | qwen3guard_gen_text: the card's regexes; verdict rows (qwen3guard_verdict) |
-| flexguard | chat_template, the model's Qwen3 template with add_generation_prompt + enable_thinking, after the `flexguard` message builder (card system prompt + `[User]:`/`[Assistant]:` block; payload `{"user", "assistant"?}`) | causal_lm_with_past (declared) | greedy, 2,048 new tokens, special tokens kept (declared) | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds (parser served in runtime/flexguard_output.py) |
+| flexguard | chat_template, the model's Qwen3 template with add_generation_prompt + enable_thinking, after the `flexguard` message builder (card system prompt + `[User]:`/`[Assistant]:` block; payload `{"user", "assistant"?}`) | causal_lm_with_past (generation graph only) | greedy, 2,048 new tokens, special tokens kept | flexguard_text: CATEGORY + RISK_SCORE, strictness thresholds, expected score (runtime/flexguard_output.py, flexguard_engine.py, flexguard_score.py) |
 | qwen3guard-stream | chat_template, the model's Qwen3 template, add_generation_prompt=False, enable_thinking=False (8,192 positions) | token_heads (risk/category logits per position, query + response heads, KV cache in/out) | streaming (prompt once, then chunks of k >= 1 tokens) | stream_heads: per-token risk/category through the config maps, the official two-consecutive debounce (runtime/stream_protocol.py) |
 
 **Read-only shorthands.** Code written for the flat classifier spec reads `spec.max_length`, `spec.labels`,
@@ -223,7 +223,7 @@ SERVED_KINDS: dict[str, tuple[str, ...]] = {
     "input": ("dialogue_ctx", "single_text", "chat_template"),
     "graph": ("classifier_logits", "causal_lm_with_past", "token_heads"),
     "decoding": ("none", "greedy", "streaming"),
-    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "stream_heads"),
+    "output": ("classifier", "qwen3guard_gen_text", "qwen3guard_verdict", "flexguard_text", "stream_heads"),
 }
 
 # Read-only shorthands of the flat classifier spec: name -> (part, field). Also accepted as constructor overrides.
@@ -531,7 +531,8 @@ register(
             kv_cache=KVCacheNames(),
         ),
         # The card's SamplingParams: temperature 0 (greedy), max_tokens 2048, skip_special_tokens=False.
-        decoding=Decoding(kind="greedy", max_new_tokens=2048, stop_token_ids=None, skip_special_tokens=False),
+        decoding=Decoding(kind="greedy", max_new_tokens=2048, stop_token_ids=None, skip_special_tokens=False,
+                          default_stop_token_ids=(151645, 151643)),
         output=OutputParser(
             kind="flexguard_text",
             labels=("SAFE", "VIO", "ILG", "SEX", "INF", "DIS", "MIS", "JAIL"),

@@ -28,12 +28,14 @@ GENERATE_BACKEND = Path(__file__).with_name("triton_backend") / "generate_model.
 
 def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_op_threads: int = 0,
                          max_active_rows: int = 32, prefix_cache_entries: int = 8, max_verdict_batch: int = 16,
-                         intra_op_spinning: bool = False, precision: str = "fp32", onnx_file: str = "model.onnx") -> str:
-    """config.pbtxt of the decoupled generate model (checked with Triton's ModelConfig protobuf)."""
+                         intra_op_spinning: bool = False, precision: str = "fp32", onnx_file: str = "model.onnx",
+                         spec: str = "qwen3guard-gen") -> str:
+    """config.pbtxt of the decoupled generate model (checked with Triton's ModelConfig protobuf). `spec`:
+    qwen3guard-gen (verdict requests) or flexguard (score requests: `score_mode`)."""
     from guardrt.runtime.triton_repo import _parameters_block, _q, parse_config
 
     params = {
-        "guardrt_spec": "qwen3guard-gen", "guardrt_mode": "generate", "guardrt_precision": precision,
+        "guardrt_spec": spec, "guardrt_mode": "generate", "guardrt_precision": precision,
         "onnx_file": onnx_file, "eos_token_ids": ",".join(str(t) for t in settings.eos_token_ids),
         "pad_token_id": settings.pad_token_id, "max_new_tokens": settings.max_new_tokens,
         "max_length": settings.max_length, "intra_op_threads": int(intra_op_threads),
@@ -46,7 +48,8 @@ def generate_config_text(name: str, settings, *, instance_count: int = 1, intra_
         "input [\n"
         "  { name: \"input_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
         "  { name: \"max_new_tokens\" data_type: TYPE_INT32 dims: [ 1 ] optional: true },\n"
-        "  { name: \"verdict_mode\" data_type: TYPE_BOOL dims: [ 1 ] optional: true }\n"
+        "  { name: \"verdict_mode\" data_type: TYPE_BOOL dims: [ 1 ] optional: true },\n"
+        "  { name: \"score_mode\" data_type: TYPE_BOOL dims: [ 1 ] optional: true }\n"
         "]\n"
         "output [\n  { name: \"output_ids\" data_type: TYPE_INT64 dims: [ -1 ] },\n"
         "  { name: \"verdict\" data_type: TYPE_FP32 dims: [ -1 ] },\n"
@@ -67,8 +70,8 @@ def write_generate_model(repo: str | Path, export_dir: str | Path, *, precision:
 
     manifest = load_export_dir(export_dir)
     src = manifest.graph_path("causal-lm-with-past", precision)
-    settings = generation_settings(manifest.path, max_new_tokens)
-    text = generate_config_text(name, settings, precision=precision, **options)
+    settings = generation_settings(manifest.path, max_new_tokens, spec=manifest.spec)
+    text = generate_config_text(name, settings, precision=precision, spec=manifest.spec, **options)
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
@@ -151,7 +154,7 @@ class TritonGenerateClient:
         text = result.as_numpy("error")  # the model reports a request's own error as data (`error` output)
         text = text.reshape(-1)[0] if text is not None and text.size else b""
         text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-        output = "verdict" if request_id.startswith("v") else "output_ids"
+        output = "verdict" if request_id.startswith(("v", "s")) else "output_ids"  # score rows use `verdict`
         sink((None, text) if text else (result.as_numpy(output).tolist(), None))
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
@@ -169,6 +172,12 @@ class TritonGenerateClient:
         sent); ServerError when the stream is down."""
         return self._each(prompts, max_new_tokens, verdict=False)
 
+    def score_each(self, prefixes: Sequence[Sequence[int]]) -> list[tuple[list[float] | None, str | None]]:
+        """(score row, None) or (None, error) per prefix (FlexGuard: prompt + generated tokens before the score's
+        first digit): the model's score requests (`flexguard_score.score_row`: 101 probabilities, mass, argmax
+        token); errors as in `generate_each`."""
+        return self._each(prefixes, None, verdict=True, score=True)
+
     def verdict_each(self, prompts: Sequence[Sequence[int]]) -> list[tuple[list[float] | None, str | None]]:
         """(verdict row, None) or (None, error) per prompt (chat-template ids, without the verdict prefix): the
         model's verdict requests, one KV-cache prefill with its prefix cache (`VERDICT_COLUMNS`); errors as in
@@ -176,7 +185,7 @@ class TritonGenerateClient:
         return self._each(prompts, None, verdict=True)
 
     async def each_async(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None,
-                         verdict: bool = False) -> list[tuple[list | None, str | None]]:
+                         verdict: bool = False, score: bool = False) -> list[tuple[list | None, str | None]]:
         """`generate_each` / `verdict_each` for asyncio: awaits the responses without holding a thread, so any
         number of concurrent calls share the stream."""
         import asyncio
@@ -189,7 +198,7 @@ class TritonGenerateClient:
 
         for ids in self._checked(prompts):
             future = loop.create_future()
-            futures.append((self._send(ids, verdict, max_new_tokens, sink_for(future)), future))
+            futures.append((self._send(ids, verdict or score, max_new_tokens, sink_for(future), score), future))
         out = []
         for request_id, future in futures:
             try:
@@ -213,15 +222,17 @@ class TritonGenerateClient:
             out.append(ids)
         return out
 
-    def _send(self, ids: np.ndarray, verdict: bool, max_new_tokens: int | None, sink) -> str:
-        """Send one request on the stream; its outcome goes to `sink`. Returns the request id."""
-        request_id = f"{'v' if verdict else 'g'}{next(self._ids)}"  # the prefix says which output to read
+    def _send(self, ids: np.ndarray, verdict: bool, max_new_tokens: int | None, sink, score: bool = False) -> str:
+        """Send one request on the stream; its outcome goes to `sink`. Returns the request id. `score` (with
+        `verdict`): a FlexGuard score request."""
+        kind = ("s" if score else "v") if verdict else "g"
+        request_id = f"{kind}{next(self._ids)}"  # the prefix says which output to read
         with self._lock:
             self._sinks[request_id] = sink
         inputs = [self._grpc.InferInput("input_ids", [ids.size], "INT64")]
         inputs[0].set_data_from_numpy(ids)
         if verdict:
-            flag = self._grpc.InferInput("verdict_mode", [1], "BOOL")
+            flag = self._grpc.InferInput("score_mode" if score else "verdict_mode", [1], "BOOL")
             flag.set_data_from_numpy(np.asarray([True]))
             inputs.append(flag)
         elif max_new_tokens is not None:
@@ -237,11 +248,11 @@ class TritonGenerateClient:
                               f"{str(exc).splitlines()[0]}") from None
         return request_id
 
-    def _each(self, prompts, max_new_tokens, verdict: bool):
+    def _each(self, prompts, max_new_tokens, verdict: bool, score: bool = False):
         waiting = []
         for ids in self._checked(prompts):
             q: queue.Queue = queue.Queue()
-            waiting.append((self._send(ids, verdict, max_new_tokens, q.put), q))
+            waiting.append((self._send(ids, verdict, max_new_tokens, q.put, score), q))
         out: list[tuple[list | None, str | None]] = []
         for request_id, q in waiting:
             try:

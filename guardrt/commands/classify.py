@@ -10,7 +10,9 @@ with the same `classify_ids` shape. `--url` repeated: one client over the replic
 health-checked, least outstanding requests first, a request refused by a replica that went down is re-sent to
 another one); replicas down at the start are named on stderr, and the run goes on while one is ready.
 qwen3guard-gen (`--mode verdict|generate`, lines `{"messages": [...]}`) uses `GuardClassifier` in process and
-`TritonGuardClient` over `--url` (one URL): the same results and the same per-line errors.
+`TritonGuardClient` over `--url` (one URL): the same results and the same per-line errors. flexguard (lines
+`{"user": ...[, "assistant": ...]}`, `--strictness strict|moderate|loose` or `--threshold T`, default the export's
+calibration.json, else 40) uses `FlexGuardClassifier` in process and `TritonFlexGuardClient` over `--url`.
 """
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ def add_arguments(p) -> None:
                    help="qwen3guard-gen --url --mode verdict: kv (default: verdict requests to the generate model, "
                         "its KV-cache prefill with the server's prefix cache) or graph (the verdict-graph model, "
                         "e.g. a TensorRT flavor)")
+    p.add_argument("--strictness", choices=["strict", "moderate", "loose"], default=None,
+                   help="flexguard: the card's rubric threshold on RISK_SCORE (strict 20, moderate 40, loose 60); "
+                        "default: --threshold, else the export's calibration.json, else 40")
+    p.add_argument("--no-expected-score", action="store_true",
+                   help="flexguard: skip the expected score (the digit-tree decode steps after generation)")
     p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
                    help=f"--url: requests in flight at once (default: {DEFAULT_MAX_IN_FLIGHT})")
 
@@ -121,6 +128,37 @@ def _guard_triton(args, spec):
     return client
 
 
+def _flexguard(args, spec):
+    """flexguard in process (--model) or over one --url (the generate model `flexguard-generate`)."""
+    from guardrt.runtime.errors import GuardrtError, InputError
+
+    if args.url:
+        from guardrt.runtime.guard_client import TritonFlexGuardClient
+
+        tokenizer = args.tokenizer or args.model
+        if not tokenizer:
+            raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
+        urls = [args.url] if isinstance(args.url, str) else list(args.url)
+        if len(urls) > 1:
+            raise InputError(f"{spec.name}: give --url once (replicated serving covers the classifier specs so far)")
+        client = TritonFlexGuardClient(urls[0], tokenizer, strictness=args.strictness, threshold=args.threshold,
+                                       model=args.model_name, timeout_s=args.timeout,
+                                       expected_score=not args.no_expected_score)
+        try:
+            client.check_ready()  # server down / model not ready: one line before reading any input
+        except GuardrtError:
+            client.close()
+            raise
+        return client
+    from guardrt.runtime.flexguard_engine import FlexGuardClassifier
+
+    if not args.model:
+        raise GuardrtError("--model EXPORT_DIR is required for in-process classification")
+    return FlexGuardClassifier(args.model, args.precision, strictness=args.strictness, threshold=args.threshold,
+                               tokenizer_dir=args.tokenizer, intra_op_threads=args.threads,
+                               max_batch_size=args.batch_size, expected_score=not args.no_expected_score)
+
+
 def run(args) -> int:
     from guardrt.commands.preprocess import iter_jsonl_inputs, read_task_description
     from guardrt.runtime.errors import GuardrtError, InputError
@@ -135,11 +173,18 @@ def run(args) -> int:
         raise InputError(f"{spec.name} judges a response token by token: use `guardrt stream --spec {spec.name}`")
     task_description = read_task_description(args.task_description)
     guard = spec.output.kind == "qwen3guard_gen_text"  # Qwen3Guard-Gen: verdict / generate modes
+    flex = spec.output.kind == "flexguard_text"  # FlexGuard: risk score and strictness
     if guard and (task_description is not None or args.threshold is not None):
         raise InputError(f"spec {spec.name} takes no --task-description or --threshold")
     if not guard and args.mode != "verdict":
         raise InputError(f"--mode applies to qwen3guard-gen, not {spec.name}")
-    if args.url:
+    if not flex and (args.strictness or args.no_expected_score):
+        raise InputError(f"--strictness / --no-expected-score apply to flexguard, not {spec.name}")
+    if flex and task_description is not None:
+        raise InputError(f"spec {spec.name} takes no --task-description")
+    if flex:
+        classifier = _flexguard(args, spec)
+    elif args.url:
         classifier = (_guard_triton if guard else _classifier_triton)(args, spec, *([] if guard else [task_description]))
     else:
         classifier = (_guard_in_process if guard else _classifier_in_process)(args, spec,

@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output directory; one checkpoint per spec in OUT/<spec>")
     p.add_argument("--size", default="tiny", choices=["tiny", "realistic"],
                    help="tiny (unit tests, seconds) or realistic (distilroberta 6x768; Qwen3-0.6B layer shape, "
-                        "4 layers, for intent-safety and qwen3guard-gen)")
+                        "4 layers, for intent-safety, qwen3guard-gen and flexguard)")
     from guardrt.export.demo_guard_models import GUARD_DEMO_SPECS
 
     names = sorted(set(spec_names()) | set(GUARD_DEMO_SPECS))
@@ -59,7 +59,8 @@ def run(args) -> int:
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".complete"))
         metrics = json.loads((dest / "demo.json").read_text())
         line = {"spec": name, "size": args.size, "model_dir": str(dest),
-                "heldout_accuracy": metrics.get("heldout_accuracy", metrics.get("heldout_safety_accuracy"))}
+                "heldout_accuracy": metrics.get("heldout_accuracy", metrics.get(
+                    "heldout_safety_accuracy", metrics.get("heldout_decision_agreement")))}
         if "heldout_metrics" in metrics:  # qwen3guard-stream: token-level head accuracies
             line["heldout_accuracy"] = metrics["heldout_metrics"]
         if "heldout_format_accuracy" in metrics:

@@ -70,7 +70,8 @@ def load_graph_pass(ref: str | None, target: str = "onnx"):
 
 
 def _export_causal_lm(args, spec) -> int:
-    """qwen3guard-gen: the KV-cache generation graph and the verdict graph per precision (export/causal_lm_export.py)."""
+    """qwen3guard-gen: the KV-cache generation graph and the verdict graph per precision; flexguard: the generation
+    graph (export/causal_lm_export.py)."""
     from guardrt.export.causal_lm_export import export_causal_lm
     from guardrt.export.progress import stderr_log
     from guardrt.runtime.errors import GuardrtError
@@ -79,8 +80,9 @@ def _export_causal_lm(args, spec) -> int:
         raise GuardrtError(f"--target {args.target}: {spec.name}'s verdict engines are built by "
                            "guardrt.export.verdict_tensorrt.build_verdict_engines (GPU host)")
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    out = export_causal_lm(args.model_dir, args.out, precisions, force=args.force,
-                           log=None if args.quiet else stderr_log)
+    graphs = ("causal-lm-with-past", "verdict") if spec.name == "qwen3guard-gen" else ("causal-lm-with-past",)
+    out = export_causal_lm(args.model_dir, args.out, precisions, graphs, force=args.force,
+                           log=None if args.quiet else stderr_log, spec=spec.name)
     print(getattr(out, "path", out))
     return 0
 

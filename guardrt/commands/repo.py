@@ -9,9 +9,12 @@ card's JSON results out, for any KServe v2 client; `--no-text` skips it).
 
 From a Qwen3Guard-Gen export it writes both modes instead: the verdict model `<name>` (the export's verdict graph,
 served like a classifier: python flavor with ragged dynamic batching) and the generate model `<name>-generate`
-(decoupled python model batching concurrent requests' decoding); no text-in model.
+(decoupled python model batching concurrent requests' decoding); no text-in model. From a FlexGuard export: the
+generate model `flexguard-generate` alone (generation and score requests; no verdict or text-in model).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 NAME = "repo"
 HELP = "write a model (from a `guardrt export` directory) into a Triton model repository"
@@ -61,6 +64,8 @@ def run(args) -> int:
     from guardrt.runtime.errors import InputError
     from guardrt.runtime.triton_repo import text_model_name, write_model, write_text_model
 
+    if args.spec == "flexguard" and not args.model:
+        raise InputError("flexguard is served from its export (--model EXPORT_DIR): the python generate model")
     if args.flavor != "tensorrt" and not args.model:
         raise InputError(f"the {args.flavor} flavor needs --model EXPORT_DIR")
     if args.flavor == "tensorrt" and not (args.model or args.spec):
@@ -76,6 +81,8 @@ def run(args) -> int:
         raise InputError("--max-queue-size / --queue-timeout-us apply to the python flavor")
     if args.model and _export_spec(args.model) == "qwen3guard-stream":
         return _write_stream(args)
+    if args.model and _export_spec(args.model) == "flexguard":
+        return _write_flexguard(args)
     if args.model and _is_guard_export(args.model):
         return _write_guard(args, options)
     path = write_model(
@@ -103,10 +110,10 @@ def run(args) -> int:
     return 0
 
 
-def _export_spec(export_dir) -> str:
+def _export_spec(export_dir) -> str | None:
     from guardrt.runtime.export_dir import load_export_dir
 
-    return load_export_dir(export_dir).spec
+    return load_export_dir(export_dir).spec if (Path(export_dir) / "guardrt.json").is_file() else None
 
 
 def _write_stream(args) -> int:
@@ -121,6 +128,24 @@ def _write_stream(args) -> int:
                               idle_timeout_s=args.stream_idle_timeout_s or DEFAULT_IDLE_TIMEOUT_S,
                               max_streams=args.max_streams or 256)
     print(f"wrote {path} (sequence batcher, python backend, KV cache per stream, {args.precision})")
+    return 0
+
+
+def _write_flexguard(args) -> int:
+    """FlexGuard: the decoupled generate model `flexguard-generate` (continuous batching, score requests)."""
+    from guardrt.runtime.errors import InputError
+    from guardrt.runtime.guard_client import generate_model_name
+    from guardrt.runtime.triton_generate import write_generate_model
+
+    if args.spec and args.spec != "flexguard":
+        raise InputError(f"export {args.model} is a flexguard export, not {args.spec}")
+    if args.flavor != "python" or args.task_description or args.max_payload_bytes is not None:
+        raise InputError("a flexguard export is served by the python generate model only (no --flavor, "
+                         "--task-description or --max-payload-bytes)")
+    path = write_generate_model(args.out, args.model, precision=args.precision,
+                                name=generate_model_name(args.name or "flexguard"),
+                                intra_op_threads=args.intra_op_threads)
+    print(f"wrote {path} (flexguard generate: decoupled python model, continuous batching, {args.precision})")
     return 0
 
 

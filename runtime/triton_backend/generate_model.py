@@ -9,9 +9,16 @@ answer never waits for a long one. The computation per row is the one `GreedyGen
 equal to in-process generation).
 
 Request: `input_ids` INT64 [n] (one prompt: the chat template's ids, no padding), optional `max_new_tokens` INT32
-[1], optional `verdict_mode` BOOL [1]. Response: `output_ids` INT64 [m], the new tokens, stop token included, `verdict`
-FP32 [7] (verdict requests: `guardrt.runtime.verdict.VERDICT_COLUMNS`, else empty) and `error` BYTES [1] ("" or the
-request's one-line error, with the other outputs empty).
+[1], optional `verdict_mode` BOOL [1], optional `score_mode` BOOL [1]. Response: `output_ids` INT64 [m], the new
+tokens, stop token included, `verdict` FP32 [7] (verdict requests: `guardrt.runtime.verdict.VERDICT_COLUMNS`; score
+requests: [103], `guardrt.runtime.flexguard_score.score_row`; else empty) and `error` BYTES [1] ("" or the request's
+one-line error, with the other outputs empty).
+
+Score requests (`score_mode` true, FlexGuard): `input_ids` is the prompt plus the generated tokens before the
+score's first digit; the answer is the distribution over the score 0-100 (`flexguard_score.score_distributions`: one
+prefill with the prefix cache, two batched decode steps over the digit tree), what the in-process
+`FlexGuardClassifier` computes. Answered between two decode steps, like verdict requests. Verdict requests are
+Qwen3Guard-Gen's only (`guardrt_spec` parameter), score requests FlexGuard's only.
 
 Verdict requests (`verdict_mode` true) are Qwen3Guard-Gen's verdict mode served on the same session: one prefill of
 `prompt + Safety :` through the KV-cache graph, reusing the prefix cache (the template head shared by every prompt
@@ -76,7 +83,9 @@ class TritonPythonModel:
         )
         self.max_active = int(params.get("max_active_rows", "32") or 32)
         self.max_verdict_batch = int(params.get("max_verdict_batch", "16") or 16)
-        self.verdict_prefix_len = len(verdict_prefix_ids(guard_spec(params.get("guardrt_spec") or None)))
+        self.spec_name = params.get("guardrt_spec") or "qwen3guard-gen"
+        self.scores_served = self.spec_name == "flexguard"  # FlexGuard: score requests instead of verdicts
+        self.verdict_prefix_len = None if self.scores_served else len(verdict_prefix_ids(guard_spec(self.spec_name)))
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
         threads = int(params.get("intra_op_threads", "0") or 0) or None
         entries = int(params.get("prefix_cache_entries", "8") or 0)
@@ -126,8 +135,18 @@ class TritonPythonModel:
         if bad.size:
             raise ValueError(f"token id {int(ids[bad[0]])} at position {int(bad[0])} is outside the vocabulary "
                              f"(0..{(self.vocab_size or 0) - 1})")
+        score_t = pb_utils.get_input_tensor_by_name(request, "score_mode")
+        if score_t is not None and bool(score_t.as_numpy().reshape(-1)[0]):
+            if not self.scores_served:
+                raise ValueError(f"score requests are FlexGuard's; this model serves {self.spec_name}")
+            if ids.size + 2 > self.settings.max_length:
+                raise ValueError(f"{ids.size} tokens + 2 score digits exceed the maximum length "
+                                 f"{self.settings.max_length}")
+            return ids.astype(np.int64).tolist(), "score"
         verdict_t = pb_utils.get_input_tensor_by_name(request, "verdict_mode")
         if verdict_t is not None and bool(verdict_t.as_numpy().reshape(-1)[0]):
+            if self.verdict_prefix_len is None:
+                raise ValueError(f"verdict requests are Qwen3Guard-Gen's; this model serves {self.spec_name}")
             if ids.size + self.verdict_prefix_len > self.settings.max_length:
                 raise ValueError(f"{ids.size} prompt tokens + {self.verdict_prefix_len} verdict-prefix tokens exceed "
                                  f"the maximum length {self.settings.max_length}")
@@ -188,7 +207,10 @@ class TritonPythonModel:
             verdicts = [item for item in new if item[2] is None]
             if verdicts:
                 self._verdicts(verdicts)
-                new = [item for item in new if item[2] is not None]
+            scores = [item for item in new if item[2] == "score"]
+            if scores:
+                self._scores(scores)
+            new = [item for item in new if isinstance(item[2], int)]
             if new:
                 keys = []
                 for sender, _, _ in new:
@@ -226,6 +248,20 @@ class TritonPythonModel:
                 continue
             for (sender, _, _), row in zip(chunk, rows):
                 sender.send(_response(verdict=row), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _scores(self, items):
+        """Answer score requests one at a time (each copies its row's cache ten times for the digit tree)."""
+        from guardrt.runtime.flexguard_score import score_distributions, score_row
+
+        for sender, prefix, _ in items:
+            try:
+                row = score_row(score_distributions(self.generator, [prefix])[0])
+                self.executions += 1
+            except Exception as exc:
+                message = " ".join(f"{self.name}: onnxruntime failed: {exc}".split())
+                sender.send(_error_response(message), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            sender.send(_response(verdict=row), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _prefill(self, new, keys):
         """Prefill the admitted requests together; when that fails, each alone, so only a request that fails on

@@ -334,19 +334,18 @@ def test_cli_bad_line_is_one_error(qwen_tokenizer_dir, line, message):
     assert len(errors) == 1 and errors[0].startswith(f"guardrt preprocess: error: {message}"), proc.stderr
 
 
-def test_spec_is_registered_for_its_input_only():
-    """flexguard builds inputs (`guardrt preprocess`) but is refused by serving commands until generation is served."""
+def test_spec_is_served():
+    """flexguard is served (generation, parser, strictness: runtime/flexguard_engine.py)."""
     from guardrt.runtime.payloads import example_payload, parse_payload
     from guardrt.runtime.specs import spec_names
 
-    spec = get_spec("flexguard", input_only=True)
+    spec = get_spec("flexguard")
     assert spec.input.options == {"add_generation_prompt": True, "template_kwargs": {"enable_thinking": True},
                                   "message_builder": "flexguard"}
     assert (spec.decoding.kind, spec.decoding.max_new_tokens, spec.decoding.skip_special_tokens) == ("greedy", 2048,
                                                                                                    False)
     assert spec.output.kind == "flexguard_text" and spec.output.threshold == 40
-    with pytest.raises(InputError, match="registered for its input only"):
-        get_spec("flexguard")
-    assert "flexguard" in spec_names(input_only=True) and "flexguard" not in spec_names()
+    assert spec.is_served and spec.decoding.default_stop_token_ids == (151645, 151643)
+    assert "flexguard" in spec_names() and "flexguard" not in spec_names(graph="classifier_logits")
     assert parse_payload('{"user": "a", "assistant": "b", "id": 3}', spec) == {"user": "a", "assistant": "b"}
     assert parse_payload(example_payload(spec), spec) == {"user": "Hello, how are you?"}

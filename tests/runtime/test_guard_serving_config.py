@@ -31,7 +31,8 @@ def test_generate_model_config_is_decoupled_and_reports_errors_as_data():
     assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
     assert [o.name for o in config.output] == ["output_ids", "verdict", "error"]
     assert [(i.name, i.optional) for i in config.input] == [("input_ids", False), ("max_new_tokens", True),
-                                                            ("verdict_mode", True)]
+                                                            ("verdict_mode", True), ("score_mode", True)]
+    assert config_parameters(config)["guardrt_spec"] == "qwen3guard-gen"  # score requests: flexguard's model only
     params = config_parameters(config)
     assert params["max_verdict_batch"] == "16"
     assert params["eos_token_ids"] == "151645,151643" and params["max_new_tokens"] == "128"

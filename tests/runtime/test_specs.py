@@ -68,16 +68,20 @@ def test_qwen3guard_gen_is_served():
     assert spec.input.kind == "chat_template" and spec.input.request_field == "messages"
     assert spec.max_length == 32768 and spec.input.truncation_side == "none"
     assert spec.is_served and spec.unserved_parts == ()
-    assert spec_names() == ["intent-safety", "qwen3guard-gen", "qwen3guard-stream", "rejection"]
+    assert spec_names() == ["flexguard", "intent-safety", "qwen3guard-gen", "qwen3guard-stream", "rejection"]
     assert spec_names(graph="classifier_logits") == ["intent-safety", "rejection"]
     assert spec.decoding.max_new_tokens == 128 and spec.output.labels == ("Safe", "Unsafe", "Controversial")
     assert spec.decoding.default_stop_token_ids == (151645, 151643)
     assert set(spec.output.options) == {"verdict_prefix_ids", "label_token_ids", "controversial_tail_ids"}
 
 
-def test_declared_spec_is_refused_except_for_its_input():
+def test_declared_spec_is_refused_except_for_its_input(monkeypatch):
+    from guardrt.runtime import specs as specs_module
+
     base = get_spec("qwen3guard-gen")
-    # (token_heads / streaming are served since qwen3guard-stream; flexguard_text is still declared only)
+    # Every kind is served today: the mechanism is checked with flexguard_text taken out of the served outputs.
+    monkeypatch.setitem(specs_module.SERVED_KINDS, "output", tuple(
+        k for k in specs_module.SERVED_KINDS["output"] if k != "flexguard_text"))
     declared = ModelSpec(name="declared-stream", seed_card=base.seed_card, input=base.input, graph=base.graph,
                          decoding=base.decoding, output=dataclasses.replace(base.output, kind="flexguard_text"))
     register(declared)
@@ -103,7 +107,7 @@ def test_qwen3guard_gen_patterns_are_the_cards():
 
 
 def test_unknown_spec_names_the_known_ones():
-    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: intent-safety, qwen3guard-gen, qwen3guard-stream, rejection"):
+    with pytest.raises(InputError, match="unknown spec 'nope'; known specs: flexguard, intent-safety, qwen3guard-gen, qwen3guard-stream, rejection"):
         get_spec("nope")
 
 
