@@ -107,9 +107,9 @@ def _guard_in_process(args, spec):
                            providers=args.providers, intra_op_threads=args.threads, max_batch_size=args.batch_size)
 
 
-def _guard_triton(args, spec):
+def _one_url_client(args, spec, make):
+    """make(url, tokenizer_dir) over the single --url the generative specs take, checked ready before any input."""
     from guardrt.runtime.errors import GuardrtError, InputError
-    from guardrt.runtime.guard_client import TritonGuardClient
 
     tokenizer = args.tokenizer or args.model
     if not tokenizer:
@@ -117,9 +117,7 @@ def _guard_triton(args, spec):
     urls = [args.url] if isinstance(args.url, str) else list(args.url)
     if len(urls) > 1:
         raise InputError(f"{spec.name}: give --url once (replicated serving covers the classifier specs so far)")
-    client = TritonGuardClient(urls[0], tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name,
-                               verdict_engine=args.verdict_engine, timeout_s=args.timeout,
-                               max_in_flight=args.max_in_flight)
+    client = make(urls[0], tokenizer)
     try:
         client.check_ready()  # server down / model not ready: one line before reading any input
     except GuardrtError:
@@ -128,32 +126,30 @@ def _guard_triton(args, spec):
     return client
 
 
+def _guard_triton(args, spec):
+    from guardrt.runtime.guard_client import TritonGuardClient
+
+    return _one_url_client(args, spec, lambda url, tokenizer: TritonGuardClient(
+        url, tokenizer, spec=spec, mode=args.mode, verdict_model=args.model_name, verdict_engine=args.verdict_engine,
+        timeout_s=args.timeout, max_in_flight=args.max_in_flight))
+
+
 def _flexguard(args, spec):
     """flexguard in process (--model) or over one --url (the generate model `flexguard-generate`)."""
-    from guardrt.runtime.errors import GuardrtError, InputError
+    from guardrt.runtime.errors import GuardrtError
 
     if args.url:
         from guardrt.runtime.guard_client import TritonFlexGuardClient
 
-        tokenizer = args.tokenizer or args.model
-        if not tokenizer:
-            raise GuardrtError("--url needs --tokenizer DIR (or --model EXPORT_DIR to use its tokenizer)")
-        urls = [args.url] if isinstance(args.url, str) else list(args.url)
-        if len(urls) > 1:
-            raise InputError(f"{spec.name}: give --url once (replicated serving covers the classifier specs so far)")
-        client = TritonFlexGuardClient(urls[0], tokenizer, strictness=args.strictness, threshold=args.threshold,
-                                       model=args.model_name, timeout_s=args.timeout,
-                                       expected_score=not args.no_expected_score)
-        try:
-            client.check_ready()  # server down / model not ready: one line before reading any input
-        except GuardrtError:
-            client.close()
-            raise
-        return client
+        return _one_url_client(args, spec, lambda url, tokenizer: TritonFlexGuardClient(
+            url, tokenizer, strictness=args.strictness, threshold=args.threshold, model=args.model_name,
+            timeout_s=args.timeout, expected_score=not args.no_expected_score))
     from guardrt.runtime.flexguard_engine import FlexGuardClassifier
 
     if not args.model:
         raise GuardrtError("--model EXPORT_DIR is required for in-process classification")
+    if args.providers != "cpu":
+        raise GuardrtError("flexguard runs on the CPU provider in process so far (--providers cpu)")
     return FlexGuardClassifier(args.model, args.precision, strictness=args.strictness, threshold=args.threshold,
                                tokenizer_dir=args.tokenizer, intra_op_threads=args.threads,
                                max_batch_size=args.batch_size, expected_score=not args.no_expected_score)
