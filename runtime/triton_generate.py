@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import queue
-import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,27 +64,14 @@ def write_generate_model(repo: str | Path, export_dir: str | Path, *, precision:
     """Write `repo/<name>/` (config.pbtxt, 1/model.py, 1/model.onnx[.data]) from an export's KV-cache graph."""
     from guardrt.runtime.export_dir import load_export_dir
     from guardrt.runtime.generate import generation_settings
-    from guardrt.runtime.triton_repo import _onnx_files, _place
+    from guardrt.runtime.triton_repo import _install, _onnx_files
 
     manifest = load_export_dir(export_dir)
     src = manifest.graph_path("causal-lm-with-past", precision)
     settings = generation_settings(manifest.path, max_new_tokens, spec=manifest.spec)
     text = generate_config_text(name, settings, precision=precision, spec=manifest.spec, **options)
-    repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
-    try:
-        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
-        for f in _onnx_files(src):
-            _place(f, staging / "1" / f.name)
-        shutil.copy2(GENERATE_BACKEND, staging / "1" / "model.py")
-        target = repo / name
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return repo / name
+    files = {f.name: f for f in _onnx_files(src)}
+    return _install(Path(repo), name, text, {**files, "model.py": GENERATE_BACKEND}, {})
 
 
 def write_guard_models(repo: str | Path, export_dir: str | Path, *, precision: str = "fp32", name: str | None = None,

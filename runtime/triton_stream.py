@@ -19,8 +19,6 @@ import itertools
 import numbers
 import os
 import queue
-import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,31 +87,17 @@ def write_stream_model(repo: str | Path, export_dir: str | Path, *, precision: s
     import json
 
     from guardrt.runtime.export_dir import MANIFEST_NAME, load_export_dir
-    from guardrt.runtime.triton_repo import _onnx_files, _place
+    from guardrt.runtime.triton_repo import _install, _onnx_files
 
     manifest = load_export_dir(export_dir, spec="qwen3guard-stream")
     if precision not in manifest.precisions:
         raise InputError(f"{manifest.path} has no {precision} graph (has: {', '.join(manifest.precisions)})")
     text = stream_config_text(name, precision=precision, **options)
-    repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
-    try:
-        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
-        version = staging / "1"
-        for f in _onnx_files(manifest.precisions[precision]):
-            _place(f, version / f.name)
-        shutil.copy2(STREAM_BACKEND, version / "model.py")
-        shutil.copy2(manifest.path / "config.json", version / "config.json")
-        raw = dict(manifest.raw, precisions={precision: "model.onnx"}, graphs={})
-        (version / MANIFEST_NAME).write_text(json.dumps(raw, indent=2), encoding="utf-8")
-        target = repo / name
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return repo / name
+    files = {f.name: f for f in _onnx_files(manifest.precisions[precision])}
+    files.update({"model.py": STREAM_BACKEND, "config.json": manifest.path / "config.json"})
+    raw = dict(manifest.raw, precisions={precision: "model.onnx"}, graphs={})
+    manifest_blob = {f"1/{MANIFEST_NAME}": json.dumps(raw, indent=2).encode("utf-8")}
+    return _install(Path(repo), name, text, files, manifest_blob)
 
 
 # -- client ---------------------------------------------------------------------------------------------------------
