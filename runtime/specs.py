@@ -452,6 +452,18 @@ register(
     )
 )
 
+# Qwen3ForCausalLM with its KV cache (optimum's text-generation-with-past export): Qwen3Guard-Gen and FlexGuard.
+QWEN3_CAUSAL_LM = GraphContract(
+    kind="causal_lm_with_past",
+    architecture="Qwen3ForCausalLM",
+    model_type="qwen3",
+    task="text-generation-with-past",
+    input_names=("input_ids", "attention_mask", "position_ids"),
+    output_names=("logits",),
+    onnx_opset=18,
+    kv_cache=KVCacheNames(),
+)
+
 register(
     ModelSpec(
         name="qwen3guard-gen",
@@ -465,16 +477,7 @@ register(
             pad_token_id=151643,  # <|endoftext|>; eval_gen.py generates with pad_token_id = eos
             options={"add_generation_prompt": False, "template_kwargs": {}},
         ),
-        graph=GraphContract(
-            kind="causal_lm_with_past",
-            architecture="Qwen3ForCausalLM",
-            model_type="qwen3",
-            task="text-generation-with-past",
-            input_names=("input_ids", "attention_mask", "position_ids"),
-            output_names=("logits",),
-            onnx_opset=18,
-            kv_cache=KVCacheNames(),
-        ),
+        graph=QWEN3_CAUSAL_LM,
         # The card: max_new_tokens=128, greedy (eval_gen.py: do_sample=False). Stop tokens: the checkpoint's
         # generation_config.json; without one, <|im_end|> and <|endoftext|>, what Qwen3 chat models ship.
         decoding=Decoding(kind="greedy", max_new_tokens=128, stop_token_ids=None, skip_special_tokens=True,
@@ -520,16 +523,7 @@ register(
             options={"add_generation_prompt": True, "template_kwargs": {"enable_thinking": True},
                      "message_builder": "flexguard"},
         ),
-        graph=GraphContract(
-            kind="causal_lm_with_past",
-            architecture="Qwen3ForCausalLM",
-            model_type="qwen3",
-            task="text-generation-with-past",
-            input_names=("input_ids", "attention_mask", "position_ids"),
-            output_names=("logits",),
-            onnx_opset=18,
-            kv_cache=KVCacheNames(),
-        ),
+        graph=QWEN3_CAUSAL_LM,
         # The card's SamplingParams: temperature 0 (greedy), max_tokens 2048, skip_special_tokens=False.
         decoding=Decoding(kind="greedy", max_new_tokens=2048, stop_token_ids=None, skip_special_tokens=False,
                           default_stop_token_ids=(151645, 151643)),
