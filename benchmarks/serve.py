@@ -12,11 +12,15 @@ lengths follow a seeded realistic mix, and four paths:
 
 Measured:
 1. closed-loop sweeps (concurrency 1, 4, 16, 64; text paths 1, 16 by default) with dynamic batching on (the shipped
-   config) and off (no dynamic_batching block: one request = one execution), the on/off ratio per cell; the two
-   servers run side by side and take turns level by level, so load from other jobs falls on both alike;
+   config) and off (no dynamic_batching block: one request = one execution), the on/off ratio per cell; one server
+   serves both (`<spec>` and its twin `<spec>-nobatch`, text models likewise) and the two take turns ABBA within
+   each cell (`--rounds`, default 2, merged; the per-round ratios are kept), so load from other jobs falls on both
+   alike;
 2. the interleaved single-request overhead of every path: one short request (rejection: a 110-token text), the
-   paths alternating call by call in one loop, each against in-process (the faster of ORT's defaults and
-   non-spinning threads); where the time goes (client + gRPC + Triton core vs queue vs the python backend's
+   paths taking turns call by call in one loop (a new seeded order each round, a 50 ms idle gap after each call so
+   no call runs against the previous one's spinning threads), the added time being the median over rounds of the
+   path minus its in-process twin in the same round (ids: in-process ORT with the server's thread setting; text:
+   in-process text); where the time goes (client + gRPC + Triton core vs queue vs the python backend's
    execute, from the statistics API), and the same hop with the server's ONNX Runtime threads never spinning
    (intra_op_spinning 0) to show what spinning during a Run buys (benchmarks/serve_profile.py splits it further);
 3. equality with the thin client on hidden-case corpora (export/corpus.py): curl over HTTP (KServe v2 JSON, up to
@@ -206,11 +210,17 @@ def inprocess_baseline(spec, export: Path, precision: str, stream: list[dict], t
                 "batch16_equal_lengths_throughput_rps": batch16["equal_lengths"]}
 
 
+# The batching-off twin of each model, served by the same server (see run_spec).
+NO_BATCHING_SUFFIX = "-nobatch"
+
+
 async def run_sweeps(servers: dict, spec, export: Path, stream: list[dict], paths, levels: dict, args, progress,
-                     label: str = "batching") -> dict:
-    """{path: {mode: [level rows]}}: each path's closed-loop levels on every server of `servers` {mode: server}, the
-    servers taking turns level by level (and which goes first alternating too), so a change in the load other jobs
+                     label: str = "batching", suffixes: dict | None = None) -> dict:
+    """{path: {mode: [level rows]}}: each path's closed-loop levels on every mode of `servers` {mode: server} (the
+    models `<spec>` / `<spec>-text`, plus `suffixes[mode]` when given: several modes may be models of one server),
+    the modes taking turns ABBA within each level (`args.rounds` rounds, merged), so a change in the load other jobs
     put on the machine falls on every mode alike; each row with the server-side split (statistics API)."""
+    suffixes = suffixes or {}
     import tritonclient.grpc.aio as grpcaio
     import tritonclient.http.aio as httpaio
 
@@ -223,35 +233,45 @@ async def run_sweeps(servers: dict, spec, export: Path, stream: list[dict], path
             grpc = grpcaio.InferenceServerClient(server.grpc_url)
             http = httpaio.InferenceServerClient(f"127.0.0.1:{server.http_port}", conn_limit=256)
             thin = AsyncTritonClassifier(server.grpc_url, spec, export, timeout_s=600.0, retries=2,
-                                         max_in_flight=max(levels.get("grpc", [1])))
+                                         max_in_flight=max(levels.get("grpc", [1])),
+                                         model_name=spec.name + suffixes.get(mode, ""))
             clients[mode] = (grpc, http, thin)
             await thin.check_ready()
         offsets = {}
+        rounds = max(1, int(getattr(args, "rounds", 1)))
         for path in paths:
             for k, c in enumerate(levels[path]):
-                order = list(servers) if k % 2 == 0 else list(servers)[::-1]
-                for mode in order:
-                    grpc, http, thin = clients[mode]
-                    send, model, key = {
-                        "grpc": (serve_load.thin_sender(thin), spec.name, "payload"),
-                        "text-grpc": (serve_load.text_grpc_sender(grpc, f"{spec.name}-text"), f"{spec.name}-text",
-                                      "line"),
-                        "text-http": (serve_load.text_http_sender(http, f"{spec.name}-text"), f"{spec.name}-text",
-                                      "line")}[path]
-                    items = [s[key] for s in stream]
-                    stats = serve_load.ModelStats(grpc, model)
-                    before = await stats.read()
-                    row = await serve_load.sweep_level(send, items, c, window_s=args.window_s,
-                                                       min_windows=args.min_windows, max_windows=args.max_windows,
-                                                       stability=args.stability, min_requests=args.min_requests,
-                                                       offset=offsets.get((path, mode), 0))
-                    offsets[(path, mode)] = row.pop("next_offset")
-                    row["server"] = serve_load.stats_diff(before, await stats.settled(before, 1, timeout_s=0.5))
-                    out[path][mode].append(row)
-                    progress.update(f"{spec.name} {path} {label} {mode} c={c}: {row['throughput_rps']:.1f} req/s, "
-                                    f"p99 {row['p99_ms'] or 0:.0f} ms, mean batch "
-                                    f"{row['server']['mean_executed_batch'] or 0:.1f}"
-                                    f"{'' if row['stable'] else ' (not stable)'}")
+                parts: dict[str, list] = {mode: [] for mode in servers}
+                for r in range(rounds):
+                    # ABBA: the mode that goes first alternates round by round (and level by level), so a load
+                    # that drifts during a cell falls on both modes alike.
+                    order = list(servers) if (k + r) % 2 == 0 else list(servers)[::-1]
+                    for mode in order:
+                        grpc, http, thin = clients[mode]
+                        ids_model = spec.name + suffixes.get(mode, "")
+                        text_model = f"{spec.name}-text" + suffixes.get(mode, "")
+                        send, model, key = {
+                            "grpc": (serve_load.thin_sender(thin), ids_model, "payload"),
+                            "text-grpc": (serve_load.text_grpc_sender(grpc, text_model), text_model, "line"),
+                            "text-http": (serve_load.text_http_sender(http, text_model), text_model, "line")}[path]
+                        items = [s[key] for s in stream]
+                        stats = serve_load.ModelStats(grpc, model)
+                        before = await stats.read()
+                        row = await serve_load.sweep_level(send, items, c, window_s=args.window_s,
+                                                           min_windows=args.min_windows,
+                                                           max_windows=args.max_windows,
+                                                           stability=args.stability, min_requests=args.min_requests,
+                                                           offset=offsets.get((path, mode), 0))
+                        offsets[(path, mode)] = row.pop("next_offset")
+                        row["server"] = serve_load.stats_diff(before,
+                                                              await stats.settled(before, 1, timeout_s=0.5))
+                        parts[mode].append(row)
+                        progress.update(f"{spec.name} {path} {label} {mode} c={c} round {r + 1}/{rounds}: "
+                                        f"{row['throughput_rps']:.1f} req/s, p99 {row['p99_ms'] or 0:.0f} ms, "
+                                        f"mean batch {row['server']['mean_executed_batch'] or 0:.1f}"
+                                        f"{'' if row['stable'] else ' (not stable)'}")
+                for mode in servers:
+                    out[path][mode].append(serve_load.merge_rounds(parts[mode]))
     finally:
         for grpc, http, thin in clients.values():
             await thin.close()
@@ -275,8 +295,11 @@ def overhead(server, spec, export: Path, precision: str, short: dict, threads: i
     model_path = load_export_dir(export).model_path(precision)
     quiet = ort.SessionOptions()
     quiet.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    run_only = ort.SessionOptions()  # what the server does on CPU (intra_op_spinning "run")
+    run_only.add_session_config_entry("session.force_spinning_stop", "1")
     runners = {"default": OnnxRunner(model_path, intra_op_threads=threads),
-               "no-spin": OnnxRunner(model_path, intra_op_threads=threads, session_options=quiet)}
+               "no-spin": OnnxRunner(model_path, intra_op_threads=threads, session_options=quiet),
+               "run-only": OnnxRunner(model_path, intra_op_threads=threads, session_options=run_only)}
     ids = np.array([short["ids"]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     thin = TritonClassifier(server.grpc_url, spec, export, timeout_s=60.0)
@@ -284,6 +307,7 @@ def overhead(server, spec, export: Path, precision: str, short: dict, threads: i
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
     calls = {"in-process ids (ORT defaults)": lambda: runners["default"].infer(feeds),
              "in-process ids (ORT threads not spinning)": lambda: runners["no-spin"].infer(feeds),
+             "in-process ids (spinning during a run only)": lambda: runners["run-only"].infer(feeds),
              "gRPC thin client, ids": lambda: thin.logits_for_ids([short["ids"]])}
     clf = http = None
     if text:
@@ -316,13 +340,21 @@ def overhead(server, spec, export: Path, precision: str, short: dict, threads: i
         if clf is not None:
             clf.close()
     paths = {name: serve_load.latency_summary(t) for name, t in times.items()}
-    inproc_ids = min(paths["in-process ids (ORT defaults)"]["p50_ms"],
-                     paths["in-process ids (ORT threads not spinning)"]["p50_ms"])
-    added = {"gRPC thin client, ids": paths["gRPC thin client, ids"]["p50_ms"] - inproc_ids}
+    inproc_ids = min(v["p50_ms"] for k, v in paths.items() if k.startswith("in-process ids"))
+    # The hop, paired: per round, the path's time minus its in-process twin's time in the same round (the ids path
+    # against in-process ORT with the server's own thread setting, spinning during a Run only; the text paths
+    # against in-process text), then the median over rounds. Pairing cancels what drifts between rounds (other
+    # jobs, the host); the difference of two p50s taken apart does not.
+    twins = {"gRPC thin client, ids": "in-process ids (spinning during a run only)"}
+    if text:
+        twins.update({k: "in-process text (preprocess + ORT + postprocess)"
+                      for k in ("gRPC thin client, text", "text-in over gRPC", "text-in over HTTP")})
+    added = {k: 1e3 * float(np.median(np.subtract(times[k], times[b]))) for k, b in twins.items()}
+    added_vs_fastest = {"gRPC thin client, ids": paths["gRPC thin client, ids"]["p50_ms"] - inproc_ids}
     if text:
         base = paths["in-process text (preprocess + ORT + postprocess)"]["p50_ms"]
-        added.update({k: paths[k]["p50_ms"] - base for k in ("gRPC thin client, text", "text-in over gRPC",
-                                                             "text-in over HTTP")})
+        added_vs_fastest.update({k: paths[k]["p50_ms"] - base for k in ("gRPC thin client, text",
+                                                                        "text-in over gRPC", "text-in over HTTP")})
     # Only the "gRPC thin client, ids" calls reach the `<spec>` model, and each of them once per round.
     split = serve_load.stats_diff(before, after)
     grpc_mean = float(np.mean(times["gRPC thin client, ids"])) * 1000.0
@@ -332,7 +364,9 @@ def overhead(server, spec, export: Path, precision: str, short: dict, threads: i
              "client_grpc_and_triton_core_ms (mean latency - server success)":
                  grpc_mean - split["success_ms"] if split["success_ms"] is not None else None,
              "in_process_ort_mean_ms": float(np.mean(times["in-process ids (ORT threads not spinning)"])) * 1000.0}
-    return {"request_tokens": len(short["ids"]), "reps": reps, "paths": paths, "added_p50_ms": added,
+    return {"request_tokens": len(short["ids"]), "reps": reps, "gap_s": serve_load.INTERLEAVED_GAP_S,
+            "paths": paths, "added_p50_ms": added, "added_against": twins,
+            "added_p50_ms_vs_fastest_in_process_p50": added_vs_fastest,
             "baseline_ids_p50_ms": inproc_ids, "where_the_grpc_hop_goes": where}
 
 
@@ -397,7 +431,11 @@ def ratios(sweep: dict) -> dict:
         on = {r["concurrency"]: r for r in modes.get("on", [])}
         off = {r["concurrency"]: r for r in modes.get("off", [])}
         out[path] = [{"concurrency": c, "throughput_on_over_off": on[c]["throughput_rps"] / off[c]["throughput_rps"],
-                      "p99_on_over_off": on[c]["p99_ms"] / off[c]["p99_ms"]}
+                      "p99_on_over_off": on[c]["p99_ms"] / off[c]["p99_ms"],
+                      # round by round (the two modes of one round ran back to back): the spread of the ratio
+                      "throughput_on_over_off_per_round": [round(a / b, 3) for a, b in
+                                                           zip(on[c].get("round_throughputs", []),
+                                                               off[c].get("round_throughputs", [])) if b]}
                      for c in sorted(set(on) & set(off)) if off[c]["throughput_rps"] and off[c]["p99_ms"]]
     return out
 
@@ -430,18 +468,27 @@ def run_spec(spec_name: str, args, progress) -> dict:
     result["sweep"], result["server"] = {p: {} for p in args.paths}, {}
     servers = {}
     try:
-        # Both modes' servers run side by side and take turns level by level (run_sweeps): an idle server's ONNX
-        # Runtime threads sleep, so the one measured has the machine.
+        # One server serves both modes: `<spec>` / `<spec>-text` with the shipped dynamic batching, and their twins
+        # `<spec>-nobatch` / `<spec>-text-nobatch` without it (one request = one execution). The modes take turns
+        # ABBA within each level (run_sweeps); the idle models' ONNX Runtime threads sleep, so the one measured has
+        # the machine. One process for both removes the server-to-server differences two servers showed (memory
+        # placement, which core the stubs landed on: ~1 ms p50 at c = 1 between two identical servers).
+        suffixes = {"on": "", "off": NO_BATCHING_SUFFIX}
+        models = {}
         for mode in args.modes:
             opts = dict(layout_options(args.layout), dynamic_batching=mode == "on")
-            servers[mode] = start_server(repo / mode, {spec.name: opts, f"{spec.name}-text": dict(opts, text=True)},
-                                         export, args.precision)
-            result["server"][f"start_s_{mode}"] = servers[mode].start_seconds
-        sweeps = asyncio.run(run_sweeps(servers, spec, export, stream, args.paths, levels, args, progress))
+            models[spec.name + suffixes[mode]] = opts
+            models[f"{spec.name}-text" + suffixes[mode]] = dict(opts, text=True)
+        shared = start_server(repo / "modes", models, export, args.precision)
+        result["server"]["start_s"] = shared.start_seconds
+        result["server"]["models"] = sorted(models)
+        servers = {"modes": shared}
+        sweeps = asyncio.run(run_sweeps({mode: shared for mode in args.modes}, spec, export, stream, args.paths,
+                                        levels, args, progress, suffixes=suffixes))
         for path, modes in sweeps.items():
             result["sweep"][path] = modes
-        if "on" in servers:
-            server = servers["on"]
+        if "on" in args.modes:
+            server = shared
             progress.update(f"{spec.name}: interleaved single requests", advance=0)
             result["overhead"] = overhead(server, spec, export, args.precision, short, args.threads,
                                           args.overhead_reps)
@@ -514,7 +561,8 @@ def print_tables(result: dict) -> None:
             for name, s in o["paths"].items():
                 added = o["added_p50_ms"].get(name)
                 print(f"  {name:50s} p50 {s['p50_ms']:8.2f} ms  p99 {s['p99_ms']:8.2f} ms"
-                      + (f"   +{added:.2f} ms over in-process" if added is not None else ""))
+                      + (f"   {added:+.2f} ms over {o['added_against'][name]} (paired median)"
+                         if added is not None else ""))
             print("  where the gRPC hop goes: " + ", ".join(f"{k} {v:.3f}" for k, v in o["where_the_grpc_hop_goes"].items()
                                                            if v is not None))
         if "overhead_server_not_spinning" in spec:
@@ -606,12 +654,14 @@ def main(argv=None) -> int:
                     help="in-process ONNX Runtime threads (default: all cores)")
     ap.add_argument("--requests", type=int, default=512, help="size of the seeded request stream (cycled)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds per sweep cell; the batching modes take turns ABBA within a cell (merged)")
     ap.add_argument("--window-s", type=float, default=2.0)
     ap.add_argument("--min-windows", type=int, default=3)
     ap.add_argument("--max-windows", type=int, default=5)
     ap.add_argument("--stability", type=float, default=0.10)
     ap.add_argument("--min-requests", type=int, default=20, help="minimum requests per window (at least concurrency)")
-    ap.add_argument("--overhead-reps", type=int, default=100)
+    ap.add_argument("--overhead-reps", type=int, default=200)
     ap.add_argument("--baseline-s", type=float, default=4.0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-plots", action="store_true")
@@ -624,6 +674,7 @@ def main(argv=None) -> int:
         args.text_concurrency = "1"
         args.layouts = args.layouts if "--layouts" in (argv or sys.argv) else "2x1"
         args.layout_concurrency = "1"
+        args.rounds = args.rounds if "--rounds" in (argv or sys.argv) else 1
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.text_concurrency = [int(c) for c in args.text_concurrency.split(",")]
     args.layout_concurrency = [int(c) for c in args.layout_concurrency.split(",")]
@@ -637,7 +688,7 @@ def main(argv=None) -> int:
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "specs": []}
     per_spec = (len(args.modes) * (len(args.concurrency) * ("grpc" in args.paths)
                                    + len(args.text_concurrency) * sum(p != "grpc" for p in args.paths))
-                + len(args.layouts) * len(args.layout_concurrency))
+                + len(args.layouts) * len(args.layout_concurrency)) * max(1, args.rounds)
     progress = common.Progress(len(specs) * per_spec)
     t0 = time.perf_counter()
     for spec_name in specs:

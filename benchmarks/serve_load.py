@@ -82,8 +82,41 @@ async def sweep_level(send: Callable[[Any], Awaitable[Any]], items: list, concur
     secs = sum(w["seconds"] for w in used)
     return {"concurrency": concurrency, "stable": stable, "windows": len(windows),
             "window_throughputs": [round(w["throughput"], 2) for w in windows],
-            "requests": len(lat), "throughput_rps": len(lat) / secs if secs else 0.0,
-            **latency_summary(lat), "errors": errors[:3], "next_offset": cursor[0]}
+            "requests": len(lat), "seconds": secs, "throughput_rps": len(lat) / secs if secs else 0.0,
+            **latency_summary(lat), "errors": errors[:3], "next_offset": cursor[0], "latencies_s": lat}
+
+
+def merge_rounds(rows: list[dict]) -> dict:
+    """One level row from the rows of several rounds of the same level and mode: throughput = all requests / all
+    measured seconds, latency percentiles over every request, server split summed; each round's throughput kept
+    (`round_throughputs`) so the spread is visible. The raw latencies are dropped."""
+    lat = [l for r in rows for l in r.pop("latencies_s")]
+    secs = sum(r["seconds"] for r in rows)
+    first = rows[0]
+    server = rows[0]["server"] if len(rows) == 1 else _merge_server([r["server"] for r in rows])
+    return {"concurrency": first["concurrency"], "rounds": len(rows), "stable": all(r["stable"] for r in rows),
+            "windows": sum(r["windows"] for r in rows),
+            "window_throughputs": [x for r in rows for x in r["window_throughputs"]],
+            "round_throughputs": [round(r["throughput_rps"], 3) for r in rows],
+            "requests": len(lat), "seconds": secs, "throughput_rps": len(lat) / secs if secs else 0.0,
+            **latency_summary(lat), "errors": [e for r in rows for e in r["errors"]][:3], "server": server}
+
+
+def _merge_server(splits: list[dict]) -> dict:
+    """stats_diff results of several rounds as one (per-request stage times weighted by inferences)."""
+    inferences = sum(s["inferences"] for s in splits)
+    executions = sum(s["executions"] for s in splits)
+    sizes: dict[str, int] = {}
+    for s in splits:
+        for k, v in s["executed_batch_sizes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    out = {"inferences": inferences, "executions": executions,
+           "mean_executed_batch": inferences / executions if executions else None,
+           "executed_batch_sizes": dict(sorted(sizes.items(), key=lambda kv: int(kv[0])))}
+    for stage in _STAGES:
+        parts = [(s[f"{stage}_ms"], s["inferences"]) for s in splits if s[f"{stage}_ms"] is not None]
+        out[f"{stage}_ms"] = (sum(v * n for v, n in parts) / sum(n for _, n in parts)) if parts else None
+    return out
 
 
 # -- Triton's statistics: perf_analyzer's server-side split ------------------------------------------------------------
@@ -169,15 +202,36 @@ def thin_sender(classifier):
 
 
 # -- interleaved single requests ----------------------------------------------------------------------------------------
-def interleaved(calls: dict[str, Callable[[], Any]], reps: int, warmup: int = 5) -> dict[str, list[float]]:
-    """{name: [seconds]}: each call once per round, `reps` rounds, in a fixed rotation (after `warmup` rounds)."""
+# Idle time after each call of `interleaved`: longer than ONNX Runtime's default spin after a Run (~40 ms measured).
+INTERLEAVED_GAP_S = 0.05
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], reps: int, warmup: int = 5, gap_s: float = INTERLEAVED_GAP_S,
+                seed: int = 0) -> dict[str, list[float]]:
+    """{name: [seconds]}: each call once per round, `reps` rounds (after `warmup` rounds), in a new seeded order each
+    round, with `gap_s` of idle time (not timed) after every call.
+
+    Why both: a call must not pay for the one before it. An in-process ONNX Runtime session with ORT's default
+    spinning keeps its threads spinning after its Run returns (measured: about one core for ~40 ms on the 2-core
+    machine); in a fixed rotation the call right after it always ran against those threads (a gRPC path placed after
+    in-process text showed +25 ms, the same path after a non-spinning call +4.6 ms). The default gap outlasts the
+    spin, so every call meets an idle machine - a single request arriving at a quiet server; the shuffled order
+    spreads whatever is left evenly over the paths."""
+    import random
+
+    rng = random.Random(seed)
+    names = list(calls)
     for _ in range(warmup):
         for fn in calls.values():
             fn()
+            time.sleep(gap_s)
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(reps):
-        for name, fn in calls.items():
+        rng.shuffle(names)
+        for name in names:
+            fn = calls[name]
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
+            time.sleep(gap_s)
     return times
