@@ -95,8 +95,8 @@ def serve_md(data: dict) -> str:
                       if "batch16_equal_lengths_throughput_rps" in spec["inprocess"] else "") + ".")
         out.append("")
         out.append("| path | batching | conc. | req/s | p50 ms | p90 ms | p95 ms | p99 ms | server queue ms | server compute "
-                   "infer ms | mean executed batch | stable | req/s on/off | p99 on/off |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+                   "infer ms | mean executed batch | stable | req/s on/off | per round | p99 on/off |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
         for path, modes in spec["sweep"].items():
             ratio = {r["concurrency"]: r for r in spec["ratios"].get(path, [])}
             for mode, levels in modes.items():
@@ -109,26 +109,32 @@ def serve_md(data: dict) -> str:
                         f"{_fmt(s_['queue_ms'], '{:.2f}')} | {_fmt(s_['compute_infer_ms'], '{:.1f}')} | "
                         f"{_fmt(s_['mean_executed_batch'], '{:.2f}')} | {'yes' if r['stable'] else 'no'} ({r['windows']}) | "
                         f"{'**' + format(rr['throughput_on_over_off'], '.2f') + '**' if rr else ''} | "
+                        f"{' / '.join(format(x, '.2f') for x in rr.get('throughput_on_over_off_per_round', [])) if rr else ''} | "
                         f"{format(rr['p99_on_over_off'], '.2f') if rr else ''} |")
         out.append("")
         if "overhead" in spec:
             o = spec["overhead"]
+            against = o.get("added_against")
             out.append(f"Interleaved single requests ({o['request_tokens']} tokens, {o['reps']} rounds, the paths "
-                       "alternating call by call; batching on):")
+                       "taking turns call by call; batching on" + (
+                           f"; a new order each round and {1e3 * o['gap_s']:.0f} ms idle after each call; added = "
+                           "median over rounds of the path minus its in-process twin in the same round"
+                           if against else "") + "):")
             out.append("")
-            out.append("| path | p50 ms | p99 ms | added p50 over in-process |")
-            out.append("|---|---:|---:|---:|")
+            out.append("| path | p50 ms | p99 ms | added over in-process |" + (" against |" if against else ""))
+            out.append("|---|---:|---:|---:|" + ("---|" if against else ""))
             for name, st in o["paths"].items():
                 added = o["added_p50_ms"].get(name)
                 out.append(f"| {name} | {st['p50_ms']:.2f} | {st['p99_ms']:.2f} | "
-                           f"{'' if added is None else format(added, '+.2f') + ' ms'} |")
+                           f"{'' if added is None else format(added, '+.2f') + ' ms'} |"
+                           + (f" {against.get(name, '')} |" if against else ""))
             if "overhead_server_spinning" in spec:  # results written before the spin-during-a-Run default
                 sp = spec["overhead_server_spinning"]["added_p50_ms"]["gRPC thin client, ids"]
                 out.append(f"| gRPC thin client, ids — server's ORT threads spinning (ORT's default) | | | {sp:+.2f} ms |")
             if "overhead_server_not_spinning" in spec:
                 sp = spec["overhead_server_not_spinning"]["added_p50_ms"]["gRPC thin client, ids"]
                 out.append(f"| gRPC thin client, ids — server's ORT threads never spinning (intra_op_spinning 0) | | | "
-                           f"{sp:+.2f} ms |")
+                           f"{sp:+.2f} ms |" + (" in-process, same setting as the main server |" if against else ""))
             out.append("")
             where = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in o["where_the_grpc_hop_goes"].items()
                               if v is not None)
@@ -148,8 +154,10 @@ def serve_md(data: dict) -> str:
             out.append(f"- layout {lay['layout']} (instances x threads, thin client, batching on): {cells}")
         rss = spec.get("server", {}).get("peak_rss_mib", {})
         if rss:
-            out.append(f"- Triton server peak RSS (tritonserver + stubs, token-id and text-in models): "
-                       f"{rss.get('total', 0):.0f} MiB")
+            served = spec.get("server", {}).get("models")
+            out.append(f"- Triton server peak RSS (tritonserver + stubs, "
+                       + (f"{len(served)} models: {', '.join(served)}" if served else "token-id and text-in models")
+                       + f"): {rss.get('total', 0):.0f} MiB")
         out.append("")
     return "\n".join(out)
 

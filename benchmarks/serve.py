@@ -142,10 +142,12 @@ def resolve_export(spec_name: str, args) -> Path:
     return cached_demo_export(spec_name, "tiny" if args.quick else args.size, precisions, log=_log)
 
 
-def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None, env=None):
+def start_server(repo: Path, models: dict[str, dict], export: Path, precision: str, extra_parameters=None, env=None,
+                 floor_model: str | None = None):
     """A Triton server on free 127.0.0.1 ports serving `models` {name: write options (text=True for a text-in
     model, the rest for python_config)} written from `export`; `extra_parameters` {key: value} are added to every
-    model's config parameters (e.g. intra_op_spinning); `env` is added to the server's environment."""
+    model's config parameters (e.g. intra_op_spinning); `env` is added to the server's environment; `floor_model`
+    names the token-id model whose zero-work twin `<name>-floor` is served too (write_floor_model)."""
     from guardrt.runtime.server import TritonServer, free_port
     from guardrt.runtime.triton_repo import write_model, write_text_model
 
@@ -160,11 +162,29 @@ def start_server(repo: Path, models: dict[str, dict], export: Path, precision: s
         for key, value in (extra_parameters or {}).items():
             config.write_text(config.read_text().replace(
                 "parameters [\n", f'parameters [\n  {{ key: "{key}" value: {{ string_value: "{value}" }} }},\n', 1))
+    if floor_model:
+        write_floor_model(repo, floor_model)
     server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=None, env=dict(env or {}))
     t0 = time.perf_counter()
     server.start()
     server.start_seconds = time.perf_counter() - t0
     return server
+
+
+def write_floor_model(repo: Path, model: str) -> Path:
+    """`repo/<model>-floor/`: benchmarks/floor_model/model.py (answers zeros, no work) under `<model>`'s config -
+    the same inputs, outputs, batching and instances, no guardrt parameters, no warm-up."""
+    import re
+
+    config = (repo / model / "config.pbtxt").read_text()
+    config = re.sub(r'^name: ".*"$', f'name: "{model}-floor"', config, count=1, flags=re.M)
+    config = re.sub(r"\nmodel_warmup \[.*?\n\]\n", "\n", config, flags=re.S)
+    config = re.sub(r"\nparameters \[.*?\n\]\n?", "\n", config, flags=re.S)
+    out = repo / f"{model}-floor"
+    (out / "1").mkdir(parents=True, exist_ok=True)
+    (out / "config.pbtxt").write_text(config)
+    shutil.copy(Path(__file__).resolve().parent / "floor_model" / "model.py", out / "1" / "model.py")
+    return out
 
 
 def layout_options(layout: str) -> dict:
@@ -623,7 +643,8 @@ def plot(result: dict, out_prefix: Path) -> list[Path]:
         axes[1, 1].set_xlabel("concurrent requests")
         axes[1, 1].set_ylabel("throughput (requests/s)")
         axes[1, 1].set_title("python backend layouts (thin client, batching on)")
-        axes[1, 1].legend(fontsize=7)
+        if spec.get("layouts"):
+            axes[1, 1].legend(fontsize=7)
         axes[1, 1].grid(True, alpha=0.3)
         peak = result["machine"]["peak"]
         fig.suptitle(f"{spec['spec']} ({spec['precision']}), Triton {result['versions'].get('nvidia-pytriton')} python "

@@ -7,6 +7,11 @@ latency into: client + gRPC + Triton core (latency - server success), stub IPC (
 execute time the backend logged), and each execute stage. One server per ORT thread setting compared
 (--spinning: 0 = idle threads sleep, run = spin during a Run only, 1 = ORT's default spinning).
 
+Two floors are measured in the same loop, in the same server: a zero-work python model with the same interface and
+config (benchmarks/floor_model/model.py, `<spec>-floor`: Triton's gRPC frontend, core, batcher and python-backend
+stub IPC with nothing of guardrt and no ONNX Runtime) and a bare `is_server_live` round trip (gRPC + Triton only).
+The hop minus the floor is what guardrt's own backend code and its ORT call cost over in-process.
+
     python benchmarks/serve_profile.py --spec rejection --spinning 0,run   # realistic; under the heavy lock
     python benchmarks/serve_profile.py --quick                             # tiny model, a few rounds
 """
@@ -104,7 +109,7 @@ def profile_setting(spec, export: Path, precision: str, ids: list[int], spinning
     repo = Path(tempfile.mkdtemp(prefix=f"guardrt-profile-{spec.name}-"))
     server = serve.start_server(repo, {spec.name: serve.layout_options(layout)}, export, precision,
                                 extra_parameters={"intra_op_spinning": spinning},
-                                env={"GUARDRT_BACKEND_TIMING": "1"})
+                                env={"GUARDRT_BACKEND_TIMING": "1"}, floor_model=spec.name)
     runners = inprocess_runners(load_export_dir(export).model_path(precision), threads)
     try:
         arr = np.array([ids], dtype=np.int64)
@@ -113,11 +118,19 @@ def profile_setting(spec, export: Path, precision: str, ids: list[int], spinning
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         calls = {f"in-process, {k}": (lambda r=r: r.infer(feeds)) for k, r in runners.items()}
         calls["gRPC thin client, ids"] = lambda: thin.logits_for_ids([ids])
+        # flavor given: the floor model carries no guardrt parameters to read it from
+        floor = TritonClassifier(server.grpc_url, spec, export, timeout_s=60.0, model_name=f"{spec.name}-floor",
+                                 flavor="python")
+        calls["python-backend floor (zero-work model, thin client)"] = lambda: floor.logits_for_ids([ids])
+        live = grpcclient.InferenceServerClient(server.grpc_url)
+        calls["gRPC + Triton floor (is_server_live)"] = live.is_server_live
         skip = len(timing_lines(server.log_text(), spec.name))  # warm-up executes (model_warmup)
         before = serve._sync_stats(grpc, spec.name)
         times = serve_load.interleaved(calls, reps)
         after = serve._sync_stats(grpc, spec.name)
         thin.close()
+        floor.close()
+        live.close()
         grpc.close()
         records = timing_lines(server.log_text(), spec.name)[skip:]
         mix = None
@@ -140,9 +153,16 @@ def profile_setting(spec, export: Path, precision: str, ids: list[int], spinning
     execute_mean = float(np.mean([sum(r["ms"].values()) for r in records])) if records else None
     grpc_mean = 1e3 * float(np.mean(times["gRPC thin client, ids"]))
     best_inproc = min(v["p50_ms"] for k, v in paths.items() if k.startswith("in-process"))
+    twin = "in-process, spinning during a run only"  # the server's own ORT thread setting
+    paired = {k: 1e3 * float(np.median(np.subtract(times[k], times[twin]))) for k in
+              ("gRPC thin client, ids",) if twin in times}
     return {"spinning": spinning, "layout": layout, "paths": paths, "executes_logged": len(records), "mix": mix,
             "execute_stage_p50_ms": stage_p50,
             "added_p50_ms_over_best_in_process": paths["gRPC thin client, ids"]["p50_ms"] - best_inproc,
+            # the hop paired round by round with in-process ORT at the server's thread setting (as bench-serve)
+            "added_ms_paired_median": paired.get("gRPC thin client, ids"),
+            # what Triton + the python backend cost with no guardrt code and no ORT in the model
+            "floor_p50_ms": {k: v["p50_ms"] for k, v in paths.items() if "floor" in k},
             "split_mean_ms": {"client + gRPC + Triton core (latency - server success)":
                               grpc_mean - split["success_ms"] if split["success_ms"] is not None else None,
                               "server queue": split["queue_ms"], "server compute input": split["compute_input_ms"],
@@ -190,7 +210,9 @@ def main(argv=None) -> int:
               f"{args.reps} interleaved rounds")
         for name, s in row["paths"].items():
             print(f"  {name:45s} p50 {s['p50_ms']:8.2f} ms  p90 {s['p90_ms']:8.2f} ms")
-        print(f"  gRPC adds {row['added_p50_ms_over_best_in_process']:+.2f} ms p50 over the best in-process setting")
+        print(f"  gRPC adds {row['added_p50_ms_over_best_in_process']:+.2f} ms p50 over the best in-process setting, "
+              f"{row['added_ms_paired_median']:+.2f} ms paired with in-process at the server's thread setting; "
+              "floor: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["floor_p50_ms"].items()))
         print("  mean split: " + ", ".join(f"{k} {v:.3f}" for k, v in row["split_mean_ms"].items() if v is not None))
         print("  execute stages (p50 ms): " + ", ".join(f"{k} {v:.3f}" for k, v in row["execute_stage_p50_ms"].items()))
         if row["mix"]:

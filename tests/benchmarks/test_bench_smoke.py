@@ -93,7 +93,10 @@ def test_serve_quick_writes_json_and_plots(tmp_path):
     overhead = spec["overhead"]
     assert set(overhead["added_p50_ms"]) == {"gRPC thin client, ids", "gRPC thin client, text", "text-in over gRPC",
                                              "text-in over HTTP"}
+    assert overhead["added_against"]["gRPC thin client, ids"] == "in-process ids (spinning during a run only)"
     assert "overhead_server_not_spinning" in spec
+    # one server serves both modes: the shipped models and their batching-off twins
+    assert spec["server"]["models"] == ["rejection", "rejection-nobatch", "rejection-text", "rejection-text-nobatch"]
     eq = spec["equality"]
     for client in ("curl", "tritonclient_http"):
         assert eq[client]["same_decision"] == eq["rows"] and eq[client]["errors"] == 0
@@ -124,6 +127,10 @@ def test_serve_profile_quick_splits_the_hop_and_checks_the_planner(tmp_path):
     assert row["spinning"] == "run" and row["executes_logged"] == data["reps"]  # one execute per timed request
     assert {"read", "plan", "pad", "lock", "ort", "respond"} <= set(row["execute_stage_p50_ms"])
     assert row["split_mean_ms"]["execute (logged)"] > row["execute_stage_p50_ms"]["ort"] * 0.5
+    # the floors were measured in the same loop: a zero-work python model, and a bare liveness round trip
+    assert set(row["floor_p50_ms"]) == {"python-backend floor (zero-work model, thin client)",
+                                        "gRPC + Triton floor (is_server_live)"}
+    assert all(v > 0 for v in row["floor_p50_ms"].values()) and row["added_ms_paired_median"] is not None
     mix = row["mix"]
     assert mix["executes"] > 0 and mix["throughput_rps"] > 0
     assert mix["multi_row_groups"] == 0  # int8-dynamic: every row alone
