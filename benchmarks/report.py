@@ -140,6 +140,17 @@ def serve_md(data: dict) -> str:
                               if v is not None)
             out.append(f"Where the gRPC hop goes (means, ms): {where}.")
             out.append("")
+        paired = spec.get("modes_paired_c1", {})
+        if paired:
+            out.append("Batching on vs off at concurrency 1, paired (the same request to each mode back to back, "
+                       "the order drawn each round):")
+            out.append("")
+            out.append("| path | rounds | p50 ms on | p50 ms off | on − off, median ms | mean latency on/off |")
+            out.append("|---|---:|---:|---:|---:|---:|")
+            for path, m in paired.items():
+                out.append(f"| {path} | {m['rounds']} | {m['on']['p50_ms']:.2f} | {m['off']['p50_ms']:.2f} | "
+                           f"{m['on_minus_off_median_ms']:+.2f} | {m['on_over_off_mean_latency']:.3f} |")
+            out.append("")
         if "equality" in spec:
             e = spec["equality"]
             for client, label in (("curl", "curl over HTTP, up to max_batch_size rows per request"),

@@ -15,7 +15,8 @@ Measured:
    config) and off (no dynamic_batching block: one request = one execution), the on/off ratio per cell; one server
    serves both (`<spec>` and its twin `<spec>-nobatch`, text models likewise) and the two take turns ABBA within
    each cell (`--rounds`, default 2, merged; the per-round ratios are kept), so load from other jobs falls on both
-   alike;
+   alike; and at concurrency 1 the two modes paired request by request (the same request to each, back to back:
+   what the batcher itself costs when there is nothing to batch);
 2. the interleaved single-request overhead of every path: one short request (rejection: a 110-token text), the
    paths taking turns call by call in one loop (a new seeded order each round, a 50 ms idle gap after each call so
    no call runs against the previous one's spinning threads), the added time being the median over rounds of the
@@ -300,6 +301,63 @@ async def run_sweeps(servers: dict, spec, export: Path, stream: list[dict], path
     return out
 
 
+def modes_paired(server, spec, export: Path, stream: list[dict], paths, reps: int) -> dict:
+    """Batching on vs off at concurrency 1, paired: per round, the same request of the stream to `<model>` and to
+    `<model>-nobatch` back to back (the order drawn each round), per path. At concurrency 1 there is nothing to
+    batch, so the difference is what the dynamic batcher itself costs per request; pairing removes the drift that
+    makes two closed-loop windows taken apart differ by 10-30% on a shared VM."""
+    import random
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from guardrt.runtime.triton_client import TritonClassifier
+
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    thin = {mode: TritonClassifier(server.grpc_url, spec, export, timeout_s=60.0,
+                                   model_name=spec.name + ("" if mode == "on" else NO_BATCHING_SUFFIX))
+            for mode in ("on", "off")}
+
+    def text_call(client, module, model, line):
+        inp = module.InferInput("payload", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[line.encode("utf-8")]], dtype=np.object_))
+        client.infer(model, [inp]).as_numpy("result")
+
+    def sender(path, mode):
+        suffix = "" if mode == "on" else NO_BATCHING_SUFFIX
+        if path == "grpc":
+            return lambda item: thin[mode].classify_batch([item["payload"]])
+        client, module = (grpc, grpcclient) if path == "text-grpc" else (http, httpclient)
+        return lambda item: text_call(client, module, f"{spec.name}-text{suffix}", item["line"])
+
+    out, rng = {}, random.Random(7)
+    try:
+        for path in paths:
+            send = {mode: sender(path, mode) for mode in ("on", "off")}
+            for item in stream[:3]:  # warm-up
+                send["on"](item), send["off"](item)
+            times = {"on": [], "off": []}
+            for r in range(reps):
+                item = stream[r % len(stream)]
+                for mode in rng.sample(["on", "off"], 2):
+                    t = time.perf_counter()
+                    send[mode](item)
+                    times[mode].append(time.perf_counter() - t)
+            diff = 1e3 * np.subtract(times["on"], times["off"])
+            out[path] = {"rounds": reps, "on": serve_load.latency_summary(times["on"]),
+                         "off": serve_load.latency_summary(times["off"]),
+                         "on_minus_off_median_ms": float(np.median(diff)),
+                         "on_minus_off_mean_ms": float(np.mean(diff)),
+                         "on_over_off_mean_latency": float(np.mean(times["on"]) / np.mean(times["off"]))}
+    finally:
+        for c in thin.values():
+            c.close()
+        grpc.close()
+        http.close()
+    return out
+
+
 def overhead(server, spec, export: Path, precision: str, short: dict, threads: int, reps: int,
              text: bool = True) -> dict:
     """Interleaved single requests: in-process (ORT defaults and with its threads not spinning) vs each path, and
@@ -512,6 +570,10 @@ def run_spec(spec_name: str, args, progress) -> dict:
             progress.update(f"{spec.name}: interleaved single requests", advance=0)
             result["overhead"] = overhead(server, spec, export, args.precision, short, args.threads,
                                           args.overhead_reps)
+            if "off" in args.modes:
+                progress.update(f"{spec.name}: batching on vs off at c = 1, paired request by request", advance=0)
+                result["modes_paired_c1"] = modes_paired(server, spec, export, stream, args.paths,
+                                                         args.paired_reps)
             progress.update(f"{spec.name}: equality with the thin client", advance=0)
             result["equality"] = equality(server, spec, export, corpus_lines(spec, pre, args.quick))
             result["server"]["peak_rss_mib"] = common.tree_peak_rss_mib(server.process.pid)
@@ -585,6 +647,10 @@ def print_tables(result: dict) -> None:
                          if added is not None else ""))
             print("  where the gRPC hop goes: " + ", ".join(f"{k} {v:.3f}" for k, v in o["where_the_grpc_hop_goes"].items()
                                                            if v is not None))
+        for path, m in spec.get("modes_paired_c1", {}).items():
+            print(f"  c = 1 paired, {path}: batching on {m['on']['p50_ms']:.2f} ms p50, off {m['off']['p50_ms']:.2f} ms; "
+                  f"on - off median {m['on_minus_off_median_ms']:+.2f} ms, mean latency on/off "
+                  f"{m['on_over_off_mean_latency']:.3f} ({m['rounds']} rounds)")
         if "overhead_server_not_spinning" in spec:
             print(f"  with the server's ORT threads never spinning (intra_op_spinning 0): gRPC thin client adds "
                   f"{spec['overhead_server_not_spinning']['added_p50_ms']['gRPC thin client, ids']:.2f} ms")
@@ -683,6 +749,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stability", type=float, default=0.10)
     ap.add_argument("--min-requests", type=int, default=20, help="minimum requests per window (at least concurrency)")
     ap.add_argument("--overhead-reps", type=int, default=200)
+    ap.add_argument("--paired-reps", type=int, default=160,
+                    help="rounds of the paired on-vs-off check at concurrency 1 (each path)")
     ap.add_argument("--baseline-s", type=float, default=4.0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-plots", action="store_true")
@@ -691,7 +759,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.size = "tiny"
         args.window_s, args.min_windows, args.max_windows, args.min_requests = 0.3, 1, 2, 4
-        args.overhead_reps, args.baseline_s, args.requests = 10, 0.3, 64
+        args.overhead_reps, args.baseline_s, args.requests, args.paired_reps = 10, 0.3, 64, 8
         args.text_concurrency = "1"
         args.layouts = args.layouts if "--layouts" in (argv or sys.argv) else "2x1"
         args.layout_concurrency = "1"

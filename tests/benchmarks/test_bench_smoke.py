@@ -94,6 +94,9 @@ def test_serve_quick_writes_json_and_plots(tmp_path):
     assert set(overhead["added_p50_ms"]) == {"gRPC thin client, ids", "gRPC thin client, text", "text-in over gRPC",
                                              "text-in over HTTP"}
     assert overhead["added_against"]["gRPC thin client, ids"] == "in-process ids (spinning during a run only)"
+    paired = spec["modes_paired_c1"]
+    assert set(paired) == {"grpc", "text-grpc", "text-http"}
+    assert all(m["rounds"] == 8 and m["on"]["n"] == m["off"]["n"] == 8 for m in paired.values())
     assert "overhead_server_not_spinning" in spec
     # one server serves both modes: the shipped models and their batching-off twins
     assert spec["server"]["models"] == ["rejection", "rejection-nobatch", "rejection-text", "rejection-text-nobatch"]
