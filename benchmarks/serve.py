@@ -359,7 +359,7 @@ def modes_paired(server, spec, export: Path, stream: list[dict], paths, reps: in
 
 
 def overhead(server, spec, export: Path, precision: str, short: dict, threads: int, reps: int,
-             text: bool = True) -> dict:
+             text: bool = True, gap_s: float = serve_load.INTERLEAVED_GAP_S) -> dict:
     """Interleaved single requests: in-process (ORT defaults and with its threads not spinning) vs each path, and
     where the time of the gRPC hop goes (statistics API)."""
     import onnxruntime as ort
@@ -406,7 +406,7 @@ def overhead(server, spec, export: Path, precision: str, short: dict, threads: i
                       "text-in over HTTP": text_call(http, httpclient)})
     try:
         before = _sync_stats(grpc, spec.name)
-        times = serve_load.interleaved(calls, reps)
+        times = serve_load.interleaved(calls, reps, gap_s=gap_s)
         after = _sync_stats(grpc, spec.name)
     finally:
         thin.close()
@@ -442,7 +442,7 @@ def overhead(server, spec, export: Path, precision: str, short: dict, threads: i
              "client_grpc_and_triton_core_ms (mean latency - server success)":
                  grpc_mean - split["success_ms"] if split["success_ms"] is not None else None,
              "in_process_ort_mean_ms": float(np.mean(times["in-process ids (ORT threads not spinning)"])) * 1000.0}
-    return {"request_tokens": len(short["ids"]), "reps": reps, "gap_s": serve_load.INTERLEAVED_GAP_S,
+    return {"request_tokens": len(short["ids"]), "reps": reps, "gap_s": gap_s,
             "paths": paths, "added_p50_ms": added, "added_against": twins,
             "added_p50_ms_vs_fastest_in_process_p50": added_vs_fastest,
             "baseline_ids_p50_ms": inproc_ids, "where_the_grpc_hop_goes": where}
@@ -569,7 +569,7 @@ def run_spec(spec_name: str, args, progress) -> dict:
             server = shared
             progress.update(f"{spec.name}: interleaved single requests", advance=0)
             result["overhead"] = overhead(server, spec, export, args.precision, short, args.threads,
-                                          args.overhead_reps)
+                                          args.overhead_reps, gap_s=args.gap_ms / 1e3)
             if "off" in args.modes:
                 progress.update(f"{spec.name}: batching on vs off at c = 1, paired request by request", advance=0)
                 result["modes_paired_c1"] = modes_paired(server, spec, export, stream, args.paths,
@@ -586,7 +586,8 @@ def run_spec(spec_name: str, args, progress) -> dict:
                                   extra_parameters={"intra_op_spinning": "0"})
             try:
                 result["overhead_server_not_spinning"] = overhead(server, spec, export, args.precision, short,
-                                                                  args.threads, args.overhead_reps, text=False)
+                                                                  args.threads, args.overhead_reps, text=False,
+                                                                  gap_s=args.gap_ms / 1e3)
             finally:
                 server.stop()
         result["layouts"] = []
@@ -749,6 +750,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stability", type=float, default=0.10)
     ap.add_argument("--min-requests", type=int, default=20, help="minimum requests per window (at least concurrency)")
     ap.add_argument("--overhead-reps", type=int, default=200)
+    ap.add_argument("--gap-ms", type=float, default=1e3 * serve_load.INTERLEAVED_GAP_S,
+                    help="idle time after each interleaved single request (outlasts ORT's post-Run spin)")
     ap.add_argument("--paired-reps", type=int, default=160,
                     help="rounds of the paired on-vs-off check at concurrency 1 (each path)")
     ap.add_argument("--baseline-s", type=float, default=4.0)
@@ -760,6 +763,7 @@ def main(argv=None) -> int:
         args.size = "tiny"
         args.window_s, args.min_windows, args.max_windows, args.min_requests = 0.3, 1, 2, 4
         args.overhead_reps, args.baseline_s, args.requests, args.paired_reps = 10, 0.3, 64, 8
+        args.gap_ms = args.gap_ms if "--gap-ms" in (argv or sys.argv) else 5.0
         args.text_concurrency = "1"
         args.layouts = args.layouts if "--layouts" in (argv or sys.argv) else "2x1"
         args.layout_concurrency = "1"

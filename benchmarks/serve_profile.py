@@ -100,7 +100,7 @@ async def _mix_load(server, spec, export: Path, stream: list[dict], concurrency:
 
 def profile_setting(spec, export: Path, precision: str, ids: list[int], spinning: str, threads: int, reps: int,
                     layout: str, stream: list[dict] | None = None, mix_concurrency: int = 16,
-                    mix_seconds: float = 8.0) -> dict:
+                    mix_seconds: float = 8.0, gap_s: float = serve_load.INTERLEAVED_GAP_S) -> dict:
     import tritonclient.grpc as grpcclient
 
     from guardrt.runtime.export_dir import load_export_dir
@@ -126,7 +126,7 @@ def profile_setting(spec, export: Path, precision: str, ids: list[int], spinning
         calls["gRPC + Triton floor (is_server_live)"] = live.is_server_live
         skip = len(timing_lines(server.log_text(), spec.name))  # warm-up executes (model_warmup)
         before = serve._sync_stats(grpc, spec.name)
-        times = serve_load.interleaved(calls, reps)
+        times = serve_load.interleaved(calls, reps, gap_s=gap_s)
         after = serve._sync_stats(grpc, spec.name)
         thin.close()
         floor.close()
@@ -184,11 +184,14 @@ def main(argv=None) -> int:
                     help="then the realistic length mix at this concurrency: the planner's predictions vs the clock "
                          "(0 skips)")
     ap.add_argument("--mix-seconds", type=float, default=8.0)
+    ap.add_argument("--gap-ms", type=float, default=1e3 * serve_load.INTERLEAVED_GAP_S,
+                    help="idle time after each interleaved call (outlasts ORT's post-Run spin)")
     ap.add_argument("--quick", action="store_true", help="tiny model, 10 rounds")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.size, args.reps = "tiny", 10
+        args.gap_ms = args.gap_ms if "--gap-ms" in (argv or sys.argv) else 5.0
     threads = args.threads or serve.os.cpu_count() or 1
     from guardrt.runtime.preprocess import build_preprocessor
     from guardrt.runtime.specs import get_spec
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
               "size": args.size, "request_tokens": len(ids), "reps": args.reps, "settings": []}
     for spinning in args.spinning.split(","):
         row = profile_setting(spec, export, args.precision, ids, spinning.strip(), threads, args.reps, args.layout,
-                              stream, args.mix_concurrency, args.mix_seconds)
+                              stream, args.mix_concurrency, args.mix_seconds, gap_s=args.gap_ms / 1e3)
         result["settings"].append(row)
         print(f"\n== server ORT threads spinning={row['spinning']}, layout {row['layout']}, {len(ids)} tokens, "
               f"{args.reps} interleaved rounds")
