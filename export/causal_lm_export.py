@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from guardrt.export.onnx_export import ExportGateError, write_manifest_and_gate
 from guardrt.runtime.errors import GuardrtError, ModelFilesError, read_json_file
 
 __all__ = [
@@ -68,10 +69,6 @@ GATES: dict[str, dict[str, dict[str, float]]] = {
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "added_tokens.json", "chat_template.jinja", "generation_config.json")
-
-
-class ExportGateError(GuardrtError):
-    """A precision missed its gate; it was not written (see validation.json)."""
 
 
 def check_causal_lm_checkpoint(model_dir: str | Path) -> dict:
@@ -273,7 +270,7 @@ def export_causal_lm(
                                                    validate_verdict)
     from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, _dir_bytes, _load, _weights_bytes, save_onnx
     from guardrt.export.progress import Progress
-    from guardrt.runtime.export_dir import MANIFEST_NAME, VALIDATION_NAME
+    from guardrt.runtime.export_dir import MANIFEST_NAME
     from guardrt.runtime.guard_output import guard_spec, label_token_ids
     from guardrt.runtime.specs import get_spec
 
@@ -374,8 +371,4 @@ def export_causal_lm(
         "guardrt_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    (out / VALIDATION_NAME).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    if failures and not force:
-        raise ExportGateError("; ".join(failures) + f" (not written; details in {out / VALIDATION_NAME})")
-    return out
+    return write_manifest_and_gate(out, manifest, results, failures, force)

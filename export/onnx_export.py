@@ -48,6 +48,7 @@ __all__ = [
     "export_onnx",
     "parse_precisions",
     "save_onnx",
+    "write_manifest_and_gate",
 ]
 
 # Weights above this many bytes go to one external-data file (protobuf's hard limit is 2 GiB).
@@ -59,6 +60,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 class ExportGateError(GuardrtError):
     """A precision missed its spec's validation gate; it was not written (see validation.json)."""
+
+
+def write_manifest_and_gate(out: Path, manifest: dict, results: dict, failures: list[str], force: bool) -> Path:
+    """The last step of the generative exports (Qwen3Guard-Gen / FlexGuard, Qwen3Guard-Stream): write guardrt.json
+    and validation.json into `out`, then raise ExportGateError naming every miss unless `force`."""
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (out / VALIDATION_NAME).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if failures and not force:
+        raise ExportGateError("; ".join(failures) + f" (not written; details in {out / VALIDATION_NAME})")
+    return out
 
 
 def parse_precisions(value: str | Sequence[str]) -> tuple[str, ...]:

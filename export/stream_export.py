@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from guardrt.export.onnx_export import ExportGateError
+from guardrt.export.onnx_export import ExportGateError, write_manifest_and_gate
 from guardrt.runtime.errors import GuardrtError, ModelFilesError
 
 __all__ = ["HEAD_OUTPUTS", "GATES", "STREAM_PRECISIONS", "export_stream", "stream_onnx_model"]
@@ -233,7 +233,7 @@ def export_stream(model_dir: str | Path, out_dir: str | Path, precisions: Sequen
     from guardrt.export.onnx_export import EXTERNAL_DATA_THRESHOLD, _dir_bytes, _load, save_onnx
     from guardrt.export.progress import Progress
     from guardrt.export.stream_reference import load_guard_model
-    from guardrt.runtime.export_dir import MANIFEST_NAME, VALIDATION_NAME
+    from guardrt.runtime.export_dir import MANIFEST_NAME
 
     model_dir, out = Path(model_dir), Path(out_dir)
     cfg_file = model_dir / "config.json"
@@ -313,8 +313,4 @@ def export_stream(model_dir: str | Path, out_dir: str | Path, precisions: Sequen
         "guardrt_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    (out / VALIDATION_NAME).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    if failures and not force:
-        raise ExportGateError("; ".join(failures) + f" (not written; details in {out / VALIDATION_NAME})")
-    return out
+    return write_manifest_and_gate(out, manifest, results, failures, force)

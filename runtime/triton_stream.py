@@ -131,6 +131,14 @@ def _error(sequence_id: int, message: str) -> Exception:
     return ServerError(message)
 
 
+def _result(sequence_id: int, outcome: tuple) -> dict:
+    """The value of a (value, error) outcome delivered by the stream callback; the error raised as _error says."""
+    value, error = outcome
+    if error is not None:
+        raise _error(sequence_id, error)
+    return value
+
+
 class _Transport:
     """One gRPC stream to the model; responses are matched to requests by request id (the callback runs on
     tritonclient's stream thread and hands each outcome to its sink)."""
@@ -190,14 +198,10 @@ class _Transport:
         q: queue.Queue = queue.Queue()
         request_id = self.send(sequence_id, ids, start, end, q.put)
         try:
-            value, error = q.get(timeout=self.timeout_s)
+            outcome = q.get(timeout=self.timeout_s)
         except queue.Empty:
-            with self._lock:
-                self._sinks.pop(request_id, None)
-            raise ServerError(f"no response from {self.model} at {self.url} within {self.timeout_s:g}s") from None
-        if error is not None:
-            raise _error(sequence_id, error)
-        return value
+            raise self._timed_out(request_id) from None
+        return _result(sequence_id, outcome)
 
     async def call_async(self, sequence_id: int, ids: Sequence[int], start: bool = False, end: bool = False
                          ) -> dict[str, Any]:
@@ -208,14 +212,16 @@ class _Transport:
         request_id = self.send(sequence_id, ids, start, end, lambda outcome: loop.call_soon_threadsafe(
             lambda: future.done() or future.set_result(outcome)))
         try:
-            value, error = await asyncio.wait_for(future, self.timeout_s)
+            outcome = await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
-            with self._lock:
-                self._sinks.pop(request_id, None)
-            raise ServerError(f"no response from {self.model} at {self.url} within {self.timeout_s:g}s") from None
-        if error is not None:
-            raise _error(sequence_id, error)
-        return value
+            raise self._timed_out(request_id) from None
+        return _result(sequence_id, outcome)
+
+    def _timed_out(self, request_id) -> ServerError:
+        """Forget a request whose response did not come within timeout_s (a late one is dropped) and say so."""
+        with self._lock:
+            self._sinks.pop(request_id, None)
+        return ServerError(f"no response from {self.model} at {self.url} within {self.timeout_s:g}s")
 
     def close(self) -> None:
         try:
